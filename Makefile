@@ -1,0 +1,36 @@
+# make install | test | demo | bench  (see README.md)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# CPU build of torch where there is no CUDA GPU: a bare `torch` would pull the CUDA wheels.
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+else
+	$(PY) -m pip install -q --retries 0 "torch==$(TORCH_VERSION)+cpu" \
+	  --extra-index-url https://download.pytorch.org/whl/cpu $(TORCH_PIP_ARGS)
+endif
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m piunet_dist demo
+
+bench: install
+	$(PY) bench/core.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,88 @@
+"""Core benchmark: loss, cPSNR and one training step against the straightforward versions.
+
+    python bench/core.py [--repeats N]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import report, seconds  # noqa: E402  (sets up the path to the references)
+import oracles
+from reference_piunet import RefPIUNet
+from piunet_dist.losses import registered_laplace
+from piunet_dist.metrics import cpsnr
+from piunet_dist.model import PIUNet
+
+
+def loss_case(device):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(24, 1, 96, 96, generator=g).to(device)
+    mu = (y.roll(1, 2) + 0.1 * torch.randn(y.shape, generator=g).to(device)).requires_grad_()
+    s = torch.zeros_like(y, requires_grad=True)
+    mask = (torch.rand(y.shape, generator=g) > 0.2).to(device)
+
+    def run(fn, **kw):
+        return lambda: fn(y, mu, s, mask, **kw).backward()
+
+    return {"eager": run(registered_laplace), "compiled search": run(registered_laplace, compiled=True),
+            "reference": run(oracles.registered_laplace)}
+
+
+def cpsnr_case(device):
+    g = torch.Generator().manual_seed(1)
+    hr = (6000 + 3000 * torch.rand(8, 1, 384, 384, generator=g)).round().to(device)
+    sr = hr.roll(2, 3) + 20 * torch.randn(hr.shape, generator=g).to(device)
+    mask = (torch.rand(hr.shape, generator=g) > 0.2).to(device)
+    return {"eager": lambda: cpsnr(sr, hr, mask), "reference": lambda: oracles.cpsnr(sr, hr, mask)}
+
+
+def step_case(device):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, 32, 32, generator=g).to(device)
+    y = torch.randn(2, 1, 96, 96, generator=g).to(device)
+    mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
+
+    def make(model_cls, loss, **kw):
+        model = model_cls().to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step():
+            mu, s = model(x)
+            loss(y, mu, s, mask, **kw).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    return {"eager": make(PIUNet, registered_laplace),
+            "compiled search": make(PIUNet, registered_laplace, compiled=True),
+            "reference": make(RefPIUNet, oracles.registered_laplace)}
+
+
+CASES = {
+    "loss fwd+bwd (batch 24, 96x96)": loss_case,
+    "cPSNR (8 scenes, 384x384)": cpsnr_case,
+    "train step (paper config, batch 2, 9x32x32)": step_case,
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median)")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    for name, case in CASES.items():
+        variants = case(device)
+        t_ref = seconds(variants.pop("reference"), args.repeats)
+        for variant, fn in variants.items():
+            t = seconds(fn, args.repeats)
+            rows.append({"case": name, "variant": variant, "this_ms": 1000 * t,
+                         "reference_ms": 1000 * t_ref, "speedup": t_ref / t})
+    report("core", rows, ["case", "variant", "this_ms", "reference_ms", "speedup"])
+
+
+if __name__ == "__main__":
+    main()

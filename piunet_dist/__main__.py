@@ -1,0 +1,37 @@
+"""`python -m piunet_dist <command>` (also installed as `piunet-dist`)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# command -> (module with add_arguments(parser) and run(args), one line of help)
+COMMANDS = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="piunet-dist",
+        description="Train and evaluate PIUnet multi-image super-resolution on PROBA-V scenes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=summary, description=summary)
+        importlib.import_module(module).add_arguments(cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return module.run(args) or 0
+    except UserError as e:
+        print(f"piunet-dist {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
