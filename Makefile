@@ -27,10 +27,13 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(PY) -m piunet_dist demo
+	$(PY) -m piunet_dist synth runs/demo/scenes --scenes 40 --test-scenes 10
+	$(PY) -m piunet_dist pack runs/demo/scenes --out shards/demo --scenes-per-shard 8
+	$(PY) -m piunet_dist pack --verify shards/demo
 
 bench: install
 	$(PY) bench/core.py
+	$(PY) bench/loader.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

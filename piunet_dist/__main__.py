@@ -9,6 +9,8 @@ from .errors import UserError
 
 # command -> (module with add_arguments(parser) and run(args), one line of help)
 COMMANDS = {
+    "synth": ("piunet_dist.data.synthetic", "write synthetic scenes in the PROBA-V layout"),
+    "pack": ("piunet_dist.data.shards", "pack PROBA-V scenes into WebDataset shards, or verify them"),
 }
 
 

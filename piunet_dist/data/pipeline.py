@@ -1,0 +1,190 @@
+"""Streaming pipelines over the shards.
+
+TrainPatches: endless. Every (rank, worker) draws shards with replacement from its own
+generator, seeded by (seed, segment, rank, worker), so no rank starves, every rank
+yields as many batches as the trainer asks for, and the stream is a pure function of
+those four numbers: the trainer restarts it with a new segment to resume exactly.
+
+EvalScenes: whole scenes, each exactly once across all ranks and workers: shard j goes
+to global worker j mod (world size x workers), read in manifest order.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..baselines import challenge_baseline
+from ..errors import UserError
+from ..model import NORM_MEAN, NORM_STD
+from .probav import MIN_CLEARANCE, Scene, select_frames
+from .registration import register_frames
+from .shards import decode_sample
+
+log = logging.getLogger(__name__)
+
+
+class CorruptData(UserError):
+    """A shard or sample that cannot be read."""
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _scenes(url: str, skip_corrupt: bool, skipped: list[int]):
+    """(Scene, meta) of every sample of one shard; corrupt data raises or, if allowed, is skipped."""
+    def corrupt(what: str):
+        if not skip_corrupt:
+            raise CorruptData(f"{url}: {what}")
+        skipped[0] += 1
+        log.warning("skipped corrupt data (%d so far in this worker): %s: %s", skipped[0], url, what)
+
+    samples = iter(wds.tarfile_samples([{"url": url}]))
+    while True:
+        try:
+            sample = next(samples)
+        except StopIteration:
+            return
+        except Exception as e:  # a truncated or damaged tar fails in many ways inside tarfile
+            corrupt(f"unreadable tar ({type(e).__name__}: {e})")
+            return
+        try:
+            yield decode_sample(sample)
+        except ValueError as e:
+            corrupt(str(e))
+
+
+def prepare_frames(scene: Scene, n_frames: int, policy: str, rng: np.random.Generator,
+                   keep_unclear: bool, register: bool, min_clearance: float = MIN_CLEARANCE
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Selected frames (T,X,Y) float32 DN and their masks, or None for a scene with no clear frame."""
+    chosen = select_frames(scene.clearance, n_frames, policy, rng, keep_unclear, min_clearance)
+    if chosen is None:
+        return None
+    lr, qm = scene.lr[chosen].astype(np.float32), scene.qm[chosen]
+    if register:
+        reference = int(np.argmax(scene.clearance[chosen]))
+        lr, qm, _ = register_frames(lr, qm, reference)
+    return lr, qm
+
+
+def normalise(dn: np.ndarray) -> np.ndarray:
+    return ((dn - NORM_MEAN) / NORM_STD).astype(np.float32)
+
+
+@dataclass
+class PatchSettings:
+    n_frames: int = 9
+    policy: str = "paper"           # frame selection: paper | random
+    patch: int = 32                 # LR patch side; the HR patch is 3x
+    min_clear: float = 0.1          # keep a patch only if more of its HR is clear
+    patches_per_scene: int = 16
+    augment: bool = True            # random 90-degree rotations and flips
+    shuffle_buffer: int = 512       # patches mixed across scenes
+    register: bool = False          # align frames to the clearest one first
+    min_clearance: float = MIN_CLEARANCE
+    skip_corrupt: bool = False
+
+
+class TrainPatches(IterableDataset):
+    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P)) patches, normalised, shuffled."""
+
+    def __init__(self, shards: list[str], settings: PatchSettings, seed: int, rank: int, segment: int = 0):
+        super().__init__()
+        if not shards:
+            raise UserError("no training shards")
+        self.shards, self.settings = shards, settings
+        self.seed, self.rank, self.segment = seed, rank, segment
+
+    def __iter__(self):
+        wid, _ = _worker()
+        rng = np.random.default_rng([self.seed, self.segment, self.rank, wid])
+        buffer = []
+        size = max(1, self.settings.shuffle_buffer)
+        for scene in self._scene_stream(rng):
+            for patch in self._patches(scene, rng):
+                if len(buffer) < size:
+                    buffer.append(patch)
+                    continue
+                i = rng.integers(size)
+                yield buffer[i]
+                buffer[i] = patch
+
+    def _scene_stream(self, rng: np.random.Generator):
+        skipped = [0]
+        while True:
+            url = self.shards[rng.integers(len(self.shards))]
+            for scene, _ in _scenes(url, self.settings.skip_corrupt, skipped):
+                yield scene
+
+    def _patches(self, scene: Scene, rng: np.random.Generator):
+        s = self.settings
+        if scene.hr is None:
+            raise UserError(f"scene {scene.name} has no HR: test shards cannot train")
+        frames = prepare_frames(scene, s.n_frames, s.policy, rng, False, s.register, s.min_clearance)
+        if frames is None:
+            return
+        lr, _ = frames
+        side = lr.shape[-1]
+        kept = 0
+        for _ in range(4 * s.patches_per_scene):
+            if kept == s.patches_per_scene:
+                break
+            x, y = rng.integers(0, side - s.patch + 1, 2)
+            sm = scene.sm[3 * x:3 * (x + s.patch), 3 * y:3 * (y + s.patch)]
+            if sm.mean() <= s.min_clear:
+                continue
+            kept += 1
+            arrays = [lr[:, x:x + s.patch, y:y + s.patch],
+                      scene.hr[None, 3 * x:3 * (x + s.patch), 3 * y:3 * (y + s.patch)], sm[None]]
+            if s.augment:
+                k, flip = int(rng.integers(4)), bool(rng.integers(2))
+                arrays = [np.rot90(a, k, axes=(1, 2)) for a in arrays]
+                if flip:
+                    arrays = [a[:, :, ::-1] for a in arrays]
+            lr_p, hr_p, sm_p = arrays
+            yield normalise(lr_p), normalise(hr_p.astype(np.float32)), np.ascontiguousarray(sm_p)
+
+
+class EvalScenes(IterableDataset):
+    """Every scene once: a dict with lr (T,X,Y) DN, hr, sm, baseline (DN), name, band, norm."""
+
+    def __init__(self, shards: list[str], n_frames: int = 9, keep_unclear: bool = False,
+                 register: bool = False, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 min_clearance: float = MIN_CLEARANCE):
+        super().__init__()
+        self.shards, self.n_frames, self.keep_unclear = shards, n_frames, keep_unclear
+        self.register, self.rank, self.world_size = register, rank, world_size
+        self.seed, self.min_clearance = seed, min_clearance
+
+    def __iter__(self):
+        wid, workers = _worker()
+        me, everyone = self.rank * workers + wid, self.world_size * workers
+        for url in self.shards[me::everyone]:
+            for scene, _ in _scenes(url, skip_corrupt=False, skipped=[0]):
+                # topping up with repeated frames is random: seeded by the scene, not the reader
+                rng = np.random.default_rng([self.seed, zlib.crc32(scene.name.encode())])
+                frames = prepare_frames(scene, self.n_frames, "paper", rng, self.keep_unclear,
+                                        self.register, self.min_clearance)
+                if frames is None:
+                    log.info("%s: no frame is %.0f%% clear; left out as in the paper",
+                             scene.name, 100 * self.min_clearance)
+                    continue
+                has_target = scene.hr is not None
+                size = 3 * scene.lr.shape[-1]
+                yield {
+                    "name": scene.name, "band": scene.band,
+                    "norm": float("nan") if scene.norm is None else scene.norm,
+                    "lr": torch.from_numpy(frames[0]),
+                    "hr": torch.from_numpy(scene.hr.astype(np.float32)) if has_target else torch.zeros(size, size),
+                    "sm": torch.from_numpy(scene.sm) if has_target else torch.zeros(size, size, dtype=torch.bool),
+                    "has_target": has_target,
+                    "baseline": challenge_baseline(scene.lr, scene.qm),
+                }

@@ -1,0 +1,276 @@
+"""Pack PROBA-V scenes into WebDataset shards, write and verify the manifest.
+
+    DIR/<BAND>/<split>-NNNNNN.tar   one sample per scene, splits train, val, test
+    DIR/manifest.json               written last, atomically
+
+A sample (key imgsetNNNN) holds every frame: lr.npy uint16 (N,128,128), qm.npy bool
+(N,128,128), hr.npy uint16 (384,384) and sm.npy bool (384,384) when the scene has a
+target, and json with scene, band, split, per-frame clearance and norm. Frames are
+selected when reading, so one set of shards serves every T and selection policy.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from ..errors import UserError
+from .probav import BANDS, Scene, SceneRef, find_scenes, load_scene, read_norm, validate_scene
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+FORMAT = "piunet-dist shards 1"
+PARTIAL = ".partial"
+
+
+# --- samples ----------------------------------------------------------------------------
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_scene(scene: Scene, split: str) -> dict:
+    """A scene as a WebDataset sample of bytes."""
+    meta = {"scene": scene.name, "band": scene.band, "split": split, "frames": len(scene.lr),
+            "clearance": [round(float(c), 6) for c in scene.clearance], "norm": scene.norm}
+    sample = {"__key__": scene.name, "lr.npy": _npy(scene.lr), "qm.npy": _npy(scene.qm),
+              "json": json.dumps(meta).encode()}
+    if scene.hr is not None:
+        sample["hr.npy"] = _npy(scene.hr)
+        sample["sm.npy"] = _npy(scene.sm)
+    return sample
+
+
+def decode_sample(sample: dict) -> tuple[Scene, dict]:
+    """A sample read from a shard back to a Scene and its metadata; ValueError if broken."""
+    try:
+        meta = json.loads(sample["json"])
+        arrays = {k: np.load(io.BytesIO(sample[f"{k}.npy"]), allow_pickle=False)
+                  for k in ("lr", "qm", "hr", "sm") if f"{k}.npy" in sample}
+        scene = Scene(name=meta["scene"], band=meta["band"], lr=arrays["lr"], qm=arrays["qm"],
+                      hr=arrays.get("hr"), sm=arrays.get("sm"), norm=meta.get("norm"))
+    except (KeyError, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
+        raise ValueError(f"sample {sample.get('__key__', '?')}: cannot decode ({type(e).__name__}: {e})") from None
+    if scene.lr.ndim != 3 or scene.lr.shape != scene.qm.shape or len(scene.lr) != meta["frames"]:
+        raise ValueError(f"sample {scene.name}: frames and quality maps do not match the metadata")
+    return scene, meta
+
+
+# --- packing ----------------------------------------------------------------------------
+
+def _load_and_encode(job: tuple[SceneRef, str, dict]) -> dict:
+    ref, split, norm = job
+    return encode_scene(load_scene(ref, norm), split)
+
+
+def split_scenes(refs: list[SceneRef], val_fraction: float, val_list: set[str] | None,
+                 seed: int) -> dict[tuple[str, str], list[SceneRef]]:
+    """(band, split) -> scenes. val is held out of train by a list or a seeded fraction per band."""
+    groups: dict[tuple[str, str], list[SceneRef]] = {}
+    for band in sorted({r.band for r in refs}):
+        train = [r for r in refs if r.band == band and r.split == "train"]
+        if val_list is not None:
+            val_names = val_list
+        else:
+            order = np.random.default_rng(seed).permutation(len(train))
+            val_names = {train[i].name for i in order[:round(val_fraction * len(train))]}
+        groups[(band, "train")] = [r for r in train if r.name not in val_names]
+        groups[(band, "val")] = [r for r in train if r.name in val_names]
+        groups[(band, "test")] = [r for r in refs if r.band == band and r.split == "test"]
+    return {k: v for k, v in groups.items() if v}
+
+
+def read_val_list(path: Path, train_names: set[str]) -> set[str]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such validation list")
+    names = {line.split("#")[0].strip() for line in path.read_text().splitlines()} - {""}
+    unknown = sorted(names - train_names)
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} name(s) that are not train scenes here: {', '.join(unknown[:5])}")
+    return names
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(path.name + PARTIAL)
+    partial.write_text(json.dumps(data, indent=1))
+    os.replace(partial, path)
+
+
+def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None, seed: int,
+         workers: int, scenes_per_shard: int, skip_invalid: bool) -> dict:
+    """Validate, split and write every scene; returns the manifest."""
+    refs = find_scenes(src, bands)
+    if not refs:
+        raise UserError(f"{src}: no scenes (expected {src}/train/NIR/imgsetNNNN/LR000.png ...)")
+    try:
+        norm = read_norm(src)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        problems = list(tqdm(pool.map(validate_scene, refs, chunksize=4), total=len(refs),
+                             desc="validate", unit="scene"))
+    invalid = {ref: lines for ref, lines in zip(refs, problems) if lines}
+    if invalid and not skip_invalid:
+        for lines in invalid.values():
+            for line in lines:
+                print(line, file=sys.stderr)
+        raise UserError(f"{src}: {len(invalid)} invalid scene(s) listed above; nothing written "
+                        "(--skip-invalid packs the others)")
+    refs = [r for r in refs if r not in invalid]
+    # a val list may name scenes of every band, packed or not
+    known = {r.name for r in find_scenes(src) if r.split == "train"}
+    groups = split_scenes(refs, val_fraction, read_val_list(val_list, known) if val_list else None, seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on, no manifest until this pack is whole
+    for band in bands:
+        for old in (out / band).glob("*.tar*") if (out / band).is_dir() else []:
+            old.unlink()
+    jobs, shard_plan = [], []
+    for (band, split), group in groups.items():
+        for start in range(0, len(group), scenes_per_shard):
+            chunk = group[start:start + scenes_per_shard]
+            shard_plan.append((f"{band}/{split}-{start // scenes_per_shard:06d}.tar", band, split, len(chunk)))
+            jobs += [(ref, split, norm) for ref in chunk]
+
+    shards = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        samples = iter(tqdm(pool.map(_load_and_encode, jobs, chunksize=2), total=len(jobs), desc="pack", unit="scene"))
+        for rel, band, split, count in shard_plan:
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + PARTIAL)
+            with wds.TarWriter(str(partial), encoder=False) as sink:
+                for _ in range(count):
+                    sink.write(next(samples))
+            os.replace(partial, path)
+            shards.append({"path": rel, "band": band, "split": split, "samples": count,
+                           "sha256": _sha256(path)})
+
+    summary = {band: {split: len(groups.get((band, split), [])) for split in SPLITS} for band in bands}
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": str(src),
+        "params": {"bands": list(bands), "val_fraction": None if val_list else val_fraction,
+                   "val_list": str(val_list) if val_list else None, "seed": seed,
+                   "scenes_per_shard": scenes_per_shard, "skip_invalid": skip_invalid},
+        "summary": summary,
+        "skipped": [{"scene": f"{r.split}/{r.band}/{r.name}", "problems": lines} for r, lines in invalid.items()],
+        "shards": shards,
+    }
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+# --- reading the manifest -------------------------------------------------------------
+
+def load_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{root}: no {MANIFEST} (not packed here, or the pack did not finish)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a manifest of this project (format {manifest.get('format')!r})")
+    return manifest
+
+
+def shard_paths(root: Path, band: str, split: str) -> list[str]:
+    """Paths of the shards of one band and split, in manifest order; a UserError if none."""
+    manifest = load_manifest(root)
+    paths = [str(Path(root) / s["path"]) for s in manifest["shards"]
+             if s["band"] == band and s["split"] == split]
+    if not paths:
+        raise UserError(f"{root}: no {band} {split} shards in {MANIFEST}")
+    return paths
+
+
+def verify(root: Path) -> list[str]:
+    """Problems of the shards under root against their manifest; [] when all is well."""
+    manifest = load_manifest(root)
+    problems = []
+    for entry in tqdm(manifest["shards"], desc="verify", unit="shard"):
+        path = Path(root) / entry["path"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        if _sha256(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (changed or damaged)")
+            continue
+        try:
+            with tarfile.open(path) as tar:
+                keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
+        except tarfile.TarError as e:
+            problems.append(f"{path}: not a readable tar ({e})")
+            continue
+        if len(keys) != entry["samples"]:
+            problems.append(f"{path}: {len(keys)} samples, the manifest says {entry['samples']}")
+    return problems
+
+
+# --- command line ---------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, nargs="?", help="the PROBA-V tree (train/, test/, norm.csv)")
+    parser.add_argument("--out", type=Path, help="where the shards and manifest.json go")
+    parser.add_argument("--verify", type=Path, metavar="DIR", help="re-check the shards in DIR against its manifest")
+    parser.add_argument("--bands", nargs="+", choices=BANDS, default=list(BANDS), help="bands to pack (default both)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--val-fraction", type=float, default=0.3,
+                       help="share of each band's train scenes held out as val, chosen by --seed (default 0.3)")
+    group.add_argument("--val-list", type=Path, help="file of scene names (one per line) that form val")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the val draw (default 0)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="processes reading scenes (default: up to 8)")
+    parser.add_argument("--scenes-per-shard", type=int, default=32, help="scenes per tar file (default 32)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="pack the valid scenes and record the invalid ones in the manifest")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.verify:
+        if args.src or args.out:
+            raise UserError("--verify DIR takes no SRC and no --out")
+        problems = verify(args.verify)
+        for line in problems:
+            print(line)
+        n = len(load_manifest(args.verify)["shards"])
+        print(f"{args.verify}: {n - len(problems)} of {n} shards verified")
+        return 1 if problems else 0
+    if not args.src or not args.out:
+        raise UserError("give SRC and --out DIR to pack, or --verify DIR")
+    if not 0 <= args.val_fraction < 1:
+        raise UserError(f"--val-fraction: {args.val_fraction} is not in [0, 1)")
+    if args.scenes_per_shard < 1 or args.workers < 1:
+        raise UserError("--scenes-per-shard and --workers: must be at least 1")
+    manifest = pack(args.src, args.out, args.bands, args.val_fraction, args.val_list, args.seed,
+                    args.workers, args.scenes_per_shard, args.skip_invalid)
+    for band, counts in manifest["summary"].items():
+        print(f"{band}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
+    skipped = len(manifest["skipped"])
+    print(f"{args.out}: {len(manifest['shards'])} shards" + (f", {skipped} invalid scene(s) skipped" if skipped else ""))
+    return 0

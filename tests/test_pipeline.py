@@ -1,0 +1,148 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch.utils.data import DataLoader
+
+from distributed import run_group
+from piunet_dist.data.pipeline import CorruptData, EvalScenes, PatchSettings, TrainPatches
+from piunet_dist.data.probav import Scene
+from piunet_dist.data.shards import encode_scene
+from piunet_dist.model import NORM_MEAN, NORM_STD
+
+
+def consistent_scene(name, seed, n_frames=12, cloudy_frames=0):
+    """LR frames that are exact 3x3 means of the HR, so any patch can be checked against it."""
+    rng = np.random.default_rng(seed)
+    hr = rng.integers(4000, 12000, (384, 384)).astype(np.uint16)
+    hr = (hr // 9 * 9).astype(np.uint16)
+    lr = np.repeat(hr.reshape(128, 3, 128, 3).mean(axis=(1, 3)).round().astype(np.uint16)[None], n_frames, 0)
+    qm = np.ones((n_frames, 128, 128), bool)
+    qm[:cloudy_frames, :, :64] = False
+    sm = rng.random((384, 384)) > 0.2
+    return Scene(name=name, band="NIR", lr=lr, qm=qm, hr=hr, sm=sm, norm=45.0)
+
+
+def write_shards(directory, scenes, per_shard, split="train"):
+    paths = []
+    for start in range(0, len(scenes), per_shard):
+        path = directory / f"{split}-{start // per_shard:06d}.tar"
+        with wds.TarWriter(str(path), encoder=False) as sink:
+            for scene in scenes[start:start + per_shard]:
+                sink.write(encode_scene(scene, split))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    scenes = [consistent_scene(f"imgset{i:04d}", i) for i in range(7)]
+    scenes.append(consistent_scene("imgset0007", 7, cloudy_frames=12))  # no clear frame at all
+    return write_shards(d, scenes, per_shard=3)
+
+
+def settings(**kw):
+    return PatchSettings(**{"shuffle_buffer": 8, "patches_per_scene": 4, **kw})
+
+
+def test_train_patches_are_consistent_after_augmentation(shards):
+    stream = iter(TrainPatches(shards, settings(augment=True), seed=0, rank=0))
+    for _ in range(40):
+        lr, hr, sm = next(stream)
+        assert lr.shape == (9, 32, 32) and hr.shape == sm.shape == (1, 96, 96)
+        assert lr.dtype == hr.dtype == np.float32 and sm.dtype == bool
+        assert sm.mean() > 0.1
+        hr_dn = hr * NORM_STD + NORM_MEAN
+        lr_dn = lr * NORM_STD + NORM_MEAN
+        expected = hr_dn[0].reshape(32, 3, 32, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(lr_dn[0], expected, atol=0.6)  # frames and HR turned alike
+        np.testing.assert_allclose(lr_dn[5], lr_dn[0])
+
+
+def test_train_stream_is_a_function_of_seed_segment_rank(shards):
+    def first(n, **kw):
+        stream = iter(TrainPatches(shards, settings(), **kw))
+        return np.stack([next(stream)[0] for _ in range(n)])
+    a = first(10, seed=1, rank=0, segment=0)
+    np.testing.assert_array_equal(a, first(10, seed=1, rank=0, segment=0))
+    assert not np.array_equal(a, first(10, seed=1, rank=1, segment=0))
+    assert not np.array_equal(a, first(10, seed=1, rank=0, segment=1))
+
+
+def _ranks_read(rank, world_size, shards, names):
+    train = DataLoader(TrainPatches(shards, settings(), seed=0, rank=rank), batch_size=6, num_workers=2)
+    batches = []
+    for i, (lr, hr, sm) in enumerate(train):
+        assert lr.shape == (6, 9, 32, 32)
+        batches.append(lr)
+        if i == 4:
+            break
+    counts = [None] * world_size
+    dist.all_gather_object(counts, (len(batches), batches[0][0, 0, 0, 0].item()))
+    assert counts[0][0] == counts[1][0] == 5, counts
+    assert counts[0][1] != counts[1][1], "ranks must draw different patches"
+
+    scenes = DataLoader(EvalScenes(shards, rank=rank, world_size=world_size), batch_size=None, num_workers=2)
+    seen = [s["name"] for s in scenes]
+    everyone = [None] * world_size
+    dist.all_gather_object(everyone, seen)
+    flat = [n for part in everyone for n in part]
+    assert sorted(flat) == names, flat
+    assert all(part for part in everyone), "both ranks evaluate"
+
+
+def test_two_ranks_two_workers_train_evenly_and_evaluate_every_scene_once(shards):
+    # 3 shards for 4 readers; the scene with no clear frame is left out of validation
+    run_group(_ranks_read, 2, shards, [f"imgset{i:04d}" for i in range(7)])
+
+
+def test_eval_scenes_keep_unclear_test_scenes_and_carry_metadata(shards):
+    scenes = list(EvalScenes(shards, keep_unclear=True))
+    assert [s["name"] for s in scenes] == [f"imgset{i:04d}" for i in range(8)]
+    s = scenes[0]
+    assert s["lr"].shape == (9, 128, 128) and s["hr"].shape == (384, 384) and s["sm"].dtype == torch.bool
+    assert s["band"] == "NIR" and s["norm"] == 45.0 and s["has_target"]
+    assert s["baseline"].shape == (384, 384)
+    again = list(EvalScenes(shards, keep_unclear=True))
+    assert all(torch.equal(a["lr"], b["lr"]) for a, b in zip(scenes, again))
+
+
+@pytest.fixture
+def broken(tmp_path, shards):
+    good = consistent_scene("imgset0100", 100)
+    bad = encode_scene(consistent_scene("imgset0101", 101), "train")
+    bad["lr.npy"] = b"\x93NUMPY garbage"
+    path = tmp_path / "broken.tar"
+    with wds.TarWriter(str(path), encoder=False) as sink:
+        sink.write(encode_scene(good, "train"))
+        sink.write(bad)
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(open(shards[0], "rb").read()[:30000])
+    return str(path), str(truncated)
+
+
+def test_corrupt_data_in_training_is_an_error_unless_skipping_is_allowed(broken, caplog):
+    bad_sample, truncated = broken
+    with pytest.raises(CorruptData, match=r"broken.tar: sample imgset0101: cannot decode"):
+        stream = iter(TrainPatches([bad_sample], settings(), seed=0, rank=0))
+        for _ in range(20):
+            next(stream)
+    with caplog.at_level(logging.WARNING):
+        stream = iter(TrainPatches([bad_sample, truncated], settings(skip_corrupt=True), seed=0, rank=0))
+        for _ in range(30):
+            next(stream)
+    skipped = [r.getMessage() for r in caplog.records if "skipped corrupt data" in r.getMessage()]
+    assert any("imgset0101" in m for m in skipped) and any("truncated.tar" in m for m in skipped)
+    assert "(1 so far in this worker)" in skipped[0]
+
+
+def test_corrupt_data_in_evaluation_is_always_an_error(broken):
+    bad_sample, truncated = broken
+    with pytest.raises(CorruptData, match="imgset0101: cannot decode"):
+        list(EvalScenes([bad_sample]))
+    with pytest.raises(CorruptData, match="truncated.tar"):
+        list(EvalScenes([truncated]))

@@ -1,0 +1,163 @@
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from piunet_dist.__main__ import main
+from piunet_dist.data.probav import find_scenes, load_scene
+from piunet_dist.data.shards import decode_sample, load_manifest, pack, shard_paths, verify
+from piunet_dist.errors import UserError
+from scene_tree import write_norm, write_scene
+
+
+def small_tree(root, n_train=10, n_test=2):
+    names = []
+    for band, offset in (("RED", 0), ("NIR", 100)):
+        for i in range(n_train):
+            names.append(write_scene(root, "train", band, f"imgset{offset + i:04d}", n_frames=9 + i,
+                                     mask_bits=1 if i % 2 else 8, seed=offset + i).name)
+        for i in range(n_test):
+            names.append(write_scene(root, "test", band, f"imgset{offset + 50 + i:04d}", seed=offset + 50 + i).name)
+    write_norm(root, names)
+    return root
+
+
+def read_back(out):
+    """{(band, split, scene): sample dict} of every shard in the manifest."""
+    got = {}
+    for entry in load_manifest(out)["shards"]:
+        with tarfile.open(out / entry["path"]) as tar:
+            members = {}
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
+        for key, sample in members.items():
+            got[(entry["band"], entry["split"], key)] = decode_sample(sample)
+    return got
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    src = small_tree(tmp_path_factory.mktemp("src"))
+    out = tmp_path_factory.mktemp("shards")
+    pack(src, out, ["NIR", "RED"], 0.3, None, 7, 2, 4, False)
+    return src, out
+
+
+def test_pack_then_read_back_equals_the_files_bit_for_bit(packed):
+    src, out = packed
+    got = read_back(out)
+    refs = find_scenes(src)
+    assert len(got) == len(refs) == 24
+    for ref in refs:
+        split = "test" if ref.split == "test" else next(s for s in ("train", "val") if (ref.band, s, ref.name) in got)
+        scene, meta = got[(ref.band, split, ref.name)]
+        for i in range(len(scene.lr)):
+            png = np.asarray(Image.open(ref.path / f"LR{i:03d}.png"))
+            assert scene.lr[i].dtype == np.uint16 and np.array_equal(scene.lr[i], png)
+        original = load_scene(ref)
+        assert np.array_equal(scene.qm, original.qm)
+        assert (scene.hr is None) == (ref.split == "test")
+        if scene.hr is not None:
+            assert np.array_equal(scene.hr, np.asarray(Image.open(ref.path / "HR.png")))
+            assert np.array_equal(scene.sm, original.sm)
+        assert meta["scene"] == ref.name and meta["band"] == ref.band and meta["split"] == split
+        assert meta["clearance"] == pytest.approx(original.clearance.tolist(), abs=1e-6)
+        assert meta["norm"] is not None
+
+
+def test_manifest_counts_and_checksums(packed):
+    _, out = packed
+    manifest = load_manifest(out)
+    assert manifest["summary"] == {"NIR": {"train": 7, "val": 3, "test": 2}, "RED": {"train": 7, "val": 3, "test": 2}}
+    assert sum(s["samples"] for s in manifest["shards"]) == 24
+    assert manifest["params"]["seed"] == 7 and manifest["skipped"] == []
+    assert verify(out) == []
+    assert [p.rsplit("/", 1)[1] for p in shard_paths(out, "NIR", "train")] == ["train-000000.tar", "train-000001.tar"]
+
+
+def test_validation_split_is_disjoint_and_reproducible(packed, tmp_path):
+    src, out = packed
+    def names(root, split):
+        return {k[2] for k in read_back(root) if k[1] == split}
+    train, val = names(out, "train"), names(out, "val")
+    assert not train & val and len(train | val) == 20
+    again = tmp_path / "again"
+    pack(src, again, ["NIR", "RED"], 0.3, None, 7, 1, 16, False)
+    assert names(again, "val") == val
+    other = tmp_path / "other"
+    pack(src, other, ["NIR", "RED"], 0.3, None, 8, 1, 16, False)
+    assert names(other, "val") != val
+
+
+def test_val_list_chooses_the_validation_scenes(packed, tmp_path):
+    src, _ = packed
+    (tmp_path / "val.txt").write_text("# held out\nimgset0001\nimgset0102\n")
+    pack(src, tmp_path / "o", ["NIR", "RED"], 0.3, tmp_path / "val.txt", 0, 1, 16, False)
+    assert sorted(k[2] for k in read_back(tmp_path / "o") if k[1] == "val") == ["imgset0001", "imgset0102"]
+    (tmp_path / "bad.txt").write_text("imgset0001\nimgset9999\n")
+    with pytest.raises(UserError, match=r"bad.txt: 1 name\(s\) that are not train scenes here: imgset9999"):
+        pack(src, tmp_path / "o2", ["NIR"], 0.3, tmp_path / "bad.txt", 0, 1, 16, False)
+
+
+def test_invalid_scenes_stop_the_pack_and_leave_no_manifest(tmp_path, capsys):
+    src = small_tree(tmp_path / "src", n_train=3, n_test=1)
+    (src / "train/NIR/imgset0101/QM002.png").unlink()
+    (src / "train/RED/imgset0000/HR.png").unlink()
+    out = tmp_path / "out"
+    assert main(["pack", str(src), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "train/NIR/imgset0101: LR002.png has no quality map QM002.png" in err
+    assert "train/RED/imgset0000: HR.png is missing" in err
+    assert "2 invalid scene(s) listed above; nothing written" in err
+    assert not out.exists()
+
+    assert main(["pack", str(src), "--out", str(out), "--workers", "1", "--skip-invalid"]) == 0
+    manifest = load_manifest(out)
+    assert [s["scene"] for s in manifest["skipped"]] == ["train/NIR/imgset0101", "train/RED/imgset0000"]
+    assert sum(s["samples"] for s in manifest["shards"]) == 6
+
+
+def test_a_repack_removes_the_old_manifest_before_writing(packed, tmp_path):
+    src, _ = packed
+    out = tmp_path / "out"
+    pack(src, out, ["NIR"], 0.3, None, 0, 1, 16, False)
+    (src / "norm.csv").rename(src / "norm.bak")
+    (src / "norm.csv").write_text("broken line\n")
+    try:
+        with pytest.raises(UserError, match="norm.csv:1"):
+            pack(src, out, ["NIR"], 0.3, None, 0, 1, 16, False)
+    finally:
+        (src / "norm.bak").replace(src / "norm.csv")
+    assert load_manifest(out)  # a pack that stopped before writing leaves the old, true one
+
+
+def test_verify_finds_changed_missing_and_short_shards(packed, tmp_path, capsys):
+    _, out = packed
+    copy = tmp_path / "copy"
+    import shutil
+    shutil.copytree(out, copy)
+    shards = load_manifest(copy)["shards"]
+    (copy / shards[0]["path"]).write_bytes(b"garbage")
+    (copy / shards[1]["path"]).unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][2]["samples"] += 1
+    entry = manifest["shards"][2]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify(copy)
+    assert len(problems) == 3
+    assert "sha256 differs" in problems[0] and "missing" in problems[1]
+    assert f"{entry['samples'] - 1} samples, the manifest says {entry['samples']}" in problems[2]
+    assert main(["pack", "--verify", str(copy)]) == 1
+    assert f"{len(shards) - 3} of {len(shards)} shards verified" in capsys.readouterr().out
+    assert main(["pack", "--verify", str(tmp_path)]) == 2  # no manifest: one clear line
+
+
+def test_cli_refuses_impossible_settings(tmp_path, capsys):
+    assert main(["pack", str(tmp_path), "--out", str(tmp_path / "o"), "--val-fraction", "1.5"]) == 2
+    assert "--val-fraction: 1.5 is not in [0, 1)" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no scenes" in capsys.readouterr().err
