@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .errors import UserError
@@ -11,6 +12,7 @@ from .errors import UserError
 COMMANDS = {
     "synth": ("piunet_dist.data.synthetic", "write synthetic scenes in the PROBA-V layout"),
     "pack": ("piunet_dist.data.shards", "pack PROBA-V scenes into WebDataset shards, or verify them"),
+    "train": ("piunet_dist.train", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
 }
 
 
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return module.run(args) or 0
     except UserError as e:
-        print(f"piunet-dist {args.command}: error: {e}", file=sys.stderr)
+        rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{rank}piunet-dist {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

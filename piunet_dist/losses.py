@@ -65,6 +65,8 @@ def best_shift(y: torch.Tensor, p: torch.Tensor, m: torch.Tensor,
 
 @functools.cache
 def _compiled_best_shift():
+    # where compiling is impossible (no C++ compiler, say), dynamo warns and runs eagerly
+    torch._dynamo.config.suppress_errors = True
     return torch.compile(best_shift, dynamic=False)
 
 

@@ -1,0 +1,291 @@
+"""Every setting, typed, with a default that works and a one-line meaning.
+
+A YAML file sets any of them (and may `extends: other.yaml`, relative to itself);
+trailing `section.key=value` arguments override them. Every mistake is one UserError
+that names the setting: an unknown key with the nearest valid one, a wrong type, an
+impossible value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+def setting(default, meaning: str):
+    """A dataclass field with its one-line meaning (the configuration reference reads it)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    return field(default=default, metadata={"help": meaning})
+
+
+@dataclass
+class ModelConfig:
+    n_feat: int = setting(42, "feature channels (paper: 42)")
+    r_bneck: int = setting(8, "squeeze-excite reduction ratio (paper: 8)")
+    n_tefa: int = setting(16, "TEFA blocks (paper: 16)")
+    n_heads: int = setting(1, "temporal attention heads (paper: 1)")
+
+
+@dataclass
+class DataConfig:
+    shards: str = setting("shards/probav", "directory holding manifest.json and the band folders")
+    band: str = setting("NIR", "band to train on: NIR or RED")
+    n_frames: int = setting(9, "frames per scene, T (paper: 9)")
+    policy: str = setting("paper", "frame selection in training: paper (clearest first) or random")
+    min_clearance: float = setting(0.85, "a frame is usable when more than this share is clear")
+    register: bool = setting(False, "align frames to the clearest one by phase correlation first")
+    patch: int = setting(32, "LR patch side in training; the HR patch is 3x (paper: 32)")
+    min_clear: float = setting(0.1, "a patch is kept when more than this share of its HR is clear")
+    patches_per_scene: int = setting(16, "patches cut from a scene each time it is read")
+    augment: bool = setting(True, "random 90-degree rotations and flips of training patches")
+    shuffle_buffer: int = setting(512, "patches mixed across scenes in each loader worker")
+    workers: int = setting(4, "loader worker processes per training process")
+    skip_corrupt: bool = setting(False, "skip (count and log) unreadable training samples instead of stopping")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = setting(300_000, "optimizer steps in all")
+    batch_size: int = setting(24, "global batch: patches per optimizer step over all processes (paper: 24)")
+    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step")
+    lr: float = setting(1e-4, "Adam learning rate (paper: 1e-4)")
+    weight_decay: float = setting(0.0, "Adam weight decay (paper: 0)")
+    lr_milestones: list = setting([150_000], "steps at which the learning rate is multiplied by lr_gamma")
+    lr_gamma: float = setting(0.2, "learning-rate factor at each milestone (paper: 0.2)")
+    grad_clip: float = setting(15.0, "gradient-norm clipping threshold (paper: 15)")
+    l1_warmup_steps: int = setting(260, "steps trained with the registered L1 loss before the Laplace loss (paper: one epoch)")
+    legacy_sigma_bias: bool = setting(False, "add the brightness bias to the log-scale, as the published code did")
+    precision: str = setting("no", "mixed precision: no, bf16 or fp16 (the loss is always float32)")
+    seed: int = setting(0, "seed of the initial weights and of the data streams")
+    sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off")
+    compile_loss: bool = setting(False, "run the loss's shift search through torch.compile")
+    val_every: int = setting(5000, "steps between validations on the val shards")
+    val_batch_size: int = setting(2, "whole scenes per validation batch and process")
+    val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)")
+    ckpt_every: int = setting(5000, "steps between checkpoints")
+    keep_last: int = setting(3, "complete checkpoints kept besides best/")
+    log_every: int = setting(50, "steps between training log events")
+    max_bad_steps: int = setting(5, "consecutive non-finite losses that stop the run")
+    resume: bool = setting(True, "continue from the newest complete checkpoint in run_dir")
+
+
+@dataclass
+class EvalConfig:
+    split: str = setting("val", "split to evaluate: val or test")
+    self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)")
+    checkpoint: str = setting("best", "which weights of a run: best or last")
+    batch_size: int = setting(2, "scenes per prediction batch and process")
+
+
+@dataclass
+class LaunchConfig:
+    nodes: int = setting(1, "SLURM nodes")
+    gpus_per_node: int = setting(0, "GPUs per node, one process each; 0 runs tasks_per_node CPU processes")
+    tasks_per_node: int = setting(1, "processes per node when gpus_per_node is 0")
+    cpus_per_task: int = setting(4, "CPU cores per process")
+    partition: str = setting("", "SLURM partition (empty: the cluster's default)")
+    account: str = setting("", "SLURM account")
+    time: str = setting("24:00:00", "time limit per job, HH:MM:SS")
+    qos: str = setting("", "SLURM quality of service")
+    constraint: str = setting("", "SLURM node constraint")
+    mem: str = setting("", "memory per node, e.g. 64G (empty: the cluster's default)")
+    cluster: str = setting("auto", "auto (SLURM when sbatch is on the PATH), slurm or local")
+    max_requeues: int = setting(5, "times a preempted or timed-out job requeues itself")
+
+
+@dataclass
+class Config:
+    run_dir: str = setting("runs/piunet", "where checkpoints, logs and metrics of the run go")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+CHOICES = {
+    "data.band": ("NIR", "RED"),
+    "data.policy": ("paper", "random"),
+    "train.precision": ("no", "bf16", "fp16"),
+    "train.sync_bn": ("auto", "on", "off"),
+    "eval.split": ("val", "test"),
+    "eval.self_ensemble": (1, 4, 8),
+    "eval.checkpoint": ("best", "last"),
+    "launch.cluster": ("auto", "slurm", "local"),
+}
+POSITIVE = ("model.n_feat", "model.r_bneck", "model.n_tefa", "model.n_heads", "data.n_frames", "data.patch",
+            "data.patches_per_scene", "data.shuffle_buffer", "train.max_steps", "train.batch_size",
+            "train.grad_accum", "train.val_every", "train.val_batch_size", "train.ckpt_every",
+            "train.keep_last", "train.log_every", "train.max_bad_steps", "eval.batch_size",
+            "launch.nodes", "launch.tasks_per_node", "launch.cpus_per_task", "train.lr", "train.grad_clip")
+SHARES = ("data.min_clearance", "data.min_clear")
+
+
+def _sections(cfg) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cfg)}
+
+
+def _check_type(key: str, value, kind):
+    origin = typing.get_origin(kind) or kind
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if origin is list and isinstance(value, list):
+        return value
+    if origin in (int, str, bool, float) and type(value) is origin:
+        return value
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+    raise UserError(f"{key}: expected {names.get(origin, origin)}, got {value!r}")
+
+
+def _apply(obj, values: dict, where: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    fields = _sections(obj)
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            near = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid: {', '.join(fields)}"
+            raise UserError(f"{where}: unknown setting {key}{hint}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {key} is a section; give it as {key}.<setting>")
+            _apply(current, value, where, f"{key}.")
+        else:
+            setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name]))
+
+
+def _read_yaml(path: Path, seen: tuple = ()) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    if path.resolve() in seen:
+        raise UserError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of settings")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_yaml(path.parent / parent, seen + (path.resolve(),))
+    return _merge(base, data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise UserError(f"{text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if path is not None:
+        _apply(cfg, _read_yaml(Path(path)), str(path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(cfg, nested, "override")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        if get(cfg, key) not in allowed:
+            raise UserError(f"{key}: {get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}")
+    for key in POSITIVE:
+        if get(cfg, key) <= 0:
+            raise UserError(f"{key}: must be positive, got {get(cfg, key)}")
+    for key in SHARES:
+        if not 0 <= get(cfg, key) < 1:
+            raise UserError(f"{key}: must be in [0, 1), got {get(cfg, key)}")
+    if cfg.model.n_feat % cfg.model.n_heads:
+        raise UserError(f"model.n_feat: {cfg.model.n_feat} is not divisible by model.n_heads={cfg.model.n_heads}")
+    if cfg.model.n_feat // cfg.model.r_bneck < 1:
+        raise UserError(f"model.r_bneck: {cfg.model.r_bneck} leaves no squeeze channel of {cfg.model.n_feat}")
+    if not 1 <= cfg.data.patch <= 128:
+        raise UserError(f"data.patch: {cfg.data.patch} is not in 1..128 (LR frames are 128x128)")
+    if any(not isinstance(m, int) or m <= 0 for m in cfg.train.lr_milestones):
+        raise UserError(f"train.lr_milestones: expected positive step numbers, got {cfg.train.lr_milestones}")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}")
+    if cfg.data.workers < 0 or cfg.launch.gpus_per_node < 0:
+        raise UserError("data.workers and launch.gpus_per_node: must be >= 0")
+
+
+def check_world(cfg: Config, world_size: int) -> int:
+    """Per-process micro-batch size for this world; UserError when the global batch does not split."""
+    per_step = cfg.train.batch_size // cfg.train.grad_accum
+    if per_step % world_size:
+        raise UserError(f"train.batch_size: {cfg.train.batch_size} patches (train.grad_accum={cfg.train.grad_accum}) "
+                        f"do not split evenly over {world_size} processes")
+    return per_step // world_size
+
+
+def get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """Short hash of every setting that shapes the result (not run_dir, logging or launch)."""
+    d = to_dict(cfg)
+    d.pop("run_dir")
+    d.pop("launch")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def reference() -> str:
+    """Markdown table of every setting: key, default, meaning (for the README)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append(f"| `{prefix}{f.name}` | `{json.dumps(value)}` | {f.metadata['help']} |")
+    walk(Config(), "")
+    return "\n".join(rows)
+

@@ -1,0 +1,243 @@
+"""The trainer: one loop on Accelerate (DDP over processes and nodes, mixed precision).
+
+    python -m piunet_dist train --config configs/nir.yaml [section.key=value ...]
+    accelerate launch --multi_gpu --num_processes 2 train.py --config ...
+
+Exact resume: the training stream is restarted at every checkpoint step with the step
+as its segment (pipeline.TrainPatches), so a run resumed from step k reads the same
+batches as one that never stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Config, check_world, config_hash, load_config, to_dict, to_yaml
+from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
+from .data.shards import shard_paths
+from .errors import UserError
+from .losses import registered_l1, registered_laplace
+from .metrics import CPSNR, CSSIM, UncertaintyCalibration
+from .model import PIUNet, denormalise, normalise, scale_dn
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        on_gpu = torch.cuda.is_available()
+        _check_process_group_env()
+        self.acc = Accelerator(cpu=not on_gpu, mixed_precision=cfg.train.precision,
+                               log_with="tensorboard", project_dir=str(self.run_dir))
+        expected = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.acc.num_processes != expected:
+            raise UserError(f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
+                            "start with accelerate launch, torchrun or srun so that all join one group")
+        self.micro_batch = check_world(cfg, self.acc.num_processes)
+        self.train_shards = shard_paths(Path(cfg.data.shards), cfg.data.band, "train")
+        self.val_shards = shard_paths(Path(cfg.data.shards), cfg.data.band, "val")
+
+        set_seed(cfg.train.seed)  # the same initial weights on every rank
+        model = PIUNet(**to_dict(cfg)["model"])
+        if self._use_sync_bn(on_gpu):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        set_seed(cfg.train.seed + self.acc.process_index)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # stepped once per optimizer step by the loop, so not handed to prepare()
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.lr_milestones, cfg.train.lr_gamma)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.acc.register_for_checkpointing(self.scheduler)
+        self.state = {"step": 0, "best_val_cpsnr": -math.inf, "skipped_steps": 0, "seed": cfg.train.seed}
+
+    def _use_sync_bn(self, on_gpu: bool) -> bool:
+        mode = self.cfg.train.sync_bn
+        if mode == "on" and not on_gpu:
+            raise UserError("train.sync_bn=on: torch's SyncBatchNorm runs only on GPUs; use auto or off")
+        return mode != "off" and on_gpu and self.acc.num_processes > 1
+
+    # --- the loop -------------------------------------------------------------------
+
+    def train(self) -> dict:
+        cfg = self.cfg.train
+        self._start()
+        batches = self._batches()
+        with tqdm(total=cfg.max_steps, initial=self.state["step"], disable=not self.acc.is_main_process,
+                  desc="train", unit="step", dynamic_ncols=True) as bar:
+            self._loop(batches, bar)
+        self.acc.end_training()
+        return self.state
+
+    def _loop(self, batches, bar) -> None:
+        cfg = self.cfg.train
+        bad_in_a_row, seen, clock = 0, 0, time.perf_counter()
+        while self.state["step"] < cfg.max_steps:
+            loss = self._step(batches)
+            if loss is None:
+                bad_in_a_row += 1
+                self.state["skipped_steps"] += 1
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {self.state['step']}: "
+                                    "lower train.lr, use train.precision=bf16 instead of fp16, or check the data")
+                continue
+            bad_in_a_row = 0
+            self.state["step"] += 1
+            step = self.state["step"]
+            seen += cfg.batch_size
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                rate = seen / (time.perf_counter() - clock)
+                self._log("train", step=step, loss=loss.item(), lr=self.scheduler.get_last_lr()[0],
+                          samples_per_s=rate, skipped_steps=self.state["skipped_steps"], **self._memory())
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}",
+                                samples_s=f"{rate:.1f}")
+                seen, clock = 0, time.perf_counter()
+            if step % cfg.val_every == 0 or step == cfg.max_steps:
+                self._validate()
+            if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+                self.save()
+                batches = self._batches()  # a new segment: what a resumed run reads from here
+
+    def _step(self, batches) -> torch.Tensor | None:
+        """One optimizer step over grad_accum micro-batches; None (and no update) if the loss is not finite."""
+        cfg = self.cfg.train
+        laplace = self.state["step"] >= cfg.l1_warmup_steps
+        total = torch.zeros((), device=self.acc.device)
+        for micro in range(cfg.grad_accum):
+            lr, hr, sm = (t.to(self.acc.device, non_blocking=True) for t in next(batches))
+            sync = micro == cfg.grad_accum - 1
+            with nullcontext() if sync else self.acc.no_sync(self.model):
+                mu, s = self.model(lr)
+                if laplace:
+                    loss = registered_laplace(hr, mu.float(), s.float(), sm, cfg.legacy_sigma_bias, cfg.compile_loss)
+                else:
+                    # the uncertainty branch idles in the L1 warm-up; a zero-weighted term keeps it
+                    # in the graph so DDP gets a (zero) gradient for every parameter on every rank
+                    loss = registered_l1(hr, mu.float(), sm, cfg.compile_loss) + 0.0 * s.float().mean()
+                self.acc.backward(loss / cfg.grad_accum)
+            total += loss.detach() / cfg.grad_accum
+        # every rank takes the same decision, or DDP's next all-reduce would mix states
+        summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num()]), "sum")
+        finite = bool(summed[0].item() == self.acc.num_processes)
+        if finite:
+            self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return summed[1] / self.acc.num_processes if finite else None
+
+    def _batches(self):
+        d = self.cfg.data
+        settings = PatchSettings(n_frames=d.n_frames, policy=d.policy, patch=d.patch, min_clear=d.min_clear,
+                                 patches_per_scene=d.patches_per_scene, augment=d.augment,
+                                 shuffle_buffer=d.shuffle_buffer, register=d.register,
+                                 min_clearance=d.min_clearance, skip_corrupt=d.skip_corrupt)
+        stream = TrainPatches(self.train_shards, settings, seed=self.cfg.train.seed, rank=self.acc.process_index,
+                              segment=self.state["step"])
+        loader = DataLoader(stream, batch_size=self.micro_batch, num_workers=self.cfg.data.workers,
+                            pin_memory=self.acc.device.type == "cuda")
+        return iter(loader)
+
+    # --- validation -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def _validate(self) -> None:
+        cfg = self.cfg
+        # the bare module: ranks hold different scene counts, and DDP's forward may talk to the others
+        model = self.acc.unwrap_model(self.model).eval()
+        scenes = EvalScenes(self.val_shards, cfg.data.n_frames, register=cfg.data.register,
+                            rank=self.acc.process_index, world_size=self.acc.num_processes,
+                            seed=cfg.train.seed, min_clearance=cfg.data.min_clearance)
+        loader = DataLoader(scenes, batch_size=cfg.train.val_batch_size, num_workers=min(2, cfg.data.workers))
+        metrics = [m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration())]
+        for batch in loader:
+            lr = normalise(batch["lr"].to(self.acc.device))
+            mu, s = model(lr)
+            sr, scale = denormalise(mu.float()), scale_dn(s.float())
+            hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
+            metrics[0].update(sr, hr, sm)
+            if cfg.train.val_cssim:
+                metrics[1].update(sr, hr, sm)
+            metrics[2].update(sr, scale, hr, sm)
+        cpsnr = metrics[0].compute().item()
+        cssim = metrics[1].compute().item() if cfg.train.val_cssim else None
+        nll = metrics[2].compute()["nll"].item()
+        model.train()
+        step = self.state["step"]
+        self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll,
+                  val_scenes=int(metrics[0].count))
+        if cpsnr > self.state["best_val_cpsnr"]:
+            self.state["best_val_cpsnr"] = cpsnr
+            checkpoint.save_best(self.acc, self.model, self.run_dir,
+                                 {"step": step, "val_cpsnr": cpsnr, "val_cssim": cssim, "val_nll": nll})
+
+    # --- state and logs -------------------------------------------------------------
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.acc.wait_for_everyone()
+        newest = checkpoint.latest(self.run_dir) if cfg.train.resume else None
+        if newest is not None:
+            self.state = checkpoint.load(self.acc, newest)
+        self.acc.init_trackers("tensorboard")
+        self._log("start", step=self.state["step"], world_size=self.acc.num_processes,
+                  precision=cfg.train.precision, config_hash=config_hash(cfg),
+                  resumed_from=None if newest is None else newest.name)
+
+    def save(self) -> Path:
+        return checkpoint.save(self.acc, self.run_dir, self.state["step"], self.state, self.cfg.train.keep_last)
+
+    def _memory(self) -> dict:
+        if self.acc.device.type != "cuda":
+            return {}
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(self.acc.device) / 2**20}
+
+    def _log(self, event: str, **fields) -> None:
+        if not self.acc.is_main_process:
+            return
+        record = {"event": event, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  **fields}
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
+        if numbers and event != "start":
+            self.acc.log(numbers, step=fields["step"])
+
+
+def _check_process_group_env() -> None:
+    """Several processes must each know their rank and where the group meets."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start with "
+                        "accelerate launch, torchrun or srun (python -m piunet_dist.launch does it for SLURM)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of settings (configs/base.yaml is the paper's recipe)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings that override the file")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg)
+    state = trainer.train()
+    if trainer.acc.is_main_process:
+        print(f"{cfg.run_dir}: trained to step {state['step']}, best val cPSNR {state['best_val_cpsnr']:.3f} dB")
+    return 0

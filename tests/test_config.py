@@ -1,0 +1,98 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from piunet_dist.__main__ import main
+from piunet_dist.config import Config, check_world, config_hash, load_config, reference, to_yaml
+from piunet_dist.errors import UserError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_base_is_the_paper_recipe():
+    cfg = load_config(CONFIGS / "base.yaml")
+    assert (cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads) == (42, 8, 16, 1)
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.weight_decay, cfg.train.grad_clip) == (24, 1e-4, 0.0, 15.0)
+    assert (cfg.train.lr_milestones, cfg.train.lr_gamma) == ([150_000], 0.2)
+    assert (cfg.data.n_frames, cfg.data.patch, cfg.data.min_clear, cfg.data.min_clearance) == (9, 32, 0.1, 0.85)
+
+
+@pytest.mark.parametrize("name, band", [("nir", "NIR"), ("red", "RED"), ("demo", "NIR")])
+def test_band_and_demo_files_extend_base(name, band):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.data.band == band and cfg.train.grad_clip == 15.0
+
+
+def test_overrides_are_typed():
+    cfg = load_config(CONFIGS / "base.yaml", ["train.lr=3e-4", "train.lr_milestones=[10, 20]",
+                                               "data.register=true", "run_dir=/tmp/x", "train.max_steps=7"])
+    assert cfg.train.lr == 3e-4 and cfg.train.lr_milestones == [10, 20]
+    assert cfg.data.register is True and cfg.run_dir == "/tmp/x" and cfg.train.max_steps == 7
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # an integer is a number
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_step=5", "unknown setting train.max_step; did you mean train.max_steps?"),
+    ("trian.lr=1", "unknown setting trian; did you mean train?"),
+    ("train.max_steps=abc", "train.max_steps: expected an integer, got 'abc'"),
+    ("train.max_steps=true", "train.max_steps: expected an integer, got True"),
+    ("train.precision=fp8", "train.precision: 'fp8' is not one of no, bf16, fp16"),
+    ("data.min_clear=1.5", "data.min_clear: must be in [0, 1), got 1.5"),
+    ("train.batch_size=0", "train.batch_size: must be positive, got 0"),
+    ("model.n_heads=5", "model.n_feat: 42 is not divisible by model.n_heads=5"),
+    ("train=3", "train is a section; give it as train.<setting>"),
+    ("train.lr", "'train.lr': expected section.key=value"),
+])
+def test_bad_settings_say_what_is_wrong(override, message):
+    with pytest.raises(UserError) as e:
+        load_config(CONFIGS / "base.yaml", [override])
+    assert message in str(e.value)
+
+
+def test_global_batch_must_split_over_processes():
+    cfg = load_config(None, ["train.batch_size=24", "train.grad_accum=2"])
+    assert check_world(cfg, 3) == 4
+    with pytest.raises(UserError, match=r"train.batch_size: 24 patches \(train.grad_accum=2\) do not split evenly over 5"):
+        check_world(cfg, 5)
+
+
+def test_yaml_files_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(UserError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("train:\n  bach_size: 4\n")
+    with pytest.raises(UserError, match=r"typo.yaml: unknown setting train.bach_size; did you mean train.batch_size\?"):
+        load_config(tmp_path / "typo.yaml")
+    with pytest.raises(UserError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_resolved_yaml_round_trips_and_hash_ignores_where_it_runs(tmp_path):
+    cfg = load_config(CONFIGS / "demo.yaml")
+    (tmp_path / "r.yaml").write_text(to_yaml(cfg))
+    again = load_config(tmp_path / "r.yaml")
+    assert again == cfg
+    moved = load_config(tmp_path / "r.yaml", ["run_dir=/elsewhere", "launch.nodes=4"])
+    assert config_hash(moved) == config_hash(cfg)
+    assert config_hash(load_config(tmp_path / "r.yaml", ["train.lr=0.5"])) != config_hash(cfg)
+
+
+def test_reference_lists_every_setting_with_its_meaning():
+    table = reference()
+    for key in ("run_dir", "data.shards", "data.band", "train.max_steps", "train.val_every", "train.ckpt_every",
+                "train.batch_size", "train.precision", "train.seed", "launch.nodes", "eval.self_ensemble"):
+        assert f"| `{key}` |" in table
+    leaves = sum(len(dataclasses.fields(getattr(Config(), f.name))) if dataclasses.is_dataclass(getattr(Config(), f.name))
+                 else 1 for f in dataclasses.fields(Config))
+    assert len(table.splitlines()) == 2 + leaves
+
+
+def test_cli_reports_one_line_and_exit_code_2(capsys):
+    assert main(["train", "--config", str(CONFIGS / "demo.yaml"), "train.max_step=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["piunet-dist train: error: override: unknown setting train.max_step; did you mean train.max_steps?"]

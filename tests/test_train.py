@@ -1,0 +1,129 @@
+"""The trainer with real processes: accelerate launch over 2 gloo ranks, stop and resume."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from piunet_dist.data.shards import pack
+from piunet_dist.data.synthetic import synthesise
+
+ROOT = Path(__file__).parent.parent
+VENV_BIN = Path(sys.executable).parent
+TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
+        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=1", "train.val_cssim=false",
+        "train.l1_warmup_steps=3", "train.log_every=2", "train.val_batch_size=1"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    synthesise(root / "scenes", 6, 0, ["NIR"], seed=3, workers=2)
+    pack(root / "scenes", root / "shards", ["NIR"], 0.34, None, 0, 2, 2, False)
+    return root / "shards"
+
+
+def run(args, env=None, check=True):
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def train(run_dir, shards, *extra, **kw):
+    return run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
+                f"run_dir={run_dir}", f"data.shards={shards}", *TINY, *extra], **kw)
+
+
+def events(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_two_gloo_processes_through_accelerate_launch_keep_identical_parameters(shards, tmp_path):
+    run_dir = tmp_path / "ddp"
+    run([str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "tests/ddp_probe.py", "configs/demo.yaml",
+         f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=6", "train.val_every=3",
+         "train.ckpt_every=3"])
+    ranks = [torch.load(run_dir / f"rank{i}.pt") for i in range(2)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    start = events(run_dir)[0]
+    assert start["event"] == "start" and start["world_size"] == 2
+    assert [e["step"] for e in events(run_dir) if e["event"] == "val"] == [3, 6]
+    saved = weights(run_dir / "checkpoints/step_0000006")
+    assert all(torch.equal(saved[k], ranks[0][k]) for k in ranks[0])
+    assert not torch.equal(saved["conv_in.weight"], weights(run_dir / "checkpoints/step_0000003")["conv_in.weight"])
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(shards, tmp_path):
+    common = ["train.val_every=4", "train.ckpt_every=4", "train.keep_last=5"]
+    train(tmp_path / "straight", shards, "train.max_steps=8", *common)
+    train(tmp_path / "stopped", shards, "train.max_steps=4", *common)
+    train(tmp_path / "stopped", shards, "train.max_steps=8", *common)  # same run_dir: resumes at 4
+    a = weights(tmp_path / "straight/checkpoints/step_0000008")
+    b = weights(tmp_path / "stopped/checkpoints/step_0000008")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = events(tmp_path / "stopped")
+    starts = [e for e in log if e["event"] == "start"]
+    assert [s["resumed_from"] for s in starts] == [None, "step_0000004"]
+    assert [e["step"] for e in log if e["event"] == "train"] == [2, 4, 6, 8]  # appended, none repeated
+
+
+def test_half_written_checkpoints_are_ignored(shards, tmp_path):
+    run_dir = tmp_path / "half"
+    train(run_dir, shards, "train.max_steps=4", "train.ckpt_every=2", "train.val_every=2")
+    ckpts = run_dir / "checkpoints"
+    shutil.copytree(ckpts / "step_0000004", ckpts / "step_0000006.partial")
+    shutil.copytree(ckpts / "step_0000004", ckpts / "step_0000008")
+    (ckpts / "step_0000008" / "trainer_state.json").unlink()  # died before its last file
+    train(run_dir, shards, "train.max_steps=6", "train.ckpt_every=2", "train.val_every=2")
+    assert events(run_dir)[-1]["event"] != "start"
+    assert [e["resumed_from"] for e in events(run_dir) if e["event"] == "start"] == [None, "step_0000004"]
+    assert json.loads((ckpts / "step_0000006" / "trainer_state.json").read_text())["step"] == 6
+
+
+def test_non_finite_losses_stop_the_run_with_a_clear_message(shards, tmp_path):
+    result = train(tmp_path / "nan", shards, "train.max_steps=50", "train.lr=1e30", "train.max_bad_steps=3",
+                   "train.l1_warmup_steps=0", check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "3 non-finite losses in a row" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_world_size_without_a_process_group_is_refused(shards, tmp_path):
+    result = train(tmp_path / "w", shards, "train.max_steps=2", env={"WORLD_SIZE": "2"}, check=False)
+    assert result.returncode == 2
+    assert "WORLD_SIZE=2" in result.stderr.strip().splitlines()[-1]
+
+
+def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path):
+    import torch.nn.functional as F
+    from piunet_dist.data.pipeline import EvalScenes
+    from piunet_dist.data.shards import shard_paths
+    from piunet_dist.metrics import cpsnr
+
+    synthesise(tmp_path / "scenes", 24, 0, ["NIR"], seed=11, workers=2)
+    pack(tmp_path / "scenes", tmp_path / "shards", ["NIR"], 0.3, None, 0, 2, 8, False)
+    run_dir = tmp_path / "demo"
+    train(run_dir, tmp_path / "shards", "model.n_feat=16", "model.n_tefa=2", "train.batch_size=8",
+          "data.patch=32", "data.patches_per_scene=8", "data.shuffle_buffer=128", "train.l1_warmup_steps=50",
+          "train.log_every=10", "train.max_steps=300", "train.val_every=100", "train.ckpt_every=100")
+    best = max(e["val_cpsnr"] for e in events(run_dir) if e["event"] == "val")
+    bilinear = []
+    for scene in EvalScenes(shard_paths(tmp_path / "shards", "NIR", "val")):
+        mean = scene["lr"].mean(dim=0)[None, None]
+        up = F.interpolate(mean, scale_factor=3, mode="bilinear", align_corners=False)
+        bilinear.append(cpsnr(up, scene["hr"][None, None], scene["sm"][None, None]))
+    assert best > torch.cat(bilinear).mean().item() + 0.3
