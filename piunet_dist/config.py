@@ -275,9 +275,9 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def reference() -> str:
-    """Markdown table of every setting: key, default, meaning (for the README)."""
-    rows = ["| setting | default | meaning |", "|---|---|---|"]
+def settings() -> list[tuple[str, object, str]]:
+    """(dotted key, default, meaning) of every setting, in declaration order."""
+    rows = []
 
     def walk(obj, prefix):
         for f in dataclasses.fields(obj):
@@ -285,7 +285,22 @@ def reference() -> str:
             if dataclasses.is_dataclass(value):
                 walk(value, f"{prefix}{f.name}.")
             else:
-                rows.append(f"| `{prefix}{f.name}` | `{json.dumps(value)}` | {f.metadata['help']} |")
+                rows.append((f"{prefix}{f.name}", value, f.metadata["help"]))
     walk(Config(), "")
+    return rows
+
+
+def reference() -> str:
+    """Markdown table of every setting: key, default, meaning (for the README)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{json.dumps(value)}` | {meaning} |" for key, value, meaning in settings()]
     return "\n".join(rows)
+
+
+def settings_help() -> str:
+    """Every setting as plain text, for --help."""
+    width = max(len(key) for key, _, _ in settings())
+    lines = ["settings (section.key=value; defaults in brackets):"]
+    lines += [f"  {key:<{width}}  {meaning} [{json.dumps(value)}]" for key, value, meaning in settings()]
+    return "\n".join(lines)
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import Config, check_world, config_hash, load_config, to_dict, to_yaml
+from .config import Config, check_world, config_hash, load_config, settings_help, to_dict, to_yaml
 from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
 from .data.shards import shard_paths
 from .errors import UserError
@@ -230,6 +230,8 @@ def _check_process_group_env() -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = settings_help()
     parser.add_argument("--config", type=Path, help="YAML file of settings (configs/base.yaml is the paper's recipe)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings that override the file")
 

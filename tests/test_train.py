@@ -49,10 +49,17 @@ def weights(path):
     return load_file(str(Path(path) / "model.safetensors"))
 
 
-def test_two_gloo_processes_through_accelerate_launch_keep_identical_parameters(shards, tmp_path):
+LAUNCHERS = {
+    "accelerate": [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "torchrun": [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_gloo_processes_keep_identical_parameters(shards, tmp_path, launcher):
     run_dir = tmp_path / "ddp"
-    run([str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "tests/ddp_probe.py", "configs/demo.yaml",
+    run([*LAUNCHERS[launcher], "tests/ddp_probe.py", "configs/demo.yaml",
          f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=6", "train.val_every=3",
          "train.ckpt_every=3"])
     ranks = [torch.load(run_dir / f"rank{i}.pt") for i in range(2)]

@@ -1,0 +1,201 @@
+"""Submit training to SLURM with submitit, or run it as local processes.
+
+    python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
+    python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
+
+Each task exports the torch.distributed environment from SLURM (submitit's
+TorchDistributedEnvironment) and runs the trainer in-process; Accelerate joins them in
+one group, NCCL on GPUs and gloo on CPUs. The job is Checkpointable: on SLURM's signal
+before a preemption or the time limit, rank 0 requeues it, and the requeued job resumes
+from the newest complete checkpoint that the run writes every train.ckpt_every steps.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import submitit
+
+from .config import Config, load_config
+from .errors import UserError
+
+FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "account", "time", "qos",
+         "constraint", "mem", "cluster")
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One training run as a SLURM (or local) job; every task of the job calls it."""
+
+    def __init__(self, config: str | None, overrides: list[str]):
+        self.config, self.overrides = config, list(overrides)
+
+    def __call__(self) -> dict:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        from .train import Trainer  # after the environment: Accelerate reads it when built
+        trainer = Trainer(load_config(self.config, self.overrides))
+        return trainer.train()
+
+    def checkpoint(self, *args, **kwargs):
+        """On SLURM's signal (global rank 0 only): requeue, up to launch.max_requeues times."""
+        cfg = load_config(self.config, self.overrides)
+        count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        requeue = count < cfg.launch.max_requeues
+        _append_event(Path(cfg.run_dir), {"event": "requeue" if requeue else "requeue_refused",
+                                          "restart_count": count, "max_requeues": cfg.launch.max_requeues,
+                                          "job_id": os.environ.get("SLURM_JOB_ID")})
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.overrides)) if requeue else None
+
+
+def _append_event(run_dir: Path, record: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({**record, "time": stamp}) + "\n")
+
+
+def cluster_kind(choice: str) -> str:
+    if choice == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if choice == "slurm" and not shutil.which("sbatch"):
+        raise UserError("--cluster slurm: sbatch is not on the PATH (use --cluster local, or run on a login node)")
+    return choice
+
+
+def minutes(hhmmss: str) -> int:
+    try:
+        parts = [int(p) for p in hhmmss.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or any(p < 0 for p in parts):
+        raise UserError(f"--time: {hhmmss!r} is not HH:MM:SS")
+    h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else (parts[0], parts[1], 0)
+    return max(1, h * 60 + m + (1 if s else 0))
+
+
+def make_executor(cfg: Config, folder: Path, name: str):
+    """A submitit executor for cfg.launch: SLURM, or local processes."""
+    launch = cfg.launch
+    kind = cluster_kind(launch.cluster)
+    tasks = launch.gpus_per_node if launch.gpus_per_node > 0 else launch.tasks_per_node
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    params = {"name": name, "nodes": launch.nodes, "tasks_per_node": tasks, "cpus_per_task": launch.cpus_per_task,
+              "timeout_min": minutes(launch.time)}
+    if launch.gpus_per_node > 0:
+        params["gpus_per_node"] = launch.gpus_per_node
+    if kind == "slurm":
+        params.update({f"slurm_{k}": getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem")
+                       if getattr(launch, k)})
+    elif launch.nodes > 1:
+        raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
+    executor.update_parameters(**params)
+    return executor, kind
+
+
+def sbatch_script(cfg: Config, folder: Path, name: str) -> str:
+    """The sbatch file submitit would write for this job (for --dry-run)."""
+    executor, kind = make_executor(cfg, folder, name)
+    if kind != "slurm":
+        raise UserError("--dry-run prints an sbatch script: it needs SLURM (sbatch on the PATH) or --cluster slurm")
+    return executor._executor._make_submission_file_text("<python -m submitit.core._submit ...>", "dry-run")
+
+
+def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
+    """(run dir, overrides) of every run: one, or one per band x seed under run_dir."""
+    bands, seeds = args.bands or [cfg.data.band], args.seeds or [cfg.train.seed]
+    if not args.bands and not args.seeds:
+        return [(cfg.run_dir, [])]
+    return [(str(Path(cfg.run_dir) / f"{band.lower()}-seed{seed}"),
+             [f"data.band={band}", f"train.seed={seed}", f"run_dir={Path(cfg.run_dir) / f'{band.lower()}-seed{seed}'}"])
+            for band in bands for seed in seeds]
+
+
+def submit_training(args) -> int:
+    overrides = list(args.overrides) + [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
+    cfg = load_config(args.config, overrides)
+    runs = members(args, cfg)
+    for run_dir, extra in runs:
+        load_config(args.config, overrides + extra)  # every member's settings are valid before anything is sent
+    folder = Path(cfg.run_dir) / "slurm"
+    name = f"piunet-{Path(cfg.run_dir).name}"
+    if args.dry_run:
+        print(sbatch_script(cfg, folder, name))
+        return 0
+    executor, kind = make_executor(cfg, folder, name)
+    config = str(args.config) if args.config else None
+    with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
+        jobs = [executor.submit(TrainJob(config, overrides + extra)) for _, extra in runs]
+    for job, (run_dir, _) in zip(jobs, runs):
+        print(f"job {job.job_id} ({kind}): run dir {run_dir}")
+        print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
+    return wait_for(jobs) if args.wait else 0
+
+
+def wait_for(jobs) -> int:
+    """Follow jobs to their end; non-zero with each failed job's own error."""
+    failed = 0
+    for job in jobs:
+        try:
+            job.results()  # one result per task
+            print(f"job {job.job_id}: done")
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+            failed += 1
+            print(f"job {job.job_id}: failed\n{_job_error(job, e)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _job_error(job, error: Exception) -> str:
+    """The job's own error: the last 'SomeError: message' line of its trace, and where its logs are."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*:", line)]
+    if raised:
+        kind, message = raised[-1].split(":", 1)
+        what = f"{kind.rsplit('.', 1)[-1]}:{message}"
+    else:
+        what = next((line for line in reversed(lines) if line), "no error text")
+    return f"  {what}\n  (logs: {job.paths.stderr})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML file of settings (as for train)")
+    parser.add_argument("--nodes", type=int, help="SLURM nodes [launch.nodes]")
+    parser.add_argument("--gpus-per-node", type=int, help="GPUs per node, a process each; 0: CPU processes [launch.gpus_per_node]")
+    parser.add_argument("--tasks-per-node", type=int, help="processes per node when --gpus-per-node is 0 [launch.tasks_per_node]")
+    parser.add_argument("--cpus-per-task", type=int, help="CPU cores per process [launch.cpus_per_task]")
+    parser.add_argument("--partition", help="SLURM partition [launch.partition]")
+    parser.add_argument("--account", help="SLURM account [launch.account]")
+    parser.add_argument("--time", help="time limit per job, HH:MM:SS [launch.time]")
+    parser.add_argument("--qos", help="SLURM quality of service [launch.qos]")
+    parser.add_argument("--constraint", help="SLURM node constraint [launch.constraint]")
+    parser.add_argument("--mem", help="memory per node, e.g. 64G [launch.mem]")
+    parser.add_argument("--cluster", choices=("auto", "slurm", "local"),
+                        help="auto: SLURM when sbatch is on the PATH, else local processes [launch.cluster]")
+    parser.add_argument("--bands", nargs="+", choices=("NIR", "RED"), help="a job array over these bands (x --seeds)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="a job array over these seeds (x --bands)")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
+    parser.add_argument("--wait", action="store_true", help="follow the job(s) to the end; non-zero if one failed")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings, as for train")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return submit_training(args)
+    except UserError as e:
+        print(f"piunet-dist launch: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    # run the imported module's main, so that jobs pickle TrainJob by reference, not by value
+    from piunet_dist.launch import main as launch_main
+    sys.exit(launch_main())

@@ -1,0 +1,157 @@
+"""The launcher against a real SLURM cluster (slurm/testcluster/start.sh) and without one."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from piunet_dist.data.shards import pack
+from piunet_dist.data.synthetic import synthesise
+
+ROOT = Path(__file__).parent.parent
+TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
+        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=0", "train.val_cssim=false",
+        "train.compile_loss=false", "train.l1_warmup_steps=2", "train.val_batch_size=1"]
+
+
+def slurm_available() -> str | None:
+    """Why the SLURM tests cannot run here, or None."""
+    if not os.environ.get("SLURM_CONF"):
+        return "SLURM_CONF is not set (make test starts slurm/testcluster when it can)"
+    if not shutil.which("sbatch"):
+        return "sbatch is not on the PATH"
+    return None
+
+
+needs_slurm = pytest.mark.skipif(
+    slurm_available() is not None and os.environ.get("CI") != "true",
+    reason=f"no SLURM test cluster: {slurm_available()}")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("launchdata")
+    synthesise(root / "scenes", 4, 0, ["NIR", "RED"], seed=5, workers=2)
+    pack(root / "scenes", root / "shards", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
+    return root / "shards"
+
+
+def launch(*args, check=True, timeout=400):
+    result = subprocess.run([sys.executable, "-m", "piunet_dist.launch", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"launch {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def events(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def job_id(stdout: str) -> str:
+    return stdout.split("job ", 1)[1].split()[0]
+
+
+def sacct_nodes(job: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "NodeList%40"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def test_local_cluster_runs_the_same_two_process_job(shards, tmp_path):
+    run_dir = tmp_path / "local"
+    launch("--config", "configs/demo.yaml", "--cluster", "local", "--tasks-per-node", "2", "--wait",
+           f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=4", "train.ckpt_every=2",
+           "train.val_every=2")
+    assert events(run_dir)[0]["world_size"] == 2
+    assert (run_dir / "checkpoints/step_0000004").is_dir()
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+    result = launch("--config", "configs/demo.yaml", "--time", "soon", "--cluster", "local", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "piunet-dist launch: error: --time: 'soon' is not HH:MM:SS"
+    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--cluster", "local", check=False)
+    assert "local processes run on this machine only" in result.stderr
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_two_nodes_one_task_each_train_and_checkpoint(shards, tmp_path):
+    run_dir = tmp_path / "two"
+    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
+                    "--wait", f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=4",
+                    "train.ckpt_every=2", "train.val_every=2")
+    assert "(slurm)" in result.stdout and "done" in result.stdout
+    assert events(run_dir)[0]["world_size"] == 2
+    assert sacct_nodes(job_id(result.stdout)) == "n[1-2]"
+    assert (run_dir / "checkpoints/step_0000004").is_dir()
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_path):
+    run_dir = tmp_path / "preempt"
+    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
+                    f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=60",
+                    "train.ckpt_every=10", "train.val_every=1000", "train.log_every=1")
+    job = job_id(result.stdout)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints/step_0000010").is_dir():
+        assert time.time() < deadline, "no checkpoint before the deadline"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints/step_0000060").is_dir():
+        assert time.time() < deadline, f"the requeued job did not finish: {events(run_dir)[-3:]}"
+        time.sleep(1)
+    log = events(run_dir)
+    requeues = [e for e in log if e["event"] == "requeue"]
+    starts = [e for e in log if e["event"] == "start"]
+    assert len(requeues) == 1 and requeues[0]["restart_count"] == 0
+    assert len(starts) == 2 and starts[1]["resumed_from"] is not None
+    resumed = int(starts[1]["resumed_from"].split("_")[1])
+    second = log.index(starts[1])
+    before = [e["step"] for e in log[:second] if e["event"] == "train"]
+    after = [e["step"] for e in log[second:] if e["event"] == "train"]
+    assert after == list(range(resumed + 1, 61))          # nothing lost after the checkpoint
+    assert before[:resumed] == list(range(1, resumed + 1))  # and what came before was all there
+    assert max(before) - resumed < 10                      # redone: at most the steps since it
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_band_seed_array_trains_every_member(shards, tmp_path):
+    run_dir = tmp_path / "sweep"
+    result = launch("--config", "configs/demo.yaml", "--bands", "NIR", "RED", "--seeds", "0", "1",
+                    "--cpus-per-task", "1", "--wait", f"run_dir={run_dir}", f"data.shards={shards}", *TINY,
+                    "train.max_steps=2", "train.ckpt_every=2", "train.val_every=2")
+    ids = {job_id(line) for line in result.stdout.splitlines() if line.startswith("job ") and "run dir" in line}
+    assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
+    for member in ("nir-seed0", "nir-seed1", "red-seed0", "red-seed1"):
+        cfg = (run_dir / member / "config.yaml").read_text()
+        assert f"band: {member[:3].upper()}" in cfg and f"seed: {member[-1]}" in cfg
+        assert (run_dir / member / "checkpoints/step_0000002").is_dir()
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_failing_job_makes_wait_exit_non_zero_with_its_error(tmp_path):
+    result = launch("--config", "configs/demo.yaml", "--cpus-per-task", "1", "--wait",
+                    f"run_dir={tmp_path / 'bad'}", "data.shards=/no/such/shards", check=False)
+    assert result.returncode == 1
+    assert "UserError: /no/such/shards: no manifest.json" in result.stderr
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_dry_run_prints_the_sbatch_script(tmp_path):
+    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--partition", "debug", "--time", "01:30:00",
+                    "--dry-run", f"run_dir={tmp_path / 'dry'}")
+    script = result.stdout
+    assert script.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in script
+    assert "#SBATCH --partition=debug" in script and "#SBATCH --time=90" in script
+    assert not (tmp_path / "dry" / "slurm").exists() or not any((tmp_path / "dry" / "slurm").glob("*.pkl"))
