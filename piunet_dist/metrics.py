@@ -49,6 +49,22 @@ def _window_sums(a: torch.Tensor) -> torch.Tensor:
     return (rows.sum(dim=1, keepdim=True) - top - bottom).flatten(1)            # (B, 7*7)
 
 
+def _inverse_at_shifts(spectrum: torch.Tensor, size) -> torch.Tensor:
+    """irfft2(spectrum) at the 7x7 shifts only, (B,49): two small matrix products instead of a
+    full inverse transform. Columns 1..W/2-1 of a real signal's half spectrum stand for two."""
+    hgt, wid = size
+    k = torch.arange(hgt, device=spectrum.device, dtype=torch.float64)
+    l = torch.arange(spectrum.shape[-1], device=spectrum.device, dtype=torch.float64)
+    u = torch.arange(SIDE, device=spectrum.device, dtype=torch.float64)
+    rows = torch.exp(2j * torch.pi * u[:, None] * k[None, :] / hgt)               # (7, H)
+    weight = torch.full_like(l, 2.0)
+    weight[0] = 1.0
+    if wid % 2 == 0:
+        weight[-1] = 1.0
+    cols = weight[:, None] * torch.exp(2j * torch.pi * l[:, None] * u[None, :] / wid)  # (W/2+1, 7)
+    return (rows @ spectrum @ cols).real.flatten(1) / (hgt * wid)
+
+
 def shift_search(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> ShiftSearch:
     """Best shift by clear MSE; `sr`, `hr`, `mask` (B,1,H,W), SR and HR in DN."""
     m = mask[:, 0].to(torch.float64)
@@ -63,9 +79,9 @@ def shift_search(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> Shif
     size = y.shape[-2:]
     f_m, f_y = torch.fft.rfft2(m), torch.fft.rfft2(y)
     f_p, f_pp = torch.fft.rfft2(p, s=size).conj(), torch.fft.rfft2(p * p, s=size).conj()
-    # sum(M p) and sum(M p^2) - 2 sum(M y p), each as one inverse transform
-    spectra = torch.stack([f_m * f_p, f_m * f_pp - 2 * f_y * f_p], dim=1)
-    s_p, s_pp_yp = torch.fft.irfft2(spectra, s=size)[..., :SIDE, :SIDE].flatten(2).unbind(1)
+    # sum(M p) and sum(M p^2) - 2 sum(M y p), each transformed back at the 7x7 shifts only
+    s_p = _inverse_at_shifts(f_m * f_p, size)
+    s_pp_yp = _inverse_at_shifts(f_m * f_pp - 2 * f_y * f_p, size)
     n = n.round()
     safe_n = n.clamp(min=1)
     s_d = s_y - s_p
