@@ -155,3 +155,33 @@ def test_dry_run_prints_the_sbatch_script(tmp_path):
     assert script.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in script
     assert "#SBATCH --partition=debug" in script and "#SBATCH --time=90" in script
     assert not (tmp_path / "dry" / "slurm").exists() or not any((tmp_path / "dry" / "slurm").glob("*.pkl"))
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_sbatch_templates_pass_test_only():
+    for template in ("slurm/train.sbatch",):
+        result = subprocess.run(["sbatch", "--test-only", "--nodes", "2", "--cpus-per-task", "1", template,
+                                 "configs/demo.yaml"], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0 and "to start at" in result.stderr, result.stderr
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_train_sbatch_runs_a_tiny_job_to_completion(shards, tmp_path):
+    run_dir, out = tmp_path / "sbatch", tmp_path / "sbatch.out"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--nodes", "2", "--cpus-per-task", "1", "--output", str(out), "slurm/train.sbatch",
+         "configs/demo.yaml", f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=4",
+         "train.ckpt_every=2", "train.val_every=2"],
+        cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "PIUNET_PYTHON": sys.executable})
+    job = submitted.stdout.strip()
+    deadline, state = time.time() + 300, ""
+    while state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+        assert time.time() < deadline, f"job {job} still {state}"
+        time.sleep(2)
+        state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True,
+                               text=True).stdout.strip().split(" ")[0]
+    assert state == "COMPLETED", out.read_text()[-3000:]
+    assert events(run_dir)[0]["world_size"] == 2 and sacct_nodes(job) == "n[1-2]"
+    assert (run_dir / "checkpoints/step_0000004").is_dir()
