@@ -13,6 +13,7 @@ COMMANDS = {
     "synth": ("piunet_dist.data.synthetic", "write synthetic scenes in the PROBA-V layout"),
     "pack": ("piunet_dist.data.shards", "pack PROBA-V scenes into WebDataset shards, or verify them"),
     "train": ("piunet_dist.train", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
+    "evaluate": ("piunet_dist.evaluate", "predict and score a split with one or more runs, and their ensembles"),
 }
 
 

@@ -209,6 +209,18 @@ def shard_paths(root: Path, band: str, split: str) -> list[str]:
     return paths
 
 
+def scene_names(paths: list[str]) -> list[str]:
+    """Names of the scenes (sample keys) in these shards, in order."""
+    names = []
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                key = member.name.split(".", 1)[0]
+                if member.isfile() and (not names or names[-1] != key):
+                    names.append(key)
+    return names
+
+
 def verify(root: Path) -> list[str]:
     """Problems of the shards under root against their manifest; [] when all is well."""
     manifest = load_manifest(root)

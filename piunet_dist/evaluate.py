@@ -1,0 +1,296 @@
+"""Evaluate trained runs (members of an ensemble) on a split, per band.
+
+    python -m piunet_dist evaluate --runs runs/nir-seed0 runs/nir-seed1 --split val --out runs/eval
+
+For every scene, each member predicts with a self-ensemble over rotations (and flips);
+members are combined by their plain mean and by the inverse-variance-weighted mean
+(weights 1/b^2 from each member's Laplace scale b). Outputs, under OUT/<band>/<method>/:
+imgsetNNNN.png (16-bit SR) and imgsetNNNN_scale.npy (float32 Laplace scale in DN);
+OUT/scenes.csv (every score of every scene and method); OUT/summary.json; and for the
+test split OUT/submission/ with OUT/submission.zip, written only when complete.
+Started by several processes (accelerate launch, torchrun, srun), every scene is
+predicted once, by one of them.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from . import checkpoint
+from .baselines import bicubic_mean
+from .config import Config, load_config
+from .data.pipeline import EvalScenes
+from .data.shards import scene_names, shard_paths
+from .errors import UserError
+from .metrics import PEAK, challenge_score, cpsnr, cssim, shift_search, uncertainty_stats
+from .model import PIUNet, denormalise, normalise, scale_dn
+from .weights import load_weights
+
+ENSEMBLE, WEIGHTED = "ensemble", "weighted_ensemble"
+
+
+@dataclass
+class Member:
+    name: str
+    run_dir: Path
+    cfg: Config
+    model: PIUNet
+
+
+def weights_path(run_dir: Path, which: str) -> Path:
+    if which == "best":
+        path = run_dir / "best"
+        if not (path / "model.safetensors").is_file():
+            raise UserError(f"{run_dir}: no best/ weights (has it validated once?); try --checkpoint last")
+        return path
+    newest = checkpoint.latest(run_dir)
+    if newest is None:
+        raise UserError(f"{run_dir}: no complete checkpoint in checkpoints/")
+    return newest
+
+
+def load_members(runs: list[Path], which: str, device: torch.device) -> list[Member]:
+    members, names = [], set()
+    for run_dir in runs:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml")
+        model = PIUNet(cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads)
+        load_weights(model, weights_path(run_dir, which))
+        name = run_dir.name if run_dir.name not in names else f"{run_dir.parent.name}-{run_dir.name}"
+        names.add(name)
+        members.append(Member(name, run_dir, cfg, model.to(device).eval()))
+    return members
+
+
+def transforms(n: int) -> list[tuple[int, bool]]:
+    """(quarter turns, flip) of a self-ensemble of n: 1, the 4 rotations, or those and their flips."""
+    if n not in (1, 4, 8):
+        raise UserError(f"--self-ensemble: {n} is not 1, 4 or 8")
+    return [(k, flip) for flip in (False, True) for k in range(4)][:n]
+
+
+@torch.no_grad()
+def predict(model: PIUNet, lr_dn: torch.Tensor, self_ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,T,X,Y) frames in DN -> SR and Laplace scale, both (B,1,3X,3Y) in DN, averaged over the transforms."""
+    sr = scale = 0
+    views = transforms(self_ensemble)
+    for k, flip in views:
+        x = torch.rot90(lr_dn, k, dims=(-2, -1))
+        x = x.flip(-1) if flip else x
+        mu, s = model(normalise(x))
+        mu, s = (t.flip(-1) if flip else t for t in (mu.float(), s.float()))
+        sr = sr + torch.rot90(denormalise(mu), -k, dims=(-2, -1))
+        scale = scale + torch.rot90(scale_dn(s), -k, dims=(-2, -1))
+    return sr / len(views), scale / len(views)
+
+
+def combine(srs: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Members' (M,B,1,H,W) SR and scale -> the two ensembles, each (SR, total scale), and the
+    aleatoric and epistemic spreads (standard deviations in DN)."""
+    aleatoric_var = (2 * scales**2).mean(dim=0)            # a Laplace of scale b has variance 2 b^2
+    epistemic_var = srs.var(dim=0, unbiased=False)
+    total_scale = ((aleatoric_var + epistemic_var) / 2).sqrt()
+    weights = 1 / scales**2
+    weighted = (weights * srs).sum(dim=0) / weights.sum(dim=0)
+    return {ENSEMBLE: (srs.mean(dim=0), total_scale), WEIGHTED: (weighted, total_scale),
+            "spread": (aleatoric_var.sqrt(), epistemic_var.sqrt())}
+
+
+def scene_scores(sr, scale, hr, sm, norm) -> dict[str, float]:
+    """Every score of one scene (tensors (1,1,H,W) in DN)."""
+    search = shift_search(sr, hr, sm)
+    stats = uncertainty_stats(sr, scale, hr, sm)
+    return {
+        "cpsnr": float(cpsnr(sr, hr, sm)[0]), "cssim": float(cssim(sr, hr, sm)[0]),
+        "score": float(challenge_score(sr, hr, sm, torch.tensor([norm]))[0]) if not math.isnan(norm) else math.nan,
+        "shift": int(search.best[0]), "nll": float(stats["nll"][0]),
+        "coverage50": float(stats["coverage50"][0]), "coverage90": float(stats["coverage90"][0]),
+        "scale_error_corr": float(stats["scale_error_corr"][0]),
+    }
+
+
+def write_outputs(folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sr[0].round().clamp(0, PEAK).to(torch.int32).cpu().numpy().astype(np.uint16)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    np.save(folder / f"{name}_scale.npy", scale[0].float().cpu().numpy())
+
+
+def evaluate_band(band: str, members: list[Member], shards: Path, split: str, self_ensemble: int,
+                  batch_size: int, out: Path, rank: int, world: int, device: torch.device) -> list[dict]:
+    """Predict and score every scene of one band handled by this process; rows of scenes.csv."""
+    data = members[0].cfg.data
+    for m in members[1:]:
+        d = m.cfg.data
+        if (d.n_frames, d.register, d.min_clearance) != (data.n_frames, data.register, data.min_clearance):
+            raise UserError(f"{m.run_dir}: reads scenes unlike {members[0].run_dir} (data.n_frames, "
+                            "data.register or data.min_clearance differ); evaluate them apart")
+    scenes = EvalScenes(shard_paths(shards, band, split), data.n_frames, keep_unclear=split == "test",
+                        register=data.register, rank=rank, world_size=world, seed=0,
+                        min_clearance=data.min_clearance)
+    rows = []
+    for batch in DataLoader(scenes, batch_size=batch_size, num_workers=2):
+        lr = batch["lr"].to(device)
+        outputs = [predict(m.model, lr, self_ensemble) for m in members]
+        srs = torch.stack([o[0] for o in outputs])
+        scales = torch.stack([o[1] for o in outputs])
+        combined = combine(srs, scales)
+        aleatoric, epistemic = combined.pop("spread")
+        methods = {m.name: (srs[i], scales[i]) for i, m in enumerate(members)} | combined
+        bicubic = bicubic_mean(batch["lr"])
+        for j, name in enumerate(batch["name"]):
+            for method, (sr, scale) in methods.items():
+                write_outputs(out / band / method, name, sr[j], scale[j])
+            row = {"scene": name, "band": band, "aleatoric_dn": float(aleatoric[j].mean()),
+                   "epistemic_dn": float(epistemic[j].mean())}
+            if batch["has_target"][j]:
+                hr, sm = batch["hr"][j][None, None], batch["sm"][j][None, None]
+                norm = float(batch["norm"][j])
+                row["baseline_cpsnr"] = float(cpsnr(batch["baseline"][j][None, None], hr, sm)[0])
+                row["bicubic_mean_cpsnr"] = float(cpsnr(bicubic[j][None], hr, sm)[0])
+                for method, (sr, scale) in methods.items():
+                    scores = scene_scores(sr[j][None].cpu(), scale[j][None].cpu(), hr, sm, norm)
+                    row |= {f"{method}:{k}": v for k, v in scores.items()}
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict], members_by_band: dict[str, list[Member]]) -> dict:
+    """summary.json: per band, the scene means of every figure."""
+    bands = {}
+    for band, members in members_by_band.items():
+        scored = [r for r in rows if r["band"] == band and "baseline_cpsnr" in r]
+        band_rows = [r for r in rows if r["band"] == band]
+
+        def mean(key, rows_=scored):
+            values = [r[key] for r in rows_ if not math.isnan(r[key])]
+            return float(np.mean(values)) if values else None
+
+        entry = {"scenes": len(band_rows), "scored_scenes": len(scored),
+                 "aleatoric_dn": mean("aleatoric_dn", band_rows), "epistemic_dn": mean("epistemic_dn", band_rows)}
+        entry["total_dn"] = (math.hypot(entry["aleatoric_dn"], entry["epistemic_dn"])
+                             if band_rows else None)
+        if scored:
+            entry |= {
+                "baseline_cpsnr": mean("baseline_cpsnr"), "bicubic_mean_cpsnr": mean("bicubic_mean_cpsnr"),
+                "members": {m.name: mean(f"{m.name}:cpsnr") for m in members},
+                "members_cssim": {m.name: mean(f"{m.name}:cssim") for m in members},
+                "ensemble_cpsnr": mean(f"{ENSEMBLE}:cpsnr"), "ensemble_cssim": mean(f"{ENSEMBLE}:cssim"),
+                "weighted_ensemble_cpsnr": mean(f"{WEIGHTED}:cpsnr"),
+                "weighted_ensemble_cssim": mean(f"{WEIGHTED}:cssim"),
+                "score": mean(f"{ENSEMBLE}:score"),
+                "calibration": {k: mean(f"{ENSEMBLE}:{k}")
+                                for k in ("nll", "coverage50", "coverage90", "scale_error_corr")},
+            }
+        bands[band] = entry
+    return {"bands": bands}
+
+
+def write_submission(out: Path, members_by_band: dict[str, list[Member]], shards_by_band: dict[str, Path]) -> Path:
+    """OUT/submission/ and OUT/submission.zip from the ensemble, refused if a scene is missing."""
+    folder = out / "submission"
+    expected, missing = [], []
+    for band in members_by_band:
+        for name in scene_names(shard_paths(shards_by_band[band], band, "test")):
+            expected.append((band, name))
+            if not (out / band / ENSEMBLE / f"{name}.png").is_file():
+                missing.append(f"{band}/{name}")
+    if missing:
+        raise UserError(f"{out}: {len(missing)} test scene(s) have no prediction ({', '.join(missing[:5])}); "
+                        "no submission written")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for band, name in expected:
+        shutil.copyfile(out / band / ENSEMBLE / f"{name}.png", folder / f"{name}.png")
+    partial = out / "submission.zip.partial"
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+        for _, name in sorted(expected, key=lambda e: e[1]):
+            z.write(folder / f"{name}.png", f"{name}.png")
+    partial.replace(out / "submission.zip")
+    return out / "submission.zip"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: (r["band"], r["scene"])))
+    partial.replace(path)
+
+
+def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: int, which: str, out: Path,
+             batch_size: int) -> dict | None:
+    """The whole evaluation; returns the summary on the main process, None on the others."""
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    members = load_members(runs, which, acc.device)
+    by_band: dict[str, list[Member]] = {}
+    for m in members:
+        by_band.setdefault(m.cfg.data.band, []).append(m)
+    shards_by_band = {band: Path(shards) if shards else Path(ms[0].cfg.data.shards) for band, ms in by_band.items()}
+    rows = []
+    for band, ms in by_band.items():
+        rows += evaluate_band(band, ms, shards_by_band[band], split, self_ensemble, batch_size, out,
+                              acc.process_index, acc.num_processes, acc.device)
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+        rows = gather_object(rows)
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    summary = summarise(rows, by_band)
+    summary["split"], summary["self_ensemble"] = split, self_ensemble
+    summary["runs"] = {m.name: str(m.run_dir) for m in members}
+    write_csv(out / "scenes.csv", rows)
+    partial = out / "summary.json.partial"
+    partial.write_text(json.dumps(summary, indent=1))
+    partial.replace(out / "summary.json")
+    if split == "test":
+        summary["submission"] = str(write_submission(out, by_band, shards_by_band))
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run directories (the members)")
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="split to evaluate (default val)")
+    parser.add_argument("--shards", type=Path, help="shards to read instead of those each run trained on")
+    parser.add_argument("--self-ensemble", type=int, default=4, choices=(1, 4, 8),
+                        help="predictions per scene: 1, 4 rotations (the paper's), 8 with flips (default 4)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="each run's best/ weights or its newest checkpoint (default best)")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory (default runs/eval)")
+    parser.add_argument("--batch-size", type=int, default=2, help="scenes per prediction batch (default 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError("--batch-size: must be at least 1")
+    summary = evaluate(args.runs, args.split, args.shards, args.self_ensemble, args.checkpoint, args.out,
+                       args.batch_size)
+    if summary is None:
+        return 0
+    for band, entry in summary["bands"].items():
+        if "ensemble_cpsnr" in entry:
+            print(f"{band}: baseline {entry['baseline_cpsnr']:.2f} dB, bicubic mean {entry['bicubic_mean_cpsnr']:.2f}, "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in entry["members"].items())
+                  + f", ensemble {entry['ensemble_cpsnr']:.2f}, weighted {entry['weighted_ensemble_cpsnr']:.2f}"
+                  + (f", score {entry['score']:.4f}" if entry["score"] is not None else ""))
+        else:
+            print(f"{band}: {entry['scenes']} scenes predicted")
+    print(f"{args.out}/summary.json" + (f", {summary['submission']}" if "submission" in summary else ""))
+    return 0

@@ -1,0 +1,119 @@
+"""Evaluation of tiny trained members on synthetic shards: files, ensembles, processes, submission."""
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from piunet_dist.__main__ import main
+from piunet_dist.data.shards import pack, scene_names, shard_paths
+from piunet_dist.data.synthetic import synthesise
+
+ROOT = Path(__file__).parent.parent
+TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
+        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=0", "train.val_cssim=false",
+        "train.compile_loss=false", "train.l1_warmup_steps=1", "train.max_steps=2", "train.val_every=2",
+        "train.ckpt_every=2"]
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    synthesise(root / "scenes", 5, 3, ["NIR"], seed=9, workers=2)
+    pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
+    runs = []
+    for seed in (0, 1):
+        run_dir = root / f"nir-seed{seed}"
+        subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
+                        f"run_dir={run_dir}", f"data.shards={root / 'shards'}", f"train.seed={seed}", *TINY],
+                       cwd=ROOT, check=True, capture_output=True)
+        runs.append(run_dir)
+    return root, runs
+
+
+def evaluate(*args):
+    assert main(["evaluate", *map(str, args)]) == 0
+
+
+def test_two_members_write_every_promised_file_once_per_scene(members, tmp_path):
+    root, runs = members
+    out = tmp_path / "out"
+    evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "4", "--out", out)
+    val = scene_names(shard_paths(root / "shards", "NIR", "val"))
+    assert len(val) == 2
+    for method in ("nir-seed0", "nir-seed1", "ensemble", "weighted_ensemble"):
+        for name in val:
+            png = np.asarray(Image.open(out / "NIR" / method / f"{name}.png"))
+            assert png.shape == (384, 384) and png.dtype == np.uint16
+            scale = np.load(out / "NIR" / method / f"{name}_scale.npy")
+            assert scale.shape == (384, 384) and scale.dtype == np.float32 and (scale > 0).all()
+    rows = (out / "scenes.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(val) and sorted(r.split(",")[0] for r in rows[1:]) == sorted(val)
+    summary = json.loads((out / "summary.json").read_text())["bands"]["NIR"]
+    assert set(summary["members"]) == {"nir-seed0", "nir-seed1"} and summary["scenes"] == 2
+    for key in ("baseline_cpsnr", "bicubic_mean_cpsnr", "ensemble_cpsnr", "weighted_ensemble_cpsnr", "score"):
+        assert 20 < summary[key] < 80 or key == "score"
+    assert set(summary["calibration"]) == {"nll", "coverage50", "coverage90", "scale_error_corr"}
+    assert summary["epistemic_dn"] > 0
+
+
+def test_ensemble_of_identical_members_equals_the_member(members, tmp_path):
+    _, runs = members
+    twin = tmp_path / "twin"
+    shutil.copytree(runs[0], twin)
+    out = tmp_path / "out"
+    evaluate("--runs", runs[0], twin, "--split", "val", "--self-ensemble", "1", "--out", out)
+    for method, tolerance in (("ensemble", 0), ("weighted_ensemble", 1)):  # weighting rounds: (wx + wx)/2w
+        for png in (out / "NIR" / "nir-seed0").glob("*.png"):
+            member = np.asarray(Image.open(png)).astype(int)
+            combined = np.asarray(Image.open(out / "NIR" / method / png.name)).astype(int)
+            assert np.abs(member - combined).max() <= tolerance
+            scale = np.load(png.with_name(png.stem + "_scale.npy"))
+            np.testing.assert_allclose(np.load(out / "NIR" / method / f"{png.stem}_scale.npy"), scale, rtol=1e-5)
+    band = json.loads((out / "summary.json").read_text())["bands"]["NIR"]
+    assert band["ensemble_cpsnr"] == pytest.approx(band["members"]["nir-seed0"], abs=1e-6)
+    assert band["epistemic_dn"] == 0
+
+
+def test_two_processes_give_the_summary_of_one(members, tmp_path):
+    _, runs = members
+    evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "1", "--out", tmp_path / "one")
+    subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "piunet_dist",
+                    "evaluate", "--runs", *map(str, runs), "--split", "val", "--self-ensemble", "1",
+                    "--out", str(tmp_path / "two")], cwd=ROOT, check=True, capture_output=True)
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert one.keys() == two.keys() and one["bands"]["NIR"].keys() == two["bands"]["NIR"].keys()
+    for key, value in one["bands"]["NIR"].items():  # batches differ, so float32 rounding may
+        assert value == pytest.approx(two["bands"]["NIR"][key], rel=1e-6, abs=1e-6), key
+    assert (tmp_path / "one" / "scenes.csv").read_text().splitlines()[0] == \
+        (tmp_path / "two" / "scenes.csv").read_text().splitlines()[0]
+
+
+def test_test_split_writes_a_complete_submission_or_none(members, tmp_path, capsys):
+    root, runs = members
+    out = tmp_path / "out"
+    evaluate("--runs", runs[0], "--split", "test", "--self-ensemble", "1", "--out", out)
+    names = scene_names(shard_paths(root / "shards", "NIR", "test"))
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert sorted(z.namelist()) == sorted(f"{n}.png" for n in names)
+        image = np.asarray(Image.open(z.open(z.namelist()[0])))
+        assert image.shape == (384, 384) and image.dtype == np.uint16
+
+    from piunet_dist.evaluate import load_members, write_submission
+    (out / "NIR" / "ensemble" / f"{names[0]}.png").unlink()
+    (out / "submission.zip").unlink()
+    members_by_band = {"NIR": load_members([runs[0]], "best", "cpu")}
+    with pytest.raises(Exception, match=rf"1 test scene\(s\) have no prediction \(NIR/{names[0]}\)"):
+        write_submission(out, members_by_band, {"NIR": root / "shards"})
+    assert not (out / "submission.zip").exists()
+
+
+def test_bad_runs_are_one_line_errors(tmp_path, capsys):
+    assert main(["evaluate", "--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "not a run directory (no config.yaml)" in capsys.readouterr().err
