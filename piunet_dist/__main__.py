@@ -14,6 +14,7 @@ COMMANDS = {
     "pack": ("piunet_dist.data.shards", "pack PROBA-V scenes into WebDataset shards, or verify them"),
     "train": ("piunet_dist.train", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
     "evaluate": ("piunet_dist.evaluate", "predict and score a split with one or more runs, and their ensembles"),
+    "predict": ("piunet_dist.predict", "super-resolve one scene directory with published or trained weights"),
 }
 
 

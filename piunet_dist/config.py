@@ -134,8 +134,38 @@ def _sections(cfg) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cfg)}
 
 
-def _check_type(key: str, value, kind):
+class Raw(str):
+    """An override's text, read by the type of the setting it sets (not by YAML's guesses)."""
+
+
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _from_raw(key: str, value: Raw, origin):
+    text = str(value).strip()
+    try:
+        if origin is str:
+            return text
+        if origin is bool and text.lower() in BOOL_WORDS:
+            return BOOL_WORDS[text.lower()]
+        if origin is int:
+            return int(text)
+        if origin is float:
+            return float(text)
+        if origin is list:
+            return yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError):
+        pass
+    return text  # left as text: the type check below names what was expected
+
+
+def _check_type(key: str, value, kind, choices=()):
     origin = typing.get_origin(kind) or kind
+    if isinstance(value, Raw):
+        value = _from_raw(key, value, origin)
+    if origin is str and isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+        words = [c for c in choices if isinstance(c, str) and BOOL_WORDS.get(c) is value]
+        value = words[0] if words else value
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
@@ -166,7 +196,7 @@ def _apply(obj, values: dict, where: str, prefix: str = "") -> None:
                 raise UserError(f"{where}: {key} is a section; give it as {key}.<setting>")
             _apply(current, value, where, f"{key}.")
         else:
-            setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name]))
+            setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name], CHOICES.get(key, ())))
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -194,15 +224,11 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def parse_override(text: str) -> tuple[list[str], object]:
+def parse_override(text: str) -> tuple[list[str], Raw]:
     if "=" not in text:
         raise UserError(f"{text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
+    return key.strip().split("."), Raw(raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -30,13 +30,22 @@ def test_overrides_are_typed():
     assert cfg.train.lr == 3e-4 and cfg.train.lr_milestones == [10, 20]
     assert cfg.data.register is True and cfg.run_dir == "/tmp/x" and cfg.train.max_steps == 7
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # an integer is a number
+    # YAML 1.1 would read these as booleans; a setting's own type decides
+    words = load_config(None, ["train.sync_bn=on", "train.precision=no", "data.augment=no", "run_dir=yes"])
+    assert (words.train.sync_bn, words.train.precision, words.data.augment, words.run_dir) == ("on", "no", False, "yes")
+
+
+def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  sync_bn: off\n  precision: no\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.train.sync_bn, cfg.train.precision) == ("off", "no")
 
 
 @pytest.mark.parametrize("override, message", [
     ("train.max_step=5", "unknown setting train.max_step; did you mean train.max_steps?"),
     ("trian.lr=1", "unknown setting trian; did you mean train?"),
     ("train.max_steps=abc", "train.max_steps: expected an integer, got 'abc'"),
-    ("train.max_steps=true", "train.max_steps: expected an integer, got True"),
+    ("train.max_steps=true", "train.max_steps: expected an integer, got 'true'"),
     ("train.precision=fp8", "train.precision: 'fp8' is not one of no, bf16, fp16"),
     ("data.min_clear=1.5", "data.min_clear: must be in [0, 1), got 1.5"),
     ("train.batch_size=0", "train.batch_size: must be positive, got 0"),

@@ -117,3 +117,22 @@ def test_test_split_writes_a_complete_submission_or_none(members, tmp_path, caps
 def test_bad_runs_are_one_line_errors(tmp_path, capsys):
     assert main(["evaluate", "--runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a run directory (no config.yaml)" in capsys.readouterr().err
+
+
+def test_predict_a_scene_directory_with_published_and_trained_weights(members, tmp_path, capsys):
+    import torch
+    from reference_piunet import RefPIUNet
+    root, runs = members
+    scene = next((root / "scenes" / "test" / "NIR").iterdir())
+    published = tmp_path / "nir_model_checkpoint.pt"
+    torch.save(RefPIUNet(8, 4, 1).state_dict(), published)  # the published format: a bare state_dict
+    for weights, out in ((published, tmp_path / "a"), (runs[0] / "best", tmp_path / "b")):
+        assert main(["predict", "--weights", str(weights), "--scene", str(scene), "--out", str(out),
+                     "--self-ensemble", "4"]) == 0
+        image = np.asarray(Image.open(out / f"{scene.name}.png"))
+        assert image.shape == (384, 384) and image.dtype == np.uint16 and image.std() > 0
+        assert np.load(out / f"{scene.name}_scale.npy").shape == (384, 384)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "LR000.png").write_bytes(b"no")
+    assert main(["predict", "--weights", str(published), "--scene", str(tmp_path / "broken")]) == 2
+    assert "broken: LR000.png has no quality map QM000.png" in capsys.readouterr().err

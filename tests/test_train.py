@@ -134,3 +134,18 @@ def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path
         up = F.interpolate(mean, scale_factor=3, mode="bilinear", align_corners=False)
         bilinear.append(cpsnr(up, scene["hr"][None, None], scene["sm"][None, None]))
     assert best > torch.cat(bilinear).mean().item() + 0.3
+
+
+def test_sync_batchnorm_on_without_gpus_is_refused(shards, tmp_path):
+    result = train(tmp_path / "sbn", shards, "train.max_steps=2", "train.sync_bn=on", check=False)
+    assert result.returncode == 2
+    assert "train.sync_bn=on: torch's SyncBatchNorm runs only on GPUs" in result.stderr.strip().splitlines()[-1]
+
+
+def test_sync_batchnorm_conversion_keeps_the_published_names():
+    # SyncBatchNorm itself runs only on GPUs (none here); its conversion must not rename a thing
+    from piunet_dist.model import PIUNet
+    model = PIUNet(n_feat=8, r_bneck=4, n_tefa=2)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(PIUNet(n_feat=8, r_bneck=4, n_tefa=2))
+    assert [(k, v.shape) for k, v in synced.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == 2 + 4 * 2 + 2 + 2 + 1
