@@ -29,10 +29,14 @@ test: install
 	@cluster=$$(slurm/testcluster/start.sh --if-possible) || exit 1; eval "$$cluster"; \
 	  $(PY) -m pytest -q
 
+# the flow on synthetic scenes; a second run reuses the scenes, shards and trained runs
 demo: install
 	$(PY) -m piunet_dist synth runs/demo/scenes --scenes 40 --test-scenes 10
-	$(PY) -m piunet_dist pack runs/demo/scenes --out shards/demo --scenes-per-shard 8
-	$(PY) -m piunet_dist pack --verify shards/demo
+	$(PY) -m piunet_dist pack --verify shards/demo 2>/dev/null \
+	  || $(PY) -m piunet_dist pack runs/demo/scenes --out shards/demo --scenes-per-shard 8
+	$(PY) -m piunet_dist train --config configs/demo.yaml data.band=NIR run_dir=runs/demo/nir
+	$(PY) -m piunet_dist train --config configs/demo.yaml data.band=RED run_dir=runs/demo/red
+	$(PY) -m piunet_dist evaluate --runs runs/demo/nir runs/demo/red --split val --out runs/demo/eval
 
 bench: install
 	$(PY) bench/core.py

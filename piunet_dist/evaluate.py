@@ -98,15 +98,17 @@ def predict(model: PIUNet, lr_dn: torch.Tensor, self_ensemble: int) -> tuple[tor
 
 
 def combine(srs: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Members' (M,B,1,H,W) SR and scale -> the two ensembles, each (SR, total scale), and the
-    aleatoric and epistemic spreads (standard deviations in DN)."""
-    aleatoric_var = (2 * scales**2).mean(dim=0)            # a Laplace of scale b has variance 2 b^2
+    """Members' (M,B,1,H,W) SR and Laplace scale -> the two ensembles, each (SR, scale), and
+    "uncertainty": (aleatoric: the mean predicted scale, epistemic: the members' spread, total).
+
+    The ensembles' scale is that of a Laplace with the total variance: the members' mean
+    variance 2 b^2 plus the variance between their predictions."""
     epistemic_var = srs.var(dim=0, unbiased=False)
-    total_scale = ((aleatoric_var + epistemic_var) / 2).sqrt()
+    total_scale = (((2 * scales**2).mean(dim=0) + epistemic_var) / 2).sqrt()
     weights = 1 / scales**2
     weighted = (weights * srs).sum(dim=0) / weights.sum(dim=0)
     return {ENSEMBLE: (srs.mean(dim=0), total_scale), WEIGHTED: (weighted, total_scale),
-            "spread": (aleatoric_var.sqrt(), epistemic_var.sqrt())}
+            "uncertainty": (scales.mean(dim=0), epistemic_var.sqrt(), total_scale)}
 
 
 def scene_scores(sr, scale, hr, sm, norm) -> dict[str, float]:
@@ -148,14 +150,18 @@ def evaluate_band(band: str, members: list[Member], shards: Path, split: str, se
         srs = torch.stack([o[0] for o in outputs])
         scales = torch.stack([o[1] for o in outputs])
         combined = combine(srs, scales)
-        aleatoric, epistemic = combined.pop("spread")
+        uncertainty = combined.pop("uncertainty")
         methods = {m.name: (srs[i], scales[i]) for i, m in enumerate(members)} | combined
         bicubic = bicubic_mean(batch["lr"])
         for j, name in enumerate(batch["name"]):
             for method, (sr, scale) in methods.items():
                 write_outputs(out / band / method, name, sr[j], scale[j])
-            row = {"scene": name, "band": band, "aleatoric_dn": float(aleatoric[j].mean()),
-                   "epistemic_dn": float(epistemic[j].mean())}
+            # over the clear pixels of the target where there is one: clouds would swamp the means
+            region = (batch["sm"][j] if batch["has_target"][j] else torch.ones(uncertainty[0][j][0].shape, dtype=bool))
+            region = region.to(device)
+            row = {"scene": name, "band": band} | {
+                f"{kind}_dn": float(u[j][0][region].mean())
+                for kind, u in zip(("aleatoric", "epistemic", "total"), uncertainty)}
             if batch["has_target"][j]:
                 hr, sm = batch["hr"][j][None, None], batch["sm"][j][None, None]
                 norm = float(batch["norm"][j])
@@ -179,10 +185,8 @@ def summarise(rows: list[dict], members_by_band: dict[str, list[Member]]) -> dic
             values = [r[key] for r in rows_ if not math.isnan(r[key])]
             return float(np.mean(values)) if values else None
 
-        entry = {"scenes": len(band_rows), "scored_scenes": len(scored),
-                 "aleatoric_dn": mean("aleatoric_dn", band_rows), "epistemic_dn": mean("epistemic_dn", band_rows)}
-        entry["total_dn"] = (math.hypot(entry["aleatoric_dn"], entry["epistemic_dn"])
-                             if band_rows else None)
+        entry = {"scenes": len(band_rows), "scored_scenes": len(scored)}
+        entry |= {f"{kind}_dn": mean(f"{kind}_dn", band_rows) for kind in ("aleatoric", "epistemic", "total")}
         if scored:
             entry |= {
                 "baseline_cpsnr": mean("baseline_cpsnr"), "bicubic_mean_cpsnr": mean("bicubic_mean_cpsnr"),
