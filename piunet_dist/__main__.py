@@ -36,8 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         return module.run(args) or 0
     except UserError as e:
         rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{rank}piunet-dist {args.command}: error: {e}", file=sys.stderr)
+        print(f"{rank}piunet-dist {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: UserError) -> str:
+    """The message alone, also when a DataLoader worker raised it: the loader re-raises it
+    with the worker's traceback in the text, whose last line is 'module.Class: message'."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        return text.splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 if __name__ == "__main__":

@@ -136,3 +136,16 @@ def test_predict_a_scene_directory_with_published_and_trained_weights(members, t
     (tmp_path / "broken" / "LR000.png").write_bytes(b"no")
     assert main(["predict", "--weights", str(published), "--scene", str(tmp_path / "broken")]) == 2
     assert "broken: LR000.png has no quality map QM000.png" in capsys.readouterr().err
+
+
+def test_a_damaged_shard_is_one_line_even_from_a_loader_worker(members, tmp_path, capsys):
+    root, runs = members
+    damaged = tmp_path / "shards"
+    shutil.copytree(root / "shards", damaged)
+    val = Path(shard_paths(damaged, "NIR", "val")[0])
+    val.write_bytes(val.read_bytes()[:20000])
+    assert main(["evaluate", "--runs", str(runs[0]), "--shards", str(damaged), "--out", str(tmp_path / "o"),
+                 "--self-ensemble", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("piunet-dist evaluate: error: ")
+    assert f"{val}: unreadable tar" in err[0] or f"{val}: sample" in err[0]
