@@ -4,7 +4,9 @@
 
 For every scene, each member predicts with a self-ensemble over rotations (and flips);
 members are combined by their plain mean and by the inverse-variance-weighted mean
-(weights 1/b^2 from each member's Laplace scale b). Outputs, under OUT/<band>/<method>/:
+(weights 1/b^2 from each member's Laplace scale b). Two phases: predict writes each
+member's outputs, score reads them back (the SR as delivered, a 16-bit PNG), combines
+and scores them; the launcher runs the first as an array and the second after it. Outputs, under OUT/<band>/<method>/:
 imgsetNNNN.png (16-bit SR) and imgsetNNNN_scale.npy (float32 Laplace scale in DN);
 OUT/scenes.csv (every score of every scene and method); OUT/summary.json; and for the
 test split OUT/submission/ with OUT/submission.zip, written only when complete.
@@ -46,7 +48,7 @@ class Member:
     name: str
     run_dir: Path
     cfg: Config
-    model: PIUNet
+    model: PIUNet | None
 
 
 def weights_path(run_dir: Path, which: str) -> Path:
@@ -61,17 +63,21 @@ def weights_path(run_dir: Path, which: str) -> Path:
     return newest
 
 
-def load_members(runs: list[Path], which: str, device: torch.device) -> list[Member]:
+def load_members(runs: list[Path], which: str, device, only: int | None = None) -> list[Member]:
+    """The runs as members; weights are loaded for every run, or for runs[only] alone (the
+    others' predictions are read back from disk when scoring)."""
     members, names = [], set()
-    for run_dir in runs:
+    for i, run_dir in enumerate(runs):
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml")
-        model = PIUNet(cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads)
-        load_weights(model, weights_path(run_dir, which))
+        model = None
+        if only is None or i == only:
+            model = PIUNet(cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads)
+            model = load_weights(model, weights_path(run_dir, which)).to(device).eval()
         name = run_dir.name if run_dir.name not in names else f"{run_dir.parent.name}-{run_dir.name}"
         names.add(name)
-        members.append(Member(name, run_dir, cfg, model.to(device).eval()))
+        members.append(Member(name, run_dir, cfg, model))
     return members
 
 
@@ -131,44 +137,66 @@ def write_outputs(folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor
     np.save(folder / f"{name}_scale.npy", scale[0].float().cpu().numpy())
 
 
-def evaluate_band(band: str, members: list[Member], shards: Path, split: str, self_ensemble: int,
-                  batch_size: int, out: Path, rank: int, world: int, device: torch.device) -> list[dict]:
-    """Predict and score every scene of one band handled by this process; rows of scenes.csv."""
+def _scenes(band: str, members: list[Member], shards: Path, split: str, rank: int, world: int) -> EvalScenes:
     data = members[0].cfg.data
     for m in members[1:]:
         d = m.cfg.data
         if (d.n_frames, d.register, d.min_clearance) != (data.n_frames, data.register, data.min_clearance):
             raise UserError(f"{m.run_dir}: reads scenes unlike {members[0].run_dir} (data.n_frames, "
                             "data.register or data.min_clearance differ); evaluate them apart")
-    scenes = EvalScenes(shard_paths(shards, band, split), data.n_frames, keep_unclear=split == "test",
-                        register=data.register, rank=rank, world_size=world, seed=0,
-                        min_clearance=data.min_clearance)
-    rows = []
-    for batch in DataLoader(scenes, batch_size=batch_size, num_workers=2):
+    return EvalScenes(shard_paths(shards, band, split), data.n_frames, keep_unclear=split == "test",
+                      register=data.register, rank=rank, world_size=world, seed=0, min_clearance=data.min_clearance)
+
+
+def predict_band(band: str, members: list[Member], predicting: list[Member], shards: Path, split: str,
+                 self_ensemble: int, batch_size: int, out: Path, rank: int, world: int, device) -> None:
+    """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/."""
+    for batch in DataLoader(_scenes(band, members, shards, split, rank, world), batch_size=batch_size,
+                            num_workers=2):
         lr = batch["lr"].to(device)
-        outputs = [predict(m.model, lr, self_ensemble) for m in members]
-        srs = torch.stack([o[0] for o in outputs])
-        scales = torch.stack([o[1] for o in outputs])
-        combined = combine(srs, scales)
-        uncertainty = combined.pop("uncertainty")
-        methods = {m.name: (srs[i], scales[i]) for i, m in enumerate(members)} | combined
+        for m in predicting:
+            sr, scale = predict(m.model, lr, self_ensemble)
+            for j, name in enumerate(batch["name"]):
+                write_outputs(out / band / m.name, name, sr[j], scale[j])
+
+
+def read_outputs(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A member's written prediction of a scene: SR (the 16-bit PNG, as delivered) and scale, (1,H,W)."""
+    try:
+        sr = np.asarray(Image.open(folder / f"{name}.png")).astype(np.float32)
+        scale = np.load(folder / f"{name}_scale.npy")
+    except FileNotFoundError as e:
+        raise UserError(f"{e.filename}: missing (did this member's predictions finish?)") from None
+    return torch.from_numpy(sr)[None], torch.from_numpy(scale)[None]
+
+
+def score_band(band: str, members: list[Member], shards: Path, split: str, batch_size: int, out: Path,
+               rank: int, world: int) -> list[dict]:
+    """Combine the members' predictions of this process's scenes and score them; rows of scenes.csv."""
+    rows = []
+    for batch in DataLoader(_scenes(band, members, shards, split, rank, world), batch_size=batch_size,
+                            num_workers=2):
         bicubic = bicubic_mean(batch["lr"])
         for j, name in enumerate(batch["name"]):
-            for method, (sr, scale) in methods.items():
-                write_outputs(out / band / method, name, sr[j], scale[j])
+            predictions = [read_outputs(out / band / m.name, name) for m in members]
+            srs = torch.stack([p[0] for p in predictions])[:, None]       # (M, 1, 1, H, W)
+            scales = torch.stack([p[1] for p in predictions])[:, None]
+            combined = combine(srs, scales)
+            uncertainty = combined.pop("uncertainty")
+            for method, (sr, scale) in combined.items():
+                write_outputs(out / band / method, name, sr[0], scale[0])
+            methods = {m.name: (srs[i], scales[i]) for i, m in enumerate(members)} | combined
             # over the clear pixels of the target where there is one: clouds would swamp the means
-            region = (batch["sm"][j] if batch["has_target"][j] else torch.ones(uncertainty[0][j][0].shape, dtype=bool))
-            region = region.to(device)
+            region = batch["sm"][j] if batch["has_target"][j] else torch.ones(srs.shape[-2:], dtype=torch.bool)
             row = {"scene": name, "band": band} | {
-                f"{kind}_dn": float(u[j][0][region].mean())
-                for kind, u in zip(("aleatoric", "epistemic", "total"), uncertainty)}
+                f"{kind}_dn": float(u[0, 0][region].mean()) for kind, u in zip(("aleatoric", "epistemic", "total"),
+                                                                           uncertainty)}
             if batch["has_target"][j]:
                 hr, sm = batch["hr"][j][None, None], batch["sm"][j][None, None]
-                norm = float(batch["norm"][j])
                 row["baseline_cpsnr"] = float(cpsnr(batch["baseline"][j][None, None], hr, sm)[0])
                 row["bicubic_mean_cpsnr"] = float(cpsnr(bicubic[j][None], hr, sm)[0])
                 for method, (sr, scale) in methods.items():
-                    scores = scene_scores(sr[j][None].cpu(), scale[j][None].cpu(), hr, sm, norm)
+                    scores = scene_scores(sr, scale, hr, sm, float(batch["norm"][j]))
                     row |= {f"{method}:{k}": v for k, v in scores.items()}
             rows.append(row)
     return rows
@@ -238,19 +266,31 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: int, which: str, out: Path,
-             batch_size: int) -> dict | None:
-    """The whole evaluation; returns the summary on the main process, None on the others."""
+             batch_size: int, phase: str = "all", member: int | None = None) -> dict | None:
+    """Predict (phase predict: every member, or only --runs[member]) and score (phase score);
+    returns the summary on the main process after scoring, else None."""
     from accelerate import Accelerator
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    members = load_members(runs, which, acc.device)
+    if member is not None and not 0 <= member < len(runs):
+        raise UserError(f"--member: {member} is not an index of the {len(runs)} runs")
+    members = load_members(runs, which, acc.device, only=member if phase == "predict" else None)
     by_band: dict[str, list[Member]] = {}
     for m in members:
         by_band.setdefault(m.cfg.data.band, []).append(m)
     shards_by_band = {band: Path(shards) if shards else Path(ms[0].cfg.data.shards) for band, ms in by_band.items()}
+    if phase in ("all", "predict"):
+        for band, ms in by_band.items():
+            predicting = [m for m in ms if m.model is not None]
+            if predicting:
+                predict_band(band, ms, predicting, shards_by_band[band], split, self_ensemble, batch_size, out,
+                             acc.process_index, acc.num_processes, acc.device)
+        acc.wait_for_everyone()
+    if phase == "predict":
+        return None
     rows = []
     for band, ms in by_band.items():
-        rows += evaluate_band(band, ms, shards_by_band[band], split, self_ensemble, batch_size, out,
-                              acc.process_index, acc.num_processes, acc.device)
+        rows += score_band(band, ms, shards_by_band[band], split, batch_size, out, acc.process_index,
+                           acc.num_processes)
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
         rows = gather_object(rows)
@@ -279,13 +319,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each run's best/ weights or its newest checkpoint (default best)")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory (default runs/eval)")
     parser.add_argument("--batch-size", type=int, default=2, help="scenes per prediction batch (default 2)")
+    parser.add_argument("--phase", choices=("all", "predict", "score"), default="all",
+                        help="predict (members' outputs), score (ensembles, scores, summary) or all (default)")
+    parser.add_argument("--member", type=int,
+                        help="with --phase predict: predict only --runs[MEMBER] (a task of the launcher's array)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError("--batch-size: must be at least 1")
     summary = evaluate(args.runs, args.split, args.shards, args.self_ensemble, args.checkpoint, args.out,
-                       args.batch_size)
+                       args.batch_size, args.phase, args.member)
     if summary is None:
         return 0
     for band, entry in summary["bands"].items():

@@ -2,6 +2,7 @@
 
     python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
     python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
+    python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
 
 Each task exports the torch.distributed environment from SLURM (submitit's
 TorchDistributedEnvironment) and runs the trainer in-process; Accelerate joins them in
@@ -51,6 +52,20 @@ class TrainJob(submitit.helpers.Checkpointable):
                                           "restart_count": count, "max_requeues": cfg.launch.max_requeues,
                                           "job_id": os.environ.get("SLURM_JOB_ID")})
         return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.overrides)) if requeue else None
+
+
+class EvaluateTask(submitit.helpers.Checkpointable):
+    """`python -m piunet_dist evaluate ARGS` as a job (a predict task of the array, or the scoring);
+    predictions are deterministic, so a preempted task simply runs again."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = list(argv)
+
+    def __call__(self) -> None:
+        from .__main__ import main as cli
+        code = cli(["evaluate", *self.argv])
+        if code:
+            raise RuntimeError(f"evaluate {' '.join(self.argv)} exited {code} (its error is above)")
 
 
 def _append_event(run_dir: Path, record: dict) -> None:
@@ -162,6 +177,57 @@ def _job_error(job, error: Exception) -> str:
     return f"  {what}\n  (logs: {job.paths.stderr})"
 
 
+def submit_evaluation(args) -> int:
+    """An array of predict tasks, one per run (a band x member), then the scoring job after them."""
+    flags = [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
+    cfg = load_config(None, flags + ["launch.nodes=1", "launch.tasks_per_node=1"])
+    cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
+    for run_dir in args.runs:
+        if not (Path(run_dir) / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    common = ["--runs", *map(str, args.runs), "--split", args.split, "--self-ensemble", str(args.self_ensemble),
+              "--checkpoint", args.checkpoint, "--out", str(args.out), "--batch-size", str(args.batch_size)]
+    if args.shards:
+        common += ["--shards", str(args.shards)]
+    folder = Path(args.out) / "slurm"
+    executor, kind = make_executor(cfg, folder, "piunet-predict")
+    with executor.batch():
+        tasks = [executor.submit(EvaluateTask([*common, "--phase", "predict", "--member", str(i)]))
+                 for i in range(len(args.runs))]
+    scorer, _ = make_executor(cfg, folder, "piunet-score")
+    if kind == "slurm":
+        scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
+    elif wait_for(tasks):  # local processes: no scheduler to hold the scoring back
+        return 1
+    score = scorer.submit(EvaluateTask([*common, "--phase", "score"]))
+    for task, run_dir in zip(tasks, args.runs):
+        print(f"job {task.job_id} ({kind}): predict with {run_dir}")
+    print(f"job {score.job_id} ({kind}): ensembles and scores -> {args.out}/summary.json")
+    print(f"  logs: {folder}")
+    return wait_for([*tasks, score] if kind == "slurm" else [score]) if args.wait else 0
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch evaluate",
+                                     description="Evaluate runs on SLURM: an array of predict tasks (one per "
+                                                 "run) and, after them, the job that scores and writes summary.json.")
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run directories (the members)")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--shards", type=Path, help="shards to read instead of those each run trained on")
+    parser.add_argument("--self-ensemble", type=int, default=4, choices=(1, 4, 8))
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval"))
+    parser.add_argument("--batch-size", type=int, default=2)
+    for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
+        parser.add_argument(f"--{flag}", help=f"SLURM {flag} [launch.{flag}]")
+    parser.add_argument("--gpus-per-node", type=int, help="GPUs per task (0 or 1) [launch.gpus_per_node]")
+    parser.add_argument("--cpus-per-task", type=int, help="CPU cores per task [launch.cpus_per_task]")
+    parser.add_argument("--cluster", choices=("auto", "slurm", "local"), help="[launch.cluster]")
+    parser.add_argument("--wait", action="store_true", help="follow the jobs to the end; non-zero if one failed")
+    parser.set_defaults(nodes=None, tasks_per_node=None)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    evaluating = bool(argv) and argv[0] == "evaluate"
+    args = (build_evaluate_parser().parse_args(argv[1:]) if evaluating else build_parser().parse_args(argv))
     try:
-        return submit_training(args)
+        return submit_evaluation(args) if evaluating else submit_training(args)
     except UserError as e:
         print(f"piunet-dist launch: error: {e}", file=sys.stderr)
         return 2

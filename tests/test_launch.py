@@ -56,6 +56,18 @@ def job_id(stdout: str) -> str:
     return stdout.split("job ", 1)[1].split()[0]
 
 
+def wait_for_job(job: str, timeout: float = 300) -> str:
+    """The final state of a job (of every task, for an array) once it has ended."""
+    deadline, states = time.time() + timeout, set()
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State", "-P"], capture_output=True, text=True)
+        states = {s.split(" ")[0] for s in out.stdout.split()}
+        if states and not states & {"PENDING", "RUNNING", "REQUEUED", "COMPLETING"}:
+            return "COMPLETED" if states == {"COMPLETED"} else ",".join(sorted(states))
+        assert time.time() < deadline, f"job {job} still {states}"
+        time.sleep(2)
+
+
 def sacct_nodes(job: str) -> str:
     out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "NodeList%40"], capture_output=True, text=True)
     return out.stdout.strip()
@@ -160,10 +172,12 @@ def test_dry_run_prints_the_sbatch_script(tmp_path):
 @needs_slurm
 @pytest.mark.slurm
 def test_sbatch_templates_pass_test_only():
-    for template in ("slurm/train.sbatch",):
-        result = subprocess.run(["sbatch", "--test-only", "--nodes", "2", "--cpus-per-task", "1", template,
-                                 "configs/demo.yaml"], cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 0 and "to start at" in result.stderr, result.stderr
+    for template, args in (("slurm/train.sbatch", ["--nodes", "2", "configs/demo.yaml"]),
+                           ("slurm/evaluate.sbatch", ["runs", "runs/eval"]),
+                           ("slurm/pack.sbatch", ["data/probav", "shards/probav"])):
+        result = subprocess.run(["sbatch", "--test-only", "--cpus-per-task", "1", template, *args], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert result.returncode == 0 and "to start at" in result.stderr, (template, result.stderr)
 
 
 @needs_slurm
@@ -176,12 +190,72 @@ def test_train_sbatch_runs_a_tiny_job_to_completion(shards, tmp_path):
          "train.ckpt_every=2", "train.val_every=2"],
         cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "PIUNET_PYTHON": sys.executable})
     job = submitted.stdout.strip()
-    deadline, state = time.time() + 300, ""
-    while state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
-        assert time.time() < deadline, f"job {job} still {state}"
-        time.sleep(2)
-        state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True,
-                               text=True).stdout.strip().split(" ")[0]
-    assert state == "COMPLETED", out.read_text()[-3000:]
+    assert wait_for_job(job) == "COMPLETED", out.read_text()[-3000:]
     assert events(run_dir)[0]["world_size"] == 2 and sacct_nodes(job) == "n[1-2]"
     assert (run_dir / "checkpoints/step_0000004").is_dir()
+
+
+@pytest.fixture(scope="module")
+def two_runs(shards, tmp_path_factory):
+    """A tiny trained run per band: the members an evaluation array is made of."""
+    root = tmp_path_factory.mktemp("members")
+    runs = []
+    for band in ("NIR", "RED"):
+        run_dir = root / band.lower()
+        subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
+                        f"run_dir={run_dir}", f"data.shards={shards}", f"data.band={band}", *TINY,
+                        "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2"],
+                       cwd=ROOT, check=True, capture_output=True)
+        runs.append(run_dir)
+    return runs
+
+
+def evaluation(runs, out, *flags):
+    result = launch("evaluate", "--runs", *map(str, runs), "--split", "val", "--self-ensemble", "1",
+                    "--cpus-per-task", "1", "--out", str(out), "--wait", *flags)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["bands"]) == {"NIR", "RED"}
+    assert summary["bands"]["NIR"]["members"].keys() == {"nir"}
+    return result
+
+
+def test_local_evaluation_predicts_then_scores(two_runs, tmp_path):
+    evaluation(two_runs, tmp_path / "eval", "--cluster", "local")
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_evaluation_array_then_scoring_job_after_it(two_runs, tmp_path):
+    result = evaluation(two_runs, tmp_path / "eval")
+    ids = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("job ") and "(slurm)" in line]
+    predict, score = ids[:-1], ids[-1]
+    assert len(predict) == 2 and {i.split("_")[0] for i in predict} == {predict[0].split("_")[0]}  # one array
+
+    def times(job):
+        out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "Start,End,State", "-P"], capture_output=True,
+                             text=True).stdout.strip().splitlines()[0]
+        return out.split("|")
+    ends = [times(i)[1] for i in predict]
+    start, _, state = times(score)
+    assert state == "COMPLETED" and start >= max(ends)  # afterok: scoring only once every task is done
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
+    from piunet_dist.data.shards import load_manifest, verify
+    synthesise(tmp_path / "scenes", 4, 1, ["NIR", "RED"], seed=2, workers=2)
+    pack(tmp_path / "scenes", tmp_path / "whole", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
+    env = {**os.environ, "PIUNET_PYTHON": sys.executable}
+    array = subprocess.run(["sbatch", "--parsable", "--cpus-per-task", "1", "--chdir", str(ROOT),
+                            "--output", str(tmp_path / "pack-%A_%a.out"), "slurm/pack.sbatch", str(tmp_path / "scenes"), str(tmp_path / "out"),
+                            "--val-fraction", "0.25", "--scenes-per-shard", "2"],
+                           cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout.strip()
+    assert wait_for_job(array) == "COMPLETED"
+    deadline = time.time() + 120
+    while not (tmp_path / "out" / "manifest.json").is_file():
+        assert time.time() < deadline, "the merge job did not write the manifest"
+        time.sleep(1)
+    key = lambda m: sorted((s["path"], s["sha256"]) for s in m["shards"])  # noqa: E731
+    assert key(load_manifest(tmp_path / "out")) == key(load_manifest(tmp_path / "whole"))
+    assert verify(tmp_path / "out") == []

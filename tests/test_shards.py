@@ -161,3 +161,29 @@ def test_cli_refuses_impossible_settings(tmp_path, capsys):
     assert "--val-fraction: 1.5 is not in [0, 1)" in capsys.readouterr().err
     assert main(["pack", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "no scenes" in capsys.readouterr().err
+
+
+def test_parts_packed_apart_merge_into_the_manifest_of_one_pack(packed, tmp_path):
+    src, whole = packed
+    out = tmp_path / "parts"
+    for band in ("NIR", "RED"):
+        for split in ("train", "val", "test"):
+            assert main(["pack", str(src), "--out", str(out), "--bands", band, "--splits", split, "--part",
+                         "--seed", "7", "--scenes-per-shard", "4", "--workers", "1"]) == 0
+    assert not (out / "manifest.json").exists()
+    assert main(["pack", "--merge", str(out)]) == 0
+    merged, single = load_manifest(out), load_manifest(whole)
+    key = lambda m: sorted((s["path"], s["samples"], s["sha256"]) for s in m["shards"])  # noqa: E731
+    assert key(merged) == key(single)
+    assert merged["summary"] == single["summary"]
+    assert verify(out) == []
+
+
+def test_merge_refuses_parts_that_disagree(packed, tmp_path):
+    src, _ = packed
+    out = tmp_path / "parts"
+    pack(src, out, ["NIR"], 0.3, None, 7, 1, 4, False, splits=("train",), part=True)
+    pack(src, out, ["RED"], 0.3, None, 8, 1, 4, False, splits=("train",), part=True)
+    with pytest.raises(UserError, match="with other parameters"):
+        from piunet_dist.data.shards import merge
+        merge(out)

@@ -30,6 +30,7 @@ from .probav import BANDS, Scene, SceneRef, find_scenes, load_scene, read_norm, 
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
+PARTS = "parts"
 FORMAT = "piunet-dist shards 1"
 PARTIAL = ".partial"
 
@@ -118,8 +119,9 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None, seed: int,
-         workers: int, scenes_per_shard: int, skip_invalid: bool) -> dict:
-    """Validate, split and write every scene; returns the manifest."""
+         workers: int, scenes_per_shard: int, skip_invalid: bool, splits=SPLITS, part: bool = False) -> dict:
+    """Validate, split and write the scenes of `bands`, the shards of `splits` only; returns the
+    manifest, written as DIR/manifest.json, or as a part (DIR/parts/) for merge() to join."""
     refs = find_scenes(src, bands)
     if not refs:
         raise UserError(f"{src}: no scenes (expected {src}/train/NIR/imgsetNNNN/LR000.png ...)")
@@ -141,12 +143,14 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
     # a val list may name scenes of every band, packed or not
     known = {r.name for r in find_scenes(src) if r.split == "train"}
     groups = split_scenes(refs, val_fraction, read_val_list(val_list, known) if val_list else None, seed)
+    groups = {key: group for key, group in groups.items() if key[1] in splits}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here on, no manifest until this pack is whole
     for band in bands:
-        for old in (out / band).glob("*.tar*") if (out / band).is_dir() else []:
-            old.unlink()
+        for split in splits:
+            for old in (out / band).glob(f"{split}-*.tar*"):
+                old.unlink()
     jobs, shard_plan = [], []
     for (band, split), group in groups.items():
         for start in range(0, len(group), scenes_per_shard):
@@ -161,25 +165,59 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(path.name + PARTIAL)
-            with wds.TarWriter(str(partial), encoder=False) as sink:
+            with wds.TarWriter(str(partial), encoder=False, mtime=0) as sink:  # the same scenes, the same bytes
                 for _ in range(count):
                     sink.write(next(samples))
             os.replace(partial, path)
             shards.append({"path": rel, "band": band, "split": split, "samples": count,
                            "sha256": _sha256(path)})
 
-    summary = {band: {split: len(groups.get((band, split), [])) for split in SPLITS} for band in bands}
+    summary = {band: {split: len(groups.get((band, split), [])) for split in splits} for band in bands}
     manifest = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": str(src),
-        "params": {"bands": list(bands), "val_fraction": None if val_list else val_fraction,
+        "params": {"bands": list(bands), "splits": list(splits), "val_fraction": None if val_list else val_fraction,
                    "val_list": str(val_list) if val_list else None, "seed": seed,
                    "scenes_per_shard": scenes_per_shard, "skip_invalid": skip_invalid},
         "summary": summary,
         "skipped": [{"scene": f"{r.split}/{r.band}/{r.name}", "problems": lines} for r, lines in invalid.items()],
         "shards": shards,
     }
+    if part:
+        (out / PARTS).mkdir(exist_ok=True)
+        _write_json(out / PARTS / f"{'+'.join(bands)}-{'+'.join(splits)}.json", manifest)
+    else:
+        _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def merge(out: Path) -> dict:
+    """Join the part manifests in DIR/parts/ into DIR/manifest.json; they must agree."""
+    paths = sorted((out / PARTS).glob("*.json"))
+    if not paths:
+        raise UserError(f"{out}: no part manifests in {PARTS}/ (pack with --part first)")
+    parts = [json.loads(p.read_text()) for p in paths]
+
+    def common(m):
+        params = {k: v for k, v in m["params"].items() if k not in ("bands", "splits")}
+        return m["source"], json.dumps(params, sort_keys=True)
+    for p, m in zip(paths[1:], parts[1:]):
+        if common(m) != common(parts[0]):
+            raise UserError(f"{p}: packed from another source or with other parameters than {paths[0]}")
+    shards, summary, skipped = [], {}, []
+    for m in parts:
+        taken = {(s["band"], s["split"]) for s in shards}
+        clash = {(s["band"], s["split"]) for s in m["shards"]} & taken
+        if clash:
+            raise UserError(f"{out}: several parts hold {sorted(clash)[0]}")
+        shards += m["shards"]
+        for band, counts in m["summary"].items():
+            summary.setdefault(band, {}).update(counts)
+        skipped += [s for s in m["skipped"] if s not in skipped]
+    manifest = {**parts[0], "shards": shards, "summary": summary, "skipped": skipped,
+                "params": {**parts[0]["params"], "bands": sorted(summary)}}
+    manifest["params"].pop("splits", None)
     _write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -250,6 +288,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, nargs="?", help="the PROBA-V tree (train/, test/, norm.csv)")
     parser.add_argument("--out", type=Path, help="where the shards and manifest.json go")
     parser.add_argument("--verify", type=Path, metavar="DIR", help="re-check the shards in DIR against its manifest")
+    parser.add_argument("--merge", type=Path, metavar="DIR",
+                        help="join the part manifests of DIR (packs made with --part) into its manifest.json")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help="splits to write (default all; val is drawn from the train scenes all the same)")
+    parser.add_argument("--part", action="store_true",
+                        help="write a part manifest (DIR/parts/) for --merge: one task of an array")
     parser.add_argument("--bands", nargs="+", choices=BANDS, default=list(BANDS), help="bands to pack (default both)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--val-fraction", type=float, default=0.3,
@@ -264,6 +308,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge:
+        manifest = merge(args.merge)
+        print(f"{args.merge}: {len(manifest['shards'])} shards from {len(list((args.merge / PARTS).glob('*.json')))} parts")
+        return 0
     if args.verify:
         if args.src or args.out:
             raise UserError("--verify DIR takes no SRC and no --out")
@@ -280,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scenes_per_shard < 1 or args.workers < 1:
         raise UserError("--scenes-per-shard and --workers: must be at least 1")
     manifest = pack(args.src, args.out, args.bands, args.val_fraction, args.val_list, args.seed,
-                    args.workers, args.scenes_per_shard, args.skip_invalid)
+                    args.workers, args.scenes_per_shard, args.skip_invalid, args.splits, args.part)
     for band, counts in manifest["summary"].items():
         print(f"{band}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
     skipped = len(manifest["skipped"])
