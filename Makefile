@@ -37,6 +37,7 @@ demo: install
 	$(PY) -m piunet_dist train --config configs/demo.yaml data.band=NIR run_dir=runs/demo/nir
 	$(PY) -m piunet_dist train --config configs/demo.yaml data.band=RED run_dir=runs/demo/red
 	$(PY) -m piunet_dist evaluate --runs runs/demo/nir runs/demo/red --split val --out runs/demo/eval
+	$(PY) -m piunet_dist report runs/demo/eval runs/demo/nir runs/demo/red --out runs/demo/report
 
 bench: install
 	$(PY) bench/core.py

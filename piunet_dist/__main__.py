@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("piunet_dist.train", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
     "evaluate": ("piunet_dist.evaluate", "predict and score a split with one or more runs, and their ensembles"),
     "predict": ("piunet_dist.predict", "super-resolve one scene directory with published or trained weights"),
+    "report": ("piunet_dist.report", "figures, index.html and report.md of runs and evaluations"),
 }
 
 

@@ -117,6 +117,25 @@ def combine(srs: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Te
             "uncertainty": (scales.mean(dim=0), epistemic_var.sqrt(), total_scale)}
 
 
+SCALE_BINS = np.geomspace(1.0, 1e4, 25)  # DN: edges of the calibration curve's bins
+
+
+def calibration_counts(sr, scale, hr, sm) -> tuple[list[float], list[int], list[float]]:
+    """Per bin of predicted scale (DN): the sum of |error| and of the scale, and the pixel count,
+    over the clear pixels at the best shift; summed over scenes they give the calibration curve."""
+    search = shift_search(sr, hr, sm)
+    u, v = divmod(int(search.best[0]), 7)
+    window = (0, 0, slice(u, u + sr.shape[-2] - 6), slice(v, v + sr.shape[-1] - 6))
+    y, m = hr[window], sm[window]
+    p = sr[0, 0, 3:-3, 3:-3].double() + search.bias[0]
+    b = scale[0, 0, 3:-3, 3:-3].double()[m].numpy()
+    err = (y.double() - p)[m].abs().numpy()
+    which = np.clip(np.digitize(b, SCALE_BINS) - 1, 0, len(SCALE_BINS) - 2)
+    n = len(SCALE_BINS) - 1
+    return (np.bincount(which, err, n).tolist(), np.bincount(which, None, n).astype(int).tolist(),
+            np.bincount(which, b, n).tolist())
+
+
 def scene_scores(sr, scale, hr, sm, norm) -> dict[str, float]:
     """Every score of one scene (tensors (1,1,H,W) in DN)."""
     search = shift_search(sr, hr, sm)
@@ -198,6 +217,7 @@ def score_band(band: str, members: list[Member], shards: Path, split: str, batch
                 for method, (sr, scale) in methods.items():
                     scores = scene_scores(sr, scale, hr, sm, float(batch["norm"][j]))
                     row |= {f"{method}:{k}": v for k, v in scores.items()}
+                row["_calibration"] = calibration_counts(*combined[ENSEMBLE], hr, sm)
             rows.append(row)
     return rows
 
@@ -226,9 +246,19 @@ def summarise(rows: list[dict], members_by_band: dict[str, list[Member]]) -> dic
                 "score": mean(f"{ENSEMBLE}:score"),
                 "calibration": {k: mean(f"{ENSEMBLE}:{k}")
                                 for k in ("nll", "coverage50", "coverage90", "scale_error_corr")},
+                "calibration_curve": _curve([r["_calibration"] for r in scored]),
             }
         bands[band] = entry
     return {"bands": bands}
+
+
+def _curve(per_scene: list) -> list[dict]:
+    """Bins with pixels: mean predicted scale and mean observed |error| (a Laplace's is the scale)."""
+    err = np.sum([c[0] for c in per_scene], axis=0)
+    count = np.sum([c[1] for c in per_scene], axis=0)
+    scale = np.sum([c[2] for c in per_scene], axis=0)
+    return [{"scale_dn": float(scale[i] / count[i]), "abs_error_dn": float(err[i] / count[i]), "pixels": int(count[i])}
+            for i in range(len(count)) if count[i]]
 
 
 def write_submission(out: Path, members_by_band: dict[str, list[Member]], shards_by_band: dict[str, Path]) -> Path:
@@ -256,10 +286,10 @@ def write_submission(out: Path, members_by_band: dict[str, list[Member]], shards
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if not k.startswith("_")]
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r["band"], r["scene"])))
     partial.replace(path)
@@ -300,6 +330,7 @@ def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: i
     summary = summarise(rows, by_band)
     summary["split"], summary["self_ensemble"] = split, self_ensemble
     summary["runs"] = {m.name: str(m.run_dir) for m in members}
+    summary["shards"] = {band: str(path) for band, path in shards_by_band.items()}
     write_csv(out / "scenes.csv", rows)
     partial = out / "summary.json.partial"
     partial.write_text(json.dumps(summary, indent=1))

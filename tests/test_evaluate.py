@@ -149,3 +149,44 @@ def test_a_damaged_shard_is_one_line_even_from_a_loader_worker(members, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("piunet-dist evaluate: error: ")
     assert f"{val}: unreadable tar" in err[0] or f"{val}: sample" in err[0]
+
+
+def chromium() -> str | None:
+    """Debian's Chromium, installed here when it is missing and this is root with apt."""
+    import os
+    if not shutil.which("chromium") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, capture_output=True, env=env).returncode:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+            subprocess.run(install, capture_output=True, env=env)
+    return shutil.which("chromium")
+
+
+def test_report_page_loads_in_headless_chromium(members, tmp_path):
+    import os
+    _, runs = members
+    evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "1", "--out", tmp_path / "eval")
+    assert main(["report", str(tmp_path / "eval"), *map(str, runs), "--out", str(tmp_path / "report")]) == 0
+    report = tmp_path / "report"
+    for name in ("index.html", "report.md", "curves.png", "scenes_NIR.png", "calibration_NIR.png", "panels_NIR.png"):
+        assert (report / name).is_file(), name
+    md = (report / "report.md").read_text()
+    assert "| ensemble (mean) |" in md and "![scene panels](panels_NIR.png)" in md
+    browser = chromium()
+    if browser is None:
+        assert os.environ.get("CI") != "true", "CI must check the report page in Chromium"
+        pytest.skip("no Chromium here (Debian's chromium package) and no way to install it")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    page = (report / "index.html").as_uri()
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", page], capture_output=True,
+                         text=True, timeout=120)
+    assert 'data-loaded="yes"' in dom.stdout, dom.stderr[-2000:]  # every image decoded
+    assert "PIUnet report" in dom.stdout and "ensemble (inverse-variance)" in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == []
+    shot = subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={tmp_path / 'page.png'}", page],
+                          capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "page.png").stat().st_size > 50_000, shot.stderr[-2000:]
