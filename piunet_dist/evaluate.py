@@ -63,16 +63,16 @@ def weights_path(run_dir: Path, which: str) -> Path:
     return newest
 
 
-def load_members(runs: list[Path], which: str, device, only: int | None = None) -> list[Member]:
-    """The runs as members; weights are loaded for every run, or for runs[only] alone (the
-    others' predictions are read back from disk when scoring)."""
+def load_members(runs: list[Path], which: str, device, predicting: set[int] | None = None) -> list[Member]:
+    """The runs as members, with weights for those that predict (all when None); scoring
+    reads the others' predictions back from disk."""
     members, names = [], set()
     for i, run_dir in enumerate(runs):
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml")
         model = None
-        if only is None or i == only:
+        if predicting is None or i in predicting:
             model = PIUNet(cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads)
             model = load_weights(model, weights_path(run_dir, which)).to(device).eval()
         name = run_dir.name if run_dir.name not in names else f"{run_dir.parent.name}-{run_dir.name}"
@@ -301,9 +301,10 @@ def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: i
     returns the summary on the main process after scoring, else None."""
     from accelerate import Accelerator
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    if member is not None and not 0 <= member < len(runs):
-        raise UserError(f"--member: {member} is not an index of the {len(runs)} runs")
-    members = load_members(runs, which, acc.device, only=member if phase == "predict" else None)
+    if member is not None and (phase != "predict" or not 0 <= member < len(runs)):
+        raise UserError(f"--member: {member} must go with --phase predict and index one of the {len(runs)} runs")
+    predicting = set() if phase == "score" else {member} if member is not None else None
+    members = load_members(runs, which, acc.device, predicting)
     by_band: dict[str, list[Member]] = {}
     for m in members:
         by_band.setdefault(m.cfg.data.band, []).append(m)
