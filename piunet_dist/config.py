@@ -67,7 +67,7 @@ class TrainConfig:
     precision: str = setting("no", "mixed precision: no, bf16 or fp16 (the loss is always float32)")
     seed: int = setting(0, "seed of the initial weights and of the data streams")
     sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off")
-    compile_loss: bool = setting(False, "run the loss's shift search through torch.compile")
+    compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)")
     val_every: int = setting(5000, "steps between validations on the val shards")
     val_batch_size: int = setting(2, "whole scenes per validation batch and process")
     val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)")
