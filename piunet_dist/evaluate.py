@@ -36,7 +36,7 @@ from .config import Config, load_config
 from .data.pipeline import EvalScenes
 from .data.shards import scene_names, shard_paths
 from .errors import UserError
-from .metrics import PEAK, challenge_score, cpsnr, cssim, shift_search, uncertainty_stats
+from .metrics import PEAK, ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
 from .model import PIUNet, denormalise, normalise, scale_dn
 from .weights import load_weights
 
@@ -120,10 +120,9 @@ def combine(srs: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Te
 SCALE_BINS = np.geomspace(1.0, 1e4, 25)  # DN: edges of the calibration curve's bins
 
 
-def calibration_counts(sr, scale, hr, sm) -> tuple[list[float], list[int], list[float]]:
+def calibration_counts(sr, scale, hr, sm, search: ShiftSearch) -> tuple[list[float], list[int], list[float]]:
     """Per bin of predicted scale (DN): the sum of |error| and of the scale, and the pixel count,
     over the clear pixels at the best shift; summed over scenes they give the calibration curve."""
-    search = shift_search(sr, hr, sm)
     u, v = divmod(int(search.best[0]), 7)
     window = (0, 0, slice(u, u + sr.shape[-2] - 6), slice(v, v + sr.shape[-1] - 6))
     y, m = hr[window], sm[window]
@@ -136,12 +135,11 @@ def calibration_counts(sr, scale, hr, sm) -> tuple[list[float], list[int], list[
             np.bincount(which, b, n).tolist())
 
 
-def scene_scores(sr, scale, hr, sm, norm) -> dict[str, float]:
-    """Every score of one scene (tensors (1,1,H,W) in DN)."""
-    search = shift_search(sr, hr, sm)
-    stats = uncertainty_stats(sr, scale, hr, sm)
+def scene_scores(sr, scale, hr, sm, norm, search: ShiftSearch) -> dict[str, float]:
+    """Every score of one scene (tensors (1,1,H,W) in DN); `search` is shift_search(sr, hr, sm)."""
+    stats = uncertainty_stats(sr, scale, hr, sm, search)
     return {
-        "cpsnr": float(cpsnr(sr, hr, sm)[0]), "cssim": float(cssim(sr, hr, sm)[0]),
+        "cpsnr": float(psnr_db(search.cmse)[0]), "cssim": float(cssim(sr, hr, sm)[0]),
         "score": float(challenge_score(sr, hr, sm, torch.tensor([norm]))[0]) if not math.isnan(norm) else math.nan,
         "shift": int(search.best[0]), "nll": float(stats["nll"][0]),
         "coverage50": float(stats["coverage50"][0]), "coverage90": float(stats["coverage90"][0]),
@@ -214,10 +212,11 @@ def score_band(band: str, members: list[Member], shards: Path, split: str, batch
                 hr, sm = batch["hr"][j][None, None], batch["sm"][j][None, None]
                 row["baseline_cpsnr"] = float(cpsnr(batch["baseline"][j][None, None], hr, sm)[0])
                 row["bicubic_mean_cpsnr"] = float(cpsnr(bicubic[j][None], hr, sm)[0])
+                searches = {method: shift_search(sr, hr, sm) for method, (sr, _) in methods.items()}
                 for method, (sr, scale) in methods.items():
-                    scores = scene_scores(sr, scale, hr, sm, float(batch["norm"][j]))
+                    scores = scene_scores(sr, scale, hr, sm, float(batch["norm"][j]), searches[method])
                     row |= {f"{method}:{k}": v for k, v in scores.items()}
-                row["_calibration"] = calibration_counts(*combined[ENSEMBLE], hr, sm)
+                row["_calibration"] = calibration_counts(*combined[ENSEMBLE], hr, sm, searches[ENSEMBLE])
             rows.append(row)
     return rows
 

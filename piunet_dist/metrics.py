@@ -94,10 +94,11 @@ def shift_search(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> Shif
 
 def cpsnr(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Best-shift clear PSNR in dB, (B,), on digital numbers with peak 65535."""
-    return _psnr(shift_search(sr, hr, mask).cmse)
+    return psnr_db(shift_search(sr, hr, mask).cmse)
 
 
-def _psnr(cmse: torch.Tensor) -> torch.Tensor:
+def psnr_db(cmse: torch.Tensor) -> torch.Tensor:
+    """Clear PSNR in dB of a clear MSE in DN^2."""
     return 10 * torch.log10(PEAK**2 / cmse)
 
 
@@ -140,15 +141,16 @@ def cssim(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return best.double()
 
 
-def uncertainty_stats(sr: torch.Tensor, scale: torch.Tensor, hr: torch.Tensor,
-                      mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def uncertainty_stats(sr: torch.Tensor, scale: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor,
+                      search: ShiftSearch | None = None) -> dict[str, torch.Tensor]:
     """Quality of the predicted Laplace scale (DN) at the best shift, each (B,).
 
     nll: mean Laplace negative log-likelihood in DN; coverage50/coverage90: share of
     clear pixels inside the predicted central 50%/90% interval (b*ln2, b*ln10);
     scale_error_corr: Pearson correlation of |error| and the predicted scale.
+    `search`: shift_search(sr, hr, mask) when the caller has it already.
     """
-    search = shift_search(sr, hr, mask)
+    search = search or shift_search(sr, hr, mask)
     y = select_shift(shift_windows(hr.to(torch.float64)), search.best)
     m = select_shift(shift_windows(mask.to(torch.float64)), search.best)
     p = crop(sr.to(torch.float64))[:, 0] + search.bias[:, None, None]
