@@ -29,15 +29,30 @@ test: install
 	@cluster=$$(slurm/testcluster/start.sh --if-possible) || exit 1; eval "$$cluster"; \
 	  $(PY) -m pytest -q
 
-# the flow on synthetic scenes; a second run reuses the scenes, shards and trained runs
+# The flow on synthetic scenes: two members per band, each trained by two processes
+# through the launcher (SLURM when a cluster answers, local processes otherwise), their
+# ensembles evaluated with the 4-rotation self-ensemble, the report. Run again, it reuses
+# the scenes, the shards, the trained members and, while no member changed, their
+# evaluation. DEMO_SETTINGS adds settings to every member (section.key=value ...).
+DEMO ?= runs/demo
+DEMO_SHARDS ?= shards/demo
+DEMO_SCENES ?= 40
+DEMO_TEST_SCENES ?= 10
+DEMO_SETTINGS ?=
+DEMO_MEMBERS := $(foreach band,nir red,$(foreach seed,0 1,$(DEMO)/$(band)-seed$(seed)))
+
 demo: install
-	$(PY) -m piunet_dist synth runs/demo/scenes --scenes 40 --test-scenes 10
-	$(PY) -m piunet_dist pack --verify shards/demo 2>/dev/null \
-	  || $(PY) -m piunet_dist pack runs/demo/scenes --out shards/demo --scenes-per-shard 8
-	$(PY) -m piunet_dist train --config configs/demo.yaml data.band=NIR run_dir=runs/demo/nir
-	$(PY) -m piunet_dist train --config configs/demo.yaml data.band=RED run_dir=runs/demo/red
-	$(PY) -m piunet_dist evaluate --runs runs/demo/nir runs/demo/red --split val --out runs/demo/eval
-	$(PY) -m piunet_dist report runs/demo/eval runs/demo/nir runs/demo/red --out runs/demo/report
+	$(PY) -m piunet_dist synth $(DEMO)/scenes --scenes $(DEMO_SCENES) --test-scenes $(DEMO_TEST_SCENES)
+	$(PY) -m piunet_dist pack --verify $(DEMO_SHARDS) >/dev/null 2>&1 \
+	  || $(PY) -m piunet_dist pack $(DEMO)/scenes --out $(DEMO_SHARDS) --scenes-per-shard 8
+	$(PY) -m piunet_dist.launch --config configs/demo.yaml --bands NIR RED --seeds 0 1 \
+	  --tasks-per-node 2 --cpus-per-task 1 --wait run_dir=$(DEMO) data.shards=$(DEMO_SHARDS) $(DEMO_SETTINGS)
+	@$(MAKE) --no-print-directory -o install $(DEMO)/report/summary.json
+	$(PY) -m piunet_dist report $(DEMO)/report $(DEMO_MEMBERS) --out $(DEMO)/report
+
+$(DEMO)/report/summary.json: $(DEMO_MEMBERS:=/best/model.safetensors)
+	$(PY) -m piunet_dist.launch evaluate --runs $(DEMO_MEMBERS) --split val --self-ensemble 4 \
+	  --cpus-per-task 1 --out $(DEMO)/report --wait
 
 bench: install
 	$(PY) bench/core.py

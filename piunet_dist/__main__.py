@@ -19,6 +19,9 @@ COMMANDS = {
 }
 
 
+LAUNCH_HELP = "submit training or evaluation to SLURM with submitit (or run it as local processes)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piunet-dist",
@@ -27,10 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, summary) in COMMANDS.items():
         cmd = sub.add_parser(name, help=summary, description=summary)
         importlib.import_module(module).add_arguments(cmd)
+    # its flags are those of `python -m piunet_dist.launch`, which parses them itself
+    sub.add_parser("launch", help=LAUNCH_HELP, description=LAUNCH_HELP, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:
+        from .launch import main as launch
+        return launch(argv[1:])
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:

@@ -39,6 +39,12 @@ def latest(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def latest_step(run_dir: Path) -> int:
+    """Step of the newest complete checkpoint; 0 when there is none."""
+    newest = latest(run_dir)
+    return 0 if newest is None else int(STEP_DIR.match(newest.name).group(1))
+
+
 def _replace_dir(partial: Path, final: Path) -> None:
     old = final.with_name(final.name + ".old")
     if final.exists():

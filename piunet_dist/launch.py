@@ -19,11 +19,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import submitit
 
+from . import checkpoint
 from .config import Config, load_config
 from .errors import UserError
 
@@ -39,9 +41,13 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        import torch
+
         from .train import Trainer  # after the environment: Accelerate reads it when built
-        trainer = Trainer(load_config(self.config, self.overrides))
-        return trainer.train()
+        cfg = load_config(self.config, self.overrides)
+        # torch would take every core of the node in each process; the task was given cpus_per_task
+        torch.set_num_threads(cfg.launch.cpus_per_task)
+        return Trainer(cfg).train()
 
     def checkpoint(self, *args, **kwargs):
         """On SLURM's signal (global rank 0 only): requeue, up to launch.max_requeues times."""
@@ -58,11 +64,14 @@ class EvaluateTask(submitit.helpers.Checkpointable):
     """`python -m piunet_dist evaluate ARGS` as a job (a predict task of the array, or the scoring);
     predictions are deterministic, so a preempted task simply runs again."""
 
-    def __init__(self, argv: list[str]):
-        self.argv = list(argv)
+    def __init__(self, argv: list[str], threads: int):
+        self.argv, self.threads = list(argv), threads
 
     def __call__(self) -> None:
+        import torch
+
         from .__main__ import main as cli
+        torch.set_num_threads(self.threads)
         code = cli(["evaluate", *self.argv])
         if code:
             raise RuntimeError(f"evaluate {' '.join(self.argv)} exited {code} (its error is above)")
@@ -76,11 +85,27 @@ def _append_event(run_dir: Path, record: dict) -> None:
 
 
 def cluster_kind(choice: str) -> str:
-    if choice == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    if choice == "slurm" and not shutil.which("sbatch"):
-        raise UserError("--cluster slurm: sbatch is not on the PATH (use --cluster local, or run on a login node)")
-    return choice
+    """slurm or local. auto: SLURM where sbatch is on the PATH and a controller answers."""
+    if choice == "local":
+        return "local"
+    if not shutil.which("sbatch"):
+        if choice == "slurm":
+            raise UserError("--cluster slurm: sbatch is not on the PATH (use --cluster local, or run on a login node)")
+        return "local"
+    if choice == "slurm":
+        return "slurm"
+    # SLURM's client tools without a cluster to talk to (installed, but no slurm.conf or
+    # controller) must not stop a laptop run; a cluster that does not answer is said aloud
+    try:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+        answer = probe.stderr.strip().splitlines()[-1] if probe.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        answer = str(e) or type(e).__name__
+    if not answer:
+        return "slurm"
+    print(f"launch: sbatch is here but no SLURM controller answers ({answer}); running local processes "
+          "(--cluster slurm insists on SLURM)", file=sys.stderr)
+    return "local"
 
 
 def minutes(hhmmss: str) -> int:
@@ -94,10 +119,9 @@ def minutes(hhmmss: str) -> int:
     return max(1, h * 60 + m + (1 if s else 0))
 
 
-def make_executor(cfg: Config, folder: Path, name: str):
-    """A submitit executor for cfg.launch: SLURM, or local processes."""
+def make_executor(cfg: Config, folder: Path, name: str, kind: str):
+    """A submitit executor for cfg.launch on `kind` (cluster_kind): SLURM, or local processes."""
     launch = cfg.launch
-    kind = cluster_kind(launch.cluster)
     tasks = launch.gpus_per_node if launch.gpus_per_node > 0 else launch.tasks_per_node
     executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
     params = {"name": name, "nodes": launch.nodes, "tasks_per_node": tasks, "cpus_per_task": launch.cpus_per_task,
@@ -110,14 +134,14 @@ def make_executor(cfg: Config, folder: Path, name: str):
     elif launch.nodes > 1:
         raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
     executor.update_parameters(**params)
-    return executor, kind
+    return executor
 
 
 def sbatch_script(cfg: Config, folder: Path, name: str) -> str:
     """The sbatch file submitit would write for this job (for --dry-run)."""
-    executor, kind = make_executor(cfg, folder, name)
-    if kind != "slurm":
+    if cluster_kind(cfg.launch.cluster) != "slurm":
         raise UserError("--dry-run prints an sbatch script: it needs SLURM (sbatch on the PATH) or --cluster slurm")
+    executor = make_executor(cfg, folder, name, "slurm")
     return executor._executor._make_submission_file_text("<python -m submitit.core._submit ...>", "dry-run")
 
 
@@ -134,15 +158,22 @@ def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
 def submit_training(args) -> int:
     overrides = list(args.overrides) + [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
     cfg = load_config(args.config, overrides)
-    runs = members(args, cfg)
-    for run_dir, extra in runs:
-        load_config(args.config, overrides + extra)  # every member's settings are valid before anything is sent
     folder = Path(cfg.run_dir) / "slurm"
     name = f"piunet-{Path(cfg.run_dir).name}"
+    runs = []
+    for run_dir, extra in members(args, cfg):
+        member = load_config(args.config, overrides + extra)  # every member is valid before anything is sent
+        if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:
+            print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
+        else:
+            runs.append((run_dir, extra))
     if args.dry_run:
         print(sbatch_script(cfg, folder, name))
         return 0
-    executor, kind = make_executor(cfg, folder, name)
+    if not runs:
+        return 0
+    kind = cluster_kind(cfg.launch.cluster)
+    executor = make_executor(cfg, folder, name, kind)
     config = str(args.config) if args.config else None
     with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
         jobs = [executor.submit(TrainJob(config, overrides + extra)) for _, extra in runs]
@@ -154,6 +185,7 @@ def submit_training(args) -> int:
 
 def wait_for(jobs) -> int:
     """Follow jobs to their end; non-zero with each failed job's own error."""
+    print(f"waiting for {len(jobs)} job(s); their progress is in their logs", flush=True)
     failed = 0
     for job in jobs:
         try:
@@ -190,18 +222,20 @@ def submit_evaluation(args) -> int:
     if args.shards:
         common += ["--shards", str(args.shards)]
     folder = Path(args.out) / "slurm"
-    executor, kind = make_executor(cfg, folder, "piunet-predict")
+    kind = cluster_kind(cfg.launch.cluster)
+    executor = make_executor(cfg, folder, "piunet-predict", kind)
     with executor.batch():
-        tasks = [executor.submit(EvaluateTask([*common, "--phase", "predict", "--member", str(i)]))
+        tasks = [executor.submit(EvaluateTask([*common, "--phase", "predict", "--member", str(i)],
+                                              cfg.launch.cpus_per_task))
                  for i in range(len(args.runs))]
-    scorer, _ = make_executor(cfg, folder, "piunet-score")
+    for task, run_dir in zip(tasks, args.runs):
+        print(f"job {task.job_id} ({kind}): predict with {run_dir}")
+    scorer = make_executor(cfg, folder, "piunet-score", kind)
     if kind == "slurm":
         scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
     elif wait_for(tasks):  # local processes: no scheduler to hold the scoring back
         return 1
-    score = scorer.submit(EvaluateTask([*common, "--phase", "score"]))
-    for task, run_dir in zip(tasks, args.runs):
-        print(f"job {task.job_id} ({kind}): predict with {run_dir}")
+    score = scorer.submit(EvaluateTask([*common, "--phase", "score"], cfg.launch.cpus_per_task))
     print(f"job {score.job_id} ({kind}): ensembles and scores -> {args.out}/summary.json")
     print(f"  logs: {folder}")
     return wait_for([*tasks, score] if kind == "slurm" else [score]) if args.wait else 0

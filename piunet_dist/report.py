@@ -167,14 +167,24 @@ def _fmt(v, digits=3) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def build(dirs: list[Path], out: Path, n_scenes: int) -> Path:
+def text_table(title: str, table: list[tuple[str, float | None, float | None]]) -> str:
+    """A band's table as aligned text for the terminal, with each row's gain over the baseline."""
+    baseline = table[0][1]
+    width = max(len(name) for name, _, _ in table)
+    lines = [f"{title}", f"  {'method':<{width}}  cPSNR (dB)  vs baseline"]
+    lines += [f"  {name:<{width}}  {v:10.3f}  {v - baseline:+11.3f}" for name, v, _ in table]
+    return "\n".join(lines)
+
+
+def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
+    """Write the report; returns index.html and the per-band tables as text."""
     runs = [d for d in dirs if (d / "metrics.jsonl").is_file()]
     evals = [d for d in dirs if (d / "summary.json").is_file()]
     for d in dirs:
         if d not in runs and d not in evals:
             raise UserError(f"{d}: neither a run directory (metrics.jsonl) nor an evaluation (summary.json)")
     out.mkdir(parents=True, exist_ok=True)
-    sections_html, sections_md = [], []
+    sections_html, sections_md, tables = [], [], []
 
     curves = curves_figure(runs, out)
     if curves:
@@ -191,12 +201,15 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> Path:
             md = [f"## {title}\n"]
             if "ensemble_cpsnr" in entry:
                 table = band_table(entry)
-                best = max(v for _, v, _ in table if v is not None)
-                parts.append("<table><tr><th>method</th><th>cPSNR (dB)</th><th>cSSIM</th></tr>" + "".join(
-                    f"<tr class='{'best' if v == best else ''}'><td>{html.escape(name)}</td><td>{_fmt(v)}</td>"
-                    f"<td>{_fmt(c, 4)}</td></tr>" for name, v, c in table) + "</table>")
-                md += ["| method | cPSNR (dB) | cSSIM |", "|---|---|---|"]
-                md += [f"| {name} | {_fmt(v)} | {_fmt(c, 4)} |" for name, v, c in table]
+                tables.append(text_table(title, table))
+                best, baseline = max(v for _, v, _ in table if v is not None), table[0][1]
+                parts.append("<table><tr><th>method</th><th>cPSNR (dB)</th><th>vs baseline (dB)</th><th>cSSIM</th>"
+                             "</tr>" + "".join(
+                                 f"<tr class='{'best' if v == best else ''}'><td>{html.escape(name)}</td>"
+                                 f"<td>{_fmt(v)}</td><td>{v - baseline:+.3f}</td><td>{_fmt(c, 4)}</td></tr>"
+                                 for name, v, c in table) + "</table>")
+                md += ["| method | cPSNR (dB) | vs baseline (dB) | cSSIM |", "|---|---|---|---|"]
+                md += [f"| {name} | {_fmt(v)} | {v - baseline:+.3f} | {_fmt(c, 4)} |" for name, v, c in table]
                 cal = entry["calibration"]
                 facts = (f"challenge score {_fmt(entry['score'], 4)} (1 is the baseline, lower is better); "
                          f"Laplace NLL {_fmt(cal['nll'])}; share of clear pixels inside the predicted 50% interval "
@@ -232,7 +245,7 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> Path:
         partial = out / (name + ".partial")
         partial.write_text(text)
         partial.replace(out / name)
-    return out / "index.html"
+    return out / "index.html", tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,6 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = args.out or next((d / "report" for d in args.dirs if (d / "summary.json").is_file()), Path("runs/report"))
-    page = build(args.dirs, out, args.scenes)
+    page, tables = build(args.dirs, out, args.scenes)
+    for table in tables:
+        print(table + "\n")
     print(page)
     return 0

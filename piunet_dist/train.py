@@ -177,10 +177,11 @@ class Trainer:
             cpsnr = metrics[0].compute().item()
             cssim = metrics[1].compute().item() if cfg.train.val_cssim else None
             nll = metrics[2].compute()["nll"].item()
+        # compute() hands back each rank its own states once it has the global value
+        scenes = int(self.acc.reduce(metrics[0].count.clone(), "sum").item())
         model.train()
         step = self.state["step"]
-        self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll,
-                  val_scenes=int(metrics[0].count))
+        self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll, val_scenes=scenes)
         if cpsnr > self.state["best_val_cpsnr"]:
             self.state["best_val_cpsnr"] = cpsnr
             checkpoint.save_best(self.acc, self.model, self.run_dir,

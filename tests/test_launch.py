@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from piunet_dist.data.shards import pack
+from piunet_dist.data.shards import pack, scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 
 ROOT = Path(__file__).parent.parent
@@ -40,9 +40,9 @@ def shards(tmp_path_factory):
     return root / "shards"
 
 
-def launch(*args, check=True, timeout=400):
+def launch(*args, check=True, timeout=400, env=None):
     result = subprocess.run([sys.executable, "-m", "piunet_dist.launch", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"launch {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -80,6 +80,26 @@ def test_local_cluster_runs_the_same_two_process_job(shards, tmp_path):
            "train.val_every=2")
     assert events(run_dir)[0]["world_size"] == 2
     assert (run_dir / "checkpoints/step_0000004").is_dir()
+
+
+def test_auto_runs_locally_where_no_controller_answers_and_skips_a_trained_run(shards, tmp_path):
+    run_dir = tmp_path / "auto"
+    no_cluster = {"SLURM_CONF": str(tmp_path / "no-slurm.conf")}  # sinfo, if installed, finds no cluster
+    args = ("--config", "configs/demo.yaml", "--wait", f"run_dir={run_dir}", f"data.shards={shards}", *TINY,
+            "train.max_steps=2", "train.ckpt_every=2", "train.val_every=2")
+    first = launch(*args, env=no_cluster)
+    assert "(local): run dir" in first.stdout and "done" in first.stdout
+    if shutil.which("sbatch"):
+        assert "no SLURM controller answers" in first.stderr and "running local processes" in first.stderr
+    again = launch(*args, env=no_cluster)
+    assert again.stdout.strip() == f"{run_dir}: trained to train.max_steps=2 already; not submitted"
+    assert [e["event"] for e in events(run_dir)].count("start") == 1
+
+
+def test_the_piunet_dist_launch_command_is_the_launcher(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "piunet_dist", "launch", "--config", "configs/demo.yaml",
+                             "--time", "soon", "--cluster", "local"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip() == "piunet-dist launch: error: --time: 'soon' is not HH:MM:SS"
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
@@ -217,6 +237,21 @@ def evaluation(runs, out, *flags):
     assert set(summary["bands"]) == {"NIR", "RED"}
     assert summary["bands"]["NIR"]["members"].keys() == {"nir"}
     return result
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_evaluate_sbatch_scores_each_band_as_a_task_of_its_array(shards, two_runs, tmp_path):
+    out = tmp_path / "eval"
+    job = subprocess.run(["sbatch", "--parsable", "--cpus-per-task", "1", "--output", str(tmp_path / "ev-%A_%a.out"),
+                          "slurm/evaluate.sbatch", str(two_runs[0].parent), str(out), "--split", "val",
+                          "--self-ensemble", "1"], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PIUNET_PYTHON": sys.executable}).stdout.strip()
+    assert wait_for_job(job) == "COMPLETED", [p.read_text()[-2000:] for p in tmp_path.glob("ev-*.out")]
+    for band in ("NIR", "RED"):
+        summary = json.loads((out / band / "summary.json").read_text())
+        assert set(summary["bands"]) == {band}
+        assert summary["bands"][band]["scenes"] == len(scene_names(shard_paths(shards, band, "val")))
 
 
 def test_local_evaluation_predicts_then_scores(two_runs, tmp_path):

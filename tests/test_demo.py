@@ -1,0 +1,49 @@
+"""`make demo` as a user runs it, at a scale that fits the test pass: the same targets,
+launcher, evaluation and report, on a few scenes and a few steps; then again, reusing."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.max_steps=2", "train.val_every=2",
+        "train.ckpt_every=2", "train.l1_warmup_steps=1", "data.workers=0", "train.compile_loss=false"]
+MEMBERS = ("nir-seed0", "nir-seed1", "red-seed0", "red-seed1")
+
+
+def make_demo(tmp_path):
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-o", "install", "demo", f"PY={sys.executable}",
+         f"DEMO={tmp_path / 'demo'}", f"DEMO_SHARDS={tmp_path / 'shards'}", "DEMO_SCENES=4", "DEMO_TEST_SCENES=1",
+         f"DEMO_SETTINGS={' '.join(TINY)}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "SLURM_CONF": str(tmp_path / "no-slurm.conf")})  # local processes, as on a laptop
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
+    demo = tmp_path / "demo"
+    out = make_demo(tmp_path)
+    for member in MEMBERS:
+        start = json.loads((demo / member / "metrics.jsonl").read_text().splitlines()[0])
+        assert start["event"] == "start" and start["world_size"] == 2
+    summary = json.loads((demo / "report" / "summary.json").read_text())
+    assert summary["self_ensemble"] == 4 and set(summary["bands"]) == {"NIR", "RED"}
+    for band, entry in summary["bands"].items():
+        assert set(entry["members"]) == {m for m in MEMBERS if m.startswith(band.lower())}
+        for key in ("baseline_cpsnr", "bicubic_mean_cpsnr", "ensemble_cpsnr", "weighted_ensemble_cpsnr", "score"):
+            assert isinstance(entry[key], float), key
+        assert set(entry["calibration"]) == {"nll", "coverage50", "coverage90", "scale_error_corr"}
+        assert f"{band}, val split" in out
+    assert "ensemble (mean)" in out and out.strip().splitlines()[-1] == str(demo / "report" / "index.html")
+    assert (demo / "report" / "index.html").is_file()
+
+    evaluated = (demo / "report" / "summary.json").stat().st_mtime_ns
+    again = make_demo(tmp_path)
+    assert "already there, same parameters" in again
+    assert all(f"{demo / m}: trained to train.max_steps=2 already; not submitted" in again for m in MEMBERS)
+    assert "job " not in again  # nothing trained or evaluated again
+    assert (demo / "report" / "summary.json").stat().st_mtime_ns == evaluated
+    assert again.strip().splitlines()[-1] == str(demo / "report" / "index.html")
