@@ -68,6 +68,8 @@ class TrainConfig:
     seed: int = setting(0, "seed of the initial weights and of the data streams")
     sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off")
     compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)")
+    compile_model: bool = setting(False, "compile the model with torch.compile: faster steps after a compile of minutes")
+    activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps")
     val_every: int = setting(5000, "steps between validations on the val shards")
     val_batch_size: int = setting(2, "whole scenes per validation batch and process")
     val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)")

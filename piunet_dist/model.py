@@ -10,11 +10,13 @@ without copies and the convolutions take their fastest path.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 # Fixed normalisation of LR and HR digital numbers (PIUNET.md section 2), both bands.
 NORM_MEAN = 7433.6436
@@ -142,6 +144,27 @@ class TERN(nn.Module):
         return filter_frames(h_in, filters)
 
 
+class _StatisticsKept:
+    """Checkpoint contexts under which a recomputed block leaves its batch-norm statistics
+    as the first pass left them (a second update would change the running means)."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+
+    def contexts(self):
+        return contextlib.nullcontext(), self._restoring()
+
+    @contextlib.contextmanager
+    def _restoring(self):
+        saved = [b.clone() for b in self.block.buffers()]
+        try:
+            yield
+        finally:  # recomputation stops early, by an exception, once it has what backward needs
+            with torch.no_grad():
+                for buffer, value in zip(self.block.buffers(), saved):
+                    buffer.copy_(value)
+
+
 def filter_frames(h: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Cross-correlate every channel of frame n of `h` (N, C, X, Y) with filters[n] (N, 1, 5, 5).
 
@@ -158,8 +181,11 @@ class PIUNet(nn.Module):
     scale in normalised units. The output is invariant to the order of the T frames.
     """
 
-    def __init__(self, n_feat: int = 42, r_bneck: int = 8, n_tefa: int = 16, n_heads: int = 1):
+    def __init__(self, n_feat: int = 42, r_bneck: int = 8, n_tefa: int = 16, n_heads: int = 1,
+                 checkpoint_blocks: bool = False):
         super().__init__()
+        # training only: keep each TEFA block's input and recompute its inside in backward
+        self.checkpoint_blocks = checkpoint_blocks
         self.conv_in = FrameConv(1, n_feat)
         self.tran_in = TemporalAttention(n_feat, n_heads)
         self.norm00 = FrameNorm(n_feat)
@@ -183,8 +209,15 @@ class PIUNet(nn.Module):
         h = lrelu(self.norm00(h))
         h = self.norm0(h + self.tran_in(h, t))
         h_res = h
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.res:
-            h = block(h, t)
+            if recompute and torch.compiler.is_compiling():
+                # the compiler's recomputation applies no buffer update twice
+                h = checkpoint(block, h, t, use_reentrant=False)
+            elif recompute:
+                h = checkpoint(block, h, t, use_reentrant=False, context_fn=_StatisticsKept(block).contexts)
+            else:
+                h = block(h, t)
         h = lrelu(self.norm11(self.conv_mid(h)))
         h = lrelu(self.norm1(h + self.tran_mid(h, t)))
         h = h + h_res

@@ -52,9 +52,11 @@ class Trainer:
         self.val_shards = shard_paths(Path(cfg.data.shards), cfg.data.band, "val")
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
-        model = PIUNet(**to_dict(cfg)["model"])
+        model = PIUNet(**to_dict(cfg)["model"], checkpoint_blocks=cfg.train.activation_checkpointing)
         if self._use_sync_bn(on_gpu):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.train.compile_model:
+            model.compile()  # in place: the state_dict keeps the published names
         set_seed(cfg.train.seed + self.acc.process_index)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # stepped once per optimizer step by the loop, so not handed to prepare()
