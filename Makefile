@@ -54,9 +54,13 @@ $(DEMO)/report/summary.json: $(DEMO_MEMBERS:=/best/model.safetensors)
 	$(PY) -m piunet_dist.launch evaluate --runs $(DEMO_MEMBERS) --split val --self-ensemble 4 \
 	  --cpus-per-task 1 --out $(DEMO)/report --wait
 
+# figures for BENCHMARKS.md: each benchmark prints its table, then one table of them all
 bench: install
 	$(PY) bench/core.py
 	$(PY) bench/loader.py
+	$(PY) bench/step.py
+	$(PY) bench/evaluate.py
+	$(PY) bench/summary.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -44,8 +44,10 @@ def step_case(device):
     y = torch.randn(2, 1, 96, 96, generator=g).to(device)
     mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
 
-    def make(model_cls, loss, **kw):
+    def make(model_cls, loss, compile_model=False, **kw):
         model = model_cls().to(device).train()
+        if compile_model:
+            model.compile()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step():
@@ -58,6 +60,7 @@ def step_case(device):
 
     return {"eager": make(PIUNet, registered_laplace),
             "compiled search": make(PIUNet, registered_laplace, compiled=True),
+            "compiled model and search": make(PIUNet, registered_laplace, compile_model=True, compiled=True),
             "reference": make(RefPIUNet, oracles.registered_laplace)}
 
 

@@ -71,7 +71,7 @@ class TrainConfig:
     compile_model: bool = setting(False, "compile the model with torch.compile: faster steps after a compile of minutes")
     activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps")
     val_every: int = setting(5000, "steps between validations on the val shards")
-    val_batch_size: int = setting(2, "whole scenes per validation batch and process")
+    val_batch_size: int = setting(1, "whole scenes per validation batch and process (more on a GPU)")
     val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)")
     ckpt_every: int = setting(5000, "steps between checkpoints")
     keep_last: int = setting(3, "complete checkpoints kept besides best/")
@@ -85,7 +85,7 @@ class EvalConfig:
     split: str = setting("val", "split to evaluate: val or test")
     self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)")
     checkpoint: str = setting("best", "which weights of a run: best or last")
-    batch_size: int = setting(2, "scenes per prediction batch and process")
+    batch_size: int = setting(1, "scenes per prediction batch and process (more on a GPU; on a CPU 1 is fastest)")
 
 
 @dataclass

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .baselines import bicubic_mean
-from .config import Config, load_config
+from .config import Config, EvalConfig, load_config
 from .data.pipeline import EvalScenes
 from .data.shards import scene_names, shard_paths
 from .errors import UserError
@@ -340,16 +340,25 @@ def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: i
     return summary
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to evaluate and how: the flags this command shares with `launch evaluate`."""
+    defaults = EvalConfig()
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run directories (the members)")
-    parser.add_argument("--split", choices=("val", "test"), default="val", help="split to evaluate (default val)")
+    parser.add_argument("--split", choices=("val", "test"), default=defaults.split,
+                        help=f"split to evaluate (default {defaults.split})")
     parser.add_argument("--shards", type=Path, help="shards to read instead of those each run trained on")
-    parser.add_argument("--self-ensemble", type=int, default=4, choices=(1, 4, 8),
-                        help="predictions per scene: 1, 4 rotations (the paper's), 8 with flips (default 4)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                        help="each run's best/ weights or its newest checkpoint (default best)")
+    parser.add_argument("--self-ensemble", type=int, default=defaults.self_ensemble, choices=(1, 4, 8),
+                        help="predictions per scene: 1, 4 rotations (the paper's), 8 with flips "
+                             f"(default {defaults.self_ensemble})")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default=defaults.checkpoint,
+                        help=f"each run's best/ weights or its newest checkpoint (default {defaults.checkpoint})")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory (default runs/eval)")
-    parser.add_argument("--batch-size", type=int, default=2, help="scenes per prediction batch (default 2)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"scenes per prediction batch (default {defaults.batch_size}; more on a GPU)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_evaluation_arguments(parser)
     parser.add_argument("--phase", choices=("all", "predict", "score"), default="all",
                         help="predict (members' outputs), score (ensembles, scores, summary) or all (default)")
     parser.add_argument("--member", type=int,

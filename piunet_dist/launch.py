@@ -28,6 +28,7 @@ import submitit
 from . import checkpoint
 from .config import Config, load_config
 from .errors import UserError
+from .evaluate import add_evaluation_arguments
 
 FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "account", "time", "qos",
          "constraint", "mem", "cluster")
@@ -245,13 +246,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch evaluate",
                                      description="Evaluate runs on SLURM: an array of predict tasks (one per "
                                                  "run) and, after them, the job that scores and writes summary.json.")
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run directories (the members)")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
-    parser.add_argument("--shards", type=Path, help="shards to read instead of those each run trained on")
-    parser.add_argument("--self-ensemble", type=int, default=4, choices=(1, 4, 8))
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    parser.add_argument("--out", type=Path, default=Path("runs/eval"))
-    parser.add_argument("--batch-size", type=int, default=2)
+    add_evaluation_arguments(parser)
     for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
         parser.add_argument(f"--{flag}", help=f"SLURM {flag} [launch.{flag}]")
     parser.add_argument("--gpus-per-node", type=int, help="GPUs per task (0 or 1) [launch.gpus_per_node]")
