@@ -191,6 +191,19 @@ def test_dry_run_prints_the_sbatch_script(tmp_path):
 
 @needs_slurm
 @pytest.mark.slurm
+def test_stop_sh_stops_the_test_cluster_and_start_sh_brings_it_back():
+    stopped = subprocess.run(["slurm/testcluster/stop.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert subprocess.run(["sinfo"], capture_output=True, timeout=60).returncode != 0  # no controller answers
+    started = subprocess.run(["slurm/testcluster/start.sh"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert started.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={os.environ['SLURM_CONF']}"
+    states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout.split()
+    assert states == ["idle", "idle"]
+
+
+@needs_slurm
+@pytest.mark.slurm
 def test_sbatch_templates_pass_test_only():
     for template, args in (("slurm/train.sbatch", ["--nodes", "2", "configs/demo.yaml"]),
                            ("slurm/evaluate.sbatch", ["runs", "runs/eval"]),

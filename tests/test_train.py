@@ -1,5 +1,6 @@
 """The trainer with real processes: accelerate launch over 2 gloo ranks, stop and resume."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -106,6 +107,17 @@ def test_checkpointed_and_compiled_training_follow_the_plain_run(shards, tmp_pat
               for name in ("plain", "compiled")}
     assert len(losses["plain"]) == 2
     torch.testing.assert_close(losses["compiled"], losses["plain"], rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_a_float32_loss(shards, tmp_path, precision):
+    run_dir = tmp_path / precision
+    train(run_dir, shards, f"train.precision={precision}", "train.max_steps=2", "train.val_every=2",
+          "train.ckpt_every=2")
+    log = events(run_dir)
+    assert log[0]["precision"] == precision
+    assert all(math.isfinite(e["loss"]) for e in log if e["event"] == "train")
+    assert weights(run_dir / "checkpoints/step_0000002")["conv_in.weight"].dtype == torch.float32
 
 
 def test_half_written_checkpoints_are_ignored(shards, tmp_path):

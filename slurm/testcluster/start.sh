@@ -39,6 +39,9 @@ export SLURM_CONF=$BASE/etc/slurm.conf
 RUN=$BASE/run
 log() { echo "[start $(date +%T)] $*"; }
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# a daemon must not inherit this script's output: whoever reads it, $(start.sh) or a
+# test capturing it, would wait for the end of a pipe that the daemon holds open
+daemon() { "$@" </dev/null >>"$BASE/log/daemons.out" 2>&1 3>&-; }
 
 # ---- 1. packages -------------------------------------------------------------
 pkgs=(slurmctld slurmd slurm-client munge)
@@ -76,7 +79,7 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   mkdir -p /run/munge /var/lib/munge /var/log/munge
   chown munge:munge /run/munge /var/lib/munge /var/log/munge; chmod 755 /run/munge
   log "starting munged"
-  runuser -u munge -- /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
+  daemon runuser -u munge -- /usr/sbin/munged || daemon /usr/sbin/munged --force
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
   cp /run/munge/munged.pid "$RUN/munged.pid"   # stop.sh stops only what we started
 fi
@@ -156,7 +159,7 @@ if [[ $ACCT == 1 ]]; then
     setsid mariadbd --no-defaults --user=mysql --datadir="$BASE/db" \
       --socket="$BASE/dbrun/mysql.sock" --pid-file="$BASE/dbrun/mariadb.pid" \
       --bind-address=127.0.0.1 --port=16033 --log-error="$BASE/log/mariadb.log" \
-      --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 </dev/null >/dev/null 2>&1 &
+      --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 </dev/null >>"$BASE/log/daemons.out" 2>&1 3>&- &
     for _ in $(seq 100); do
       timeout 5 mariadb -S "$BASE/dbrun/mysql.sock" -e 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
     mariadb -S "$BASE/dbrun/mysql.sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1'
@@ -180,7 +183,7 @@ EOF
   chmod 600 "$BASE/etc/slurmdbd.conf"   # slurmdbd refuses a world-readable config
   if ! alive "$RUN/slurmdbd.pid"; then
     log "starting slurmdbd"
-    slurmdbd                             # reads slurmdbd.conf next to $SLURM_CONF
+    daemon slurmdbd                      # reads slurmdbd.conf next to $SLURM_CONF
     for _ in $(seq 50); do timeout 5 sacctmgr -n show cluster >/dev/null 2>&1 && break; sleep 0.2; done
   fi
 fi
@@ -188,11 +191,11 @@ fi
 # ---- 7. slurmctld + one slurmd per node ----------------------------------------
 if ! alive "$RUN/slurmctld.pid"; then
   log "starting slurmctld"
-  if [[ $RESET == 1 ]]; then slurmctld -c -i; else slurmctld -i; fi
+  if [[ $RESET == 1 ]]; then daemon slurmctld -c -i; else daemon slurmctld -i; fi
 fi
 for n in $NODES; do
   mkdir -p "$BASE/spool/$n"
-  alive "$RUN/slurmd-$n.pid" || { log "starting slurmd -N $n"; slurmd -N "$n"; }
+  alive "$RUN/slurmd-$n.pid" || { log "starting slurmd -N $n"; daemon slurmd -N "$n"; }
 done
 
 # ---- 8. wait until all nodes are idle ------------------------------------------
