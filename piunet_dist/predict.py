@@ -27,9 +27,9 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int,
     if not scene_dir.is_dir():
         raise UserError(f"{scene_dir}: no such scene directory")
     ref = SceneRef(scene_dir.name, "?", "test", scene_dir)  # no target needed
-    problems = validate_scene(ref)
+    problems = validate_scene(ref, where=str(scene_dir))
     if problems:
-        raise UserError("; ".join(p.replace("test/?/", "") for p in problems))
+        raise UserError("; ".join(problems))
     scene = load_scene(ref)
     # the clearest frames first; a scene without a clear frame keeps its clearest one
     lr, _ = prepare_frames(scene, n_frames, "paper", np.random.default_rng(0), keep_unclear=True, register=False,

@@ -141,7 +141,7 @@ def test_predict_a_scene_directory_with_published_and_trained_weights(members, t
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "LR000.png").write_bytes(b"no")
     assert main(["predict", "--weights", str(published), "--scene", str(tmp_path / "broken")]) == 2
-    assert "broken: LR000.png has no quality map QM000.png" in capsys.readouterr().err
+    assert f"{tmp_path / 'broken'}: LR000.png has no quality map QM000.png" in capsys.readouterr().err
 
 
 def test_a_damaged_shard_is_one_line_even_from_a_loader_worker(members, tmp_path, capsys):

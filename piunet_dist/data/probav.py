@@ -90,9 +90,10 @@ def _frame_files(ref: SceneRef, prefix: str) -> dict[str, Path]:
             if p.name[len(prefix):-4].isdigit()}
 
 
-def validate_scene(ref: SceneRef) -> list[str]:
-    """Problems of one scene, one line each naming the scene, the file and what is wrong."""
-    where = f"{ref.split}/{ref.band}/{ref.name}"
+def validate_scene(ref: SceneRef, where: str | None = None) -> list[str]:
+    """Problems of one scene, one line each naming the scene (`where`, by default
+    split/band/name), the file and what is wrong."""
+    where = where or f"{ref.split}/{ref.band}/{ref.name}"
     problems = []
     lrs, qms = _frame_files(ref, "LR"), _frame_files(ref, "QM")
     if not lrs:
