@@ -131,7 +131,9 @@ class Trainer:
                     loss = registered_l1(hr, mu.float(), sm, cfg.compile_loss) + 0.0 * s.float().mean()
                 self.acc.backward(loss / cfg.grad_accum)
             total += loss.detach() / cfg.grad_accum
-        # every rank takes the same decision, or DDP's next all-reduce would mix states
+        # every rank takes the same decision, or DDP's next all-reduce would mix states; reading
+        # it is the step's one host synchronisation, the price of skipping a bad update exactly
+        # (Adam's moments, the schedule and the step count untouched)
         summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num()]), "sum")
         finite = bool(summed[0].item() == self.acc.num_processes)
         if finite:
