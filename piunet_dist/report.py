@@ -154,8 +154,8 @@ def panels_figure(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: 
     return _save(fig, out / f"panels_{band}.png")
 
 
-def band_table(entry: dict) -> list[tuple[str, float | None, float | None]]:
-    """(method, cPSNR, cSSIM) rows of one band."""
+def band_table(entry: dict) -> list[tuple[str, float, float | None]]:
+    """(method, cPSNR, cSSIM) rows of one band; the baselines have no cSSIM."""
     rows = [("challenge baseline", entry["baseline_cpsnr"], None), ("bicubic of the mean frame", entry["bicubic_mean_cpsnr"], None)]
     rows += [(f"member {k}", v, entry["members_cssim"].get(k)) for k, v in entry["members"].items()]
     rows += [("ensemble (mean)", entry["ensemble_cpsnr"], entry["ensemble_cssim"]),
@@ -167,7 +167,7 @@ def _fmt(v, digits=3) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def text_table(title: str, table: list[tuple[str, float | None, float | None]]) -> str:
+def text_table(title: str, table: list[tuple[str, float, float | None]]) -> str:
     """A band's table as aligned text for the terminal, with each row's gain over the baseline."""
     baseline = table[0][1]
     width = max(len(name) for name, _, _ in table)
@@ -202,7 +202,7 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
             if "ensemble_cpsnr" in entry:
                 table = band_table(entry)
                 tables.append(text_table(title, table))
-                best, baseline = max(v for _, v, _ in table if v is not None), table[0][1]
+                best, baseline = max(v for _, v, _ in table), table[0][1]
                 parts.append("<table><tr><th>method</th><th>cPSNR (dB)</th><th>vs baseline (dB)</th><th>cSSIM</th>"
                              "</tr>" + "".join(
                                  f"<tr class='{'best' if v == best else ''}'><td>{html.escape(name)}</td>"
