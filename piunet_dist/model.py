@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import TemporalAttention
+
 # Fixed normalisation of LR and HR digital numbers (PIUNET.md section 2), both bands.
 NORM_MEAN = 7433.6436
 NORM_STD = 2353.0723
@@ -44,56 +46,6 @@ class FrameNorm(nn.BatchNorm3d):
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"FrameNorm expects (N, C, X, Y), got {tuple(x.shape)}")
-
-
-class TemporalAttention(nn.Module):
-    """Self-attention over the T frames of every pixel, without positions.
-
-    Same parameters as torch.nn.MultiheadAttention(F, heads). Query, key and value all
-    come from the same tokens x, so per head the scores need only x A x' with
-    A = Wq' Wk (the key bias and the query bias times x' shift each row of scores by a
-    constant, which the softmax ignores, except bq Wk, which stays), and the value and
-    output projections fold into one matrix Wo Wv, the value bias into the output bias
-    (attention weights sum to one). Two F x F products per token instead of four, equal
-    to the unfolded module to rounding.
-    """
-
-    def __init__(self, n_feat: int, n_heads: int):
-        super().__init__()
-        if n_feat % n_heads:
-            raise ValueError(f"n_feat={n_feat} is not divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * n_feat, n_feat))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * n_feat))
-        self.out_proj = nn.Linear(n_feat, n_feat)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(query weight (H*F, F), query bias (H*F,), output weight (F, H*F), output bias (F,))."""
-        f, heads = self.out_proj.in_features, self.n_heads
-        d = f // heads
-        w_q, w_k, w_v = self.in_proj_weight.view(3, heads, d, f).unbind(0)
-        b_q, _, b_v = self.in_proj_bias.view(3, heads, d).unbind(0)
-        q_weight = torch.einsum("hdi,hdj->hji", w_q, w_k).reshape(heads * f, f)
-        q_bias = torch.einsum("hd,hdj->hj", b_q, w_k).reshape(heads * f)
-        w_o = self.out_proj.weight.view(f, heads, d)
-        o_weight = torch.einsum("ohd,hdj->ohj", w_o, w_v).reshape(f, heads * f)
-        o_bias = self.out_proj.bias + self.out_proj.weight @ b_v.reshape(f)
-        return q_weight, q_bias, o_weight, o_bias
-
-    def forward(self, h: torch.Tensor, n_frames: int) -> torch.Tensor:
-        nt, f, x, y = h.shape
-        b, p, heads = nt // n_frames, x * y, self.n_heads
-        q_weight, q_bias, o_weight, o_bias = self.folded()
-        tokens = h.permute(0, 2, 3, 1).reshape(b, n_frames, p, f)  # a view when channels-last
-        q = F.linear(tokens, q_weight, q_bias).view(b, n_frames, p, heads, f)
-        q = q.permute(0, 2, 3, 1, 4).flatten(0, 1)  # (B*P, heads, T, F)
-        kv = tokens.transpose(1, 2).reshape(b * p, 1, n_frames, f).expand(-1, heads, -1, -1)
-        att = F.scaled_dot_product_attention(q, kv, kv, scale=(f // heads) ** -0.5)
-        att = att.view(b, p, heads, n_frames, f).permute(0, 3, 1, 2, 4).reshape(b, n_frames, p, heads * f)
-        out = F.linear(att, o_weight, o_bias)
-        return out.view(nt, x, y, f).permute(0, 3, 1, 2)
 
 
 class TEFA(nn.Module):
@@ -178,11 +130,12 @@ class PIUNet(nn.Module):
     """PIUnet. forward(x: (B, T, X, Y) normalised LR frames) -> (mu, s), each (B, 1, 3X, 3Y).
 
     `mu` is the super-resolved image in normalised units, `s` the log of the Laplace
-    scale in normalised units. The output is invariant to the order of the T frames.
+    scale in normalised units, both float32. The output is invariant to the order of the
+    T frames. `attention` picks the temporal attention's implementation (attention.py).
     """
 
     def __init__(self, n_feat: int = 42, r_bneck: int = 8, n_tefa: int = 16, n_heads: int = 1,
-                 checkpoint_blocks: bool = False):
+                 checkpoint_blocks: bool = False, attention: str = "auto"):
         super().__init__()
         # training only: keep each TEFA block's input and recompute its inside in backward
         self.checkpoint_blocks = checkpoint_blocks
@@ -200,6 +153,20 @@ class PIUNet(nn.Module):
         self.conv_d2s_sigma = nn.Conv2d(n_feat, n_feat, 3, padding=1)
         self.conv_out_sigma = nn.Conv2d(n_feat, 1, 1)
         self.norm_sigma = nn.BatchNorm2d(n_feat)
+        self.set_attention(attention)
+
+    def set_attention(self, impl: str) -> None:
+        """Which implementation of the temporal attention's core runs (attention.py): same
+        parameters, same function to rounding."""
+        for module in self.modules():
+            if isinstance(module, TemporalAttention):
+                module.impl = impl
+
+    def compile_blocks(self, **options) -> None:
+        """torch.compile each TEFA block in place: the 16 blocks share one compiled graph, so
+        the compile takes a block's time, not the network's; the state_dict keeps its names."""
+        for block in self.res:
+            block.compile(**options)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4:
@@ -223,7 +190,12 @@ class PIUNet(nn.Module):
         h = h + h_res
         h = self.regnet(h, t)
         h = h.view(b, t, *h.shape[1:]).mean(dim=1)  # (B, F, X, Y)
+        # the output in float32 under any autocast: in bfloat16 its rounding alone (8 bits)
+        # would be ~10 DN on the image
+        with torch.autocast(x.device.type, enabled=False):
+            return self._head(x.float(), h.float())
 
+    def _head(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # bilinear upsampling is linear, so upsampling the mean frame equals the mean of
         # the upsampled frames
         base = F.interpolate(x.mean(dim=1, keepdim=True), scale_factor=SCALE,
