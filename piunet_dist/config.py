@@ -33,6 +33,8 @@ class ModelConfig:
     r_bneck: int = setting(8, "squeeze-excite reduction ratio (paper: 8)")
     n_tefa: int = setting(16, "TEFA blocks (paper: 16)")
     n_heads: int = setting(1, "temporal attention heads (paper: 1)")
+    attention: str = setting("auto", "temporal attention core: auto (triton on a GPU, sdpa on a CPU), sdpa, matmul "
+                                     "or triton; the same function and parameters")
 
 
 @dataclass
@@ -68,10 +70,12 @@ class TrainConfig:
     seed: int = setting(0, "seed of the initial weights and of the data streams")
     sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off")
     compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)")
-    compile_model: bool = setting(False, "compile the model with torch.compile: faster steps after a compile of minutes")
+    compile_model: bool = setting(False, "compile each TEFA block with torch.compile (one compile, reused by all): "
+                                         "faster steps after a compile of a minute or two")
     activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps")
     val_every: int = setting(5000, "steps between validations on the val shards")
-    val_batch_size: int = setting(1, "whole scenes per validation batch and process (more on a GPU)")
+    val_batch_size: str = setting("auto", "whole scenes per validation batch and process: auto (1 on a CPU, as many "
+                                          "as fit on a GPU, at most 32) or a number")
     val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)")
     ckpt_every: int = setting(5000, "steps between checkpoints")
     keep_last: int = setting(3, "complete checkpoints kept besides best/")
@@ -85,7 +89,10 @@ class EvalConfig:
     split: str = setting("val", "split to evaluate: val or test")
     self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)")
     checkpoint: str = setting("best", "which weights of a run: best or last")
-    batch_size: int = setting(1, "scenes per prediction batch and process (more on a GPU; on a CPU 1 is fastest)")
+    batch_size: str = setting("auto", "scenes per prediction batch and process, each with its self-ensemble's "
+                                      "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number")
+    precision: str = setting("auto", "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the "
+                                     "output layers always run in float32")
 
 
 @dataclass
@@ -122,14 +129,17 @@ CHOICES = {
     "eval.split": ("val", "test"),
     "eval.self_ensemble": (1, 4, 8),
     "eval.checkpoint": ("best", "last"),
+    "eval.precision": ("auto", "no", "bf16"),
+    "model.attention": ("auto", "sdpa", "matmul", "triton"),
     "launch.cluster": ("auto", "slurm", "local"),
 }
 POSITIVE = ("model.n_feat", "model.r_bneck", "model.n_tefa", "model.n_heads", "data.n_frames", "data.patch",
             "data.patches_per_scene", "data.shuffle_buffer", "train.max_steps", "train.batch_size",
-            "train.grad_accum", "train.val_every", "train.val_batch_size", "train.ckpt_every",
-            "train.keep_last", "train.log_every", "train.max_bad_steps", "eval.batch_size",
+            "train.grad_accum", "train.val_every", "train.ckpt_every",
+            "train.keep_last", "train.log_every", "train.max_bad_steps",
             "launch.nodes", "launch.tasks_per_node", "launch.cpus_per_task", "train.lr", "train.grad_clip")
 SHARES = ("data.min_clearance", "data.min_clear")
+AUTO_OR_COUNT = ("train.val_batch_size", "eval.batch_size")  # "auto" or a positive whole number
 
 
 def _sections(cfg) -> dict[str, dataclasses.Field]:
@@ -165,6 +175,8 @@ def _check_type(key: str, value, kind, choices=()):
     origin = typing.get_origin(kind) or kind
     if isinstance(value, Raw):
         value = _from_raw(key, value, origin)
+    if origin is str and type(value) is int and key.rsplit(": ", 1)[-1] in AUTO_OR_COUNT:
+        value = str(value)
     if origin is str and isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
         words = [c for c in choices if isinstance(c, str) and BOOL_WORDS.get(c) is value]
         value = words[0] if words else value
@@ -257,6 +269,8 @@ def validate(cfg: Config) -> None:
     for key in SHARES:
         if not 0 <= get(cfg, key) < 1:
             raise UserError(f"{key}: must be in [0, 1), got {get(cfg, key)}")
+    for key in AUTO_OR_COUNT:
+        count_or_auto(key, get(cfg, key))
     if cfg.model.n_feat % cfg.model.n_heads:
         raise UserError(f"model.n_feat: {cfg.model.n_feat} is not divisible by model.n_heads={cfg.model.n_heads}")
     if cfg.model.n_feat // cfg.model.r_bneck < 1:
@@ -269,6 +283,16 @@ def validate(cfg: Config) -> None:
         raise UserError(f"train.batch_size: {cfg.train.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}")
     if cfg.data.workers < 0 or cfg.launch.gpus_per_node < 0:
         raise UserError("data.workers and launch.gpus_per_node: must be >= 0")
+
+
+def count_or_auto(what: str, value: str) -> int | None:
+    """A batch-size setting read: None for auto, else the positive count; UserError otherwise."""
+    text = str(value).strip()
+    if text == "auto":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise UserError(f"{what}: expected auto or a positive whole number, got {value!r}")
 
 
 def check_world(cfg: Config, world_size: int) -> int:

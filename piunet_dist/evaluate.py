@@ -32,12 +32,14 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint
 from .baselines import bicubic_mean
-from .config import Config, EvalConfig, load_config
+from .config import Config, EvalConfig, count_or_auto, load_config
 from .data.pipeline import EvalScenes
 from .data.shards import scene_names, shard_paths
+from .data.probav import LR_SIZE
 from .errors import UserError
+from .inference import predict, resolve_precision, scenes_per_batch, transforms
 from .metrics import PEAK, ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
-from .model import PIUNet, denormalise, normalise, scale_dn
+from .model import PIUNet
 from .weights import load_weights
 
 ENSEMBLE, WEIGHTED = "ensemble", "weighted_ensemble"
@@ -79,28 +81,6 @@ def load_members(runs: list[Path], which: str, device, predicting: set[int] | No
         names.add(name)
         members.append(Member(name, run_dir, cfg, model))
     return members
-
-
-def transforms(n: int) -> list[tuple[int, bool]]:
-    """(quarter turns, flip) of a self-ensemble of n: 1, the 4 rotations, or those and their flips."""
-    if n not in (1, 4, 8):
-        raise UserError(f"--self-ensemble: {n} is not 1, 4 or 8")
-    return [(k, flip) for flip in (False, True) for k in range(4)][:n]
-
-
-@torch.no_grad()
-def predict(model: PIUNet, lr_dn: torch.Tensor, self_ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,T,X,Y) frames in DN -> SR and Laplace scale, both (B,1,3X,3Y) in DN, averaged over the transforms."""
-    sr = scale = 0
-    views = transforms(self_ensemble)
-    for k, flip in views:
-        x = torch.rot90(lr_dn, k, dims=(-2, -1))
-        x = x.flip(-1) if flip else x
-        mu, s = model(normalise(x))
-        mu, s = (t.flip(-1) if flip else t for t in (mu.float(), s.float()))
-        sr = sr + torch.rot90(denormalise(mu), -k, dims=(-2, -1))
-        scale = scale + torch.rot90(scale_dn(s), -k, dims=(-2, -1))
-    return sr / len(views), scale / len(views)
 
 
 def combine(srs: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -166,13 +146,14 @@ def _scenes(band: str, members: list[Member], shards: Path, split: str, rank: in
 
 
 def predict_band(band: str, members: list[Member], predicting: list[Member], shards: Path, split: str,
-                 self_ensemble: int, batch_size: int, out: Path, rank: int, world: int, device) -> None:
+                 self_ensemble: int, batch_size: int, precision: str, out: Path, rank: int, world: int,
+                 device) -> None:
     """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/."""
     for batch in DataLoader(_scenes(band, members, shards, split, rank, world), batch_size=batch_size,
                             num_workers=2):
         lr = batch["lr"].to(device)
         for m in predicting:
-            sr, scale = predict(m.model, lr, self_ensemble)
+            sr, scale = predict(m.model, lr, self_ensemble, precision)
             for j, name in enumerate(batch["name"]):
                 write_outputs(out / band / m.name, name, sr[j], scale[j])
 
@@ -187,12 +168,11 @@ def read_outputs(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(sr)[None], torch.from_numpy(scale)[None]
 
 
-def score_band(band: str, members: list[Member], shards: Path, split: str, batch_size: int, out: Path,
+def score_band(band: str, members: list[Member], shards: Path, split: str, out: Path,
                rank: int, world: int) -> list[dict]:
     """Combine the members' predictions of this process's scenes and score them; rows of scenes.csv."""
     rows = []
-    for batch in DataLoader(_scenes(band, members, shards, split, rank, world), batch_size=batch_size,
-                            num_workers=2):
+    for batch in DataLoader(_scenes(band, members, shards, split, rank, world), batch_size=1, num_workers=2):
         bicubic = bicubic_mean(batch["lr"])
         for j, name in enumerate(batch["name"]):
             predictions = [read_outputs(out / band / m.name, name) for m in members]
@@ -295,11 +275,15 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: int, which: str, out: Path,
-             batch_size: int, phase: str = "all", member: int | None = None) -> dict | None:
+             batch_size: str = "auto", phase: str = "all", member: int | None = None,
+             precision: str = "auto") -> dict | None:
     """Predict (phase predict: every member, or only --runs[member]) and score (phase score);
-    returns the summary on the main process after scoring, else None."""
+    returns the summary on the main process after scoring, else None. `batch_size` and
+    `precision` as eval.batch_size and eval.precision."""
     from accelerate import Accelerator
+    count_or_auto("--batch-size", batch_size)
     acc = Accelerator(cpu=not torch.cuda.is_available())
+    precision = resolve_precision(precision, acc.device)
     if member is not None and (phase != "predict" or not 0 <= member < len(runs)):
         raise UserError(f"--member: {member} must go with --phase predict and index one of the {len(runs)} runs")
     predicting = set() if phase == "score" else {member} if member is not None else None
@@ -312,15 +296,16 @@ def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: i
         for band, ms in by_band.items():
             predicting = [m for m in ms if m.model is not None]
             if predicting:
-                predict_band(band, ms, predicting, shards_by_band[band], split, self_ensemble, batch_size, out,
-                             acc.process_index, acc.num_processes, acc.device)
+                scenes = scenes_per_batch(batch_size, "--batch-size", acc.device, ms[0].cfg.data.n_frames, LR_SIZE,
+                                          max(m.cfg.model.n_feat for m in predicting), len(transforms(self_ensemble)))
+                predict_band(band, ms, predicting, shards_by_band[band], split, self_ensemble, scenes, precision,
+                             out, acc.process_index, acc.num_processes, acc.device)
         acc.wait_for_everyone()
     if phase == "predict":
         return None
     rows = []
     for band, ms in by_band.items():
-        rows += score_band(band, ms, shards_by_band[band], split, batch_size, out, acc.process_index,
-                           acc.num_processes)
+        rows += score_band(band, ms, shards_by_band[band], split, out, acc.process_index, acc.num_processes)
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
         rows = gather_object(rows)
@@ -353,8 +338,12 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=("best", "last"), default=defaults.checkpoint,
                         help=f"each run's best/ weights or its newest checkpoint (default {defaults.checkpoint})")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"), help="output directory (default runs/eval)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                        help=f"scenes per prediction batch (default {defaults.batch_size}; more on a GPU)")
+    parser.add_argument("--batch-size", default=defaults.batch_size,
+                        help="scenes per prediction batch, each with its self-ensemble's views: auto (1 on a CPU, "
+                             f"as many as fit on a GPU) or a number (default {defaults.batch_size})")
+    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default=defaults.precision,
+                        help="inference precision: auto (bf16 on a GPU, no on a CPU), no (float32) or bf16 "
+                             f"(default {defaults.precision})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -366,10 +355,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise UserError("--batch-size: must be at least 1")
     summary = evaluate(args.runs, args.split, args.shards, args.self_ensemble, args.checkpoint, args.out,
-                       args.batch_size, args.phase, args.member)
+                       args.batch_size, args.phase, args.member, args.precision)
     if summary is None:
         return 0
     for band, entry in summary["bands"].items():

@@ -219,7 +219,8 @@ def submit_evaluation(args) -> int:
         if not (Path(run_dir) / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     common = ["--runs", *map(str, args.runs), "--split", args.split, "--self-ensemble", str(args.self_ensemble),
-              "--checkpoint", args.checkpoint, "--out", str(args.out), "--batch-size", str(args.batch_size)]
+              "--checkpoint", args.checkpoint, "--out", str(args.out), "--batch-size", str(args.batch_size),
+              "--precision", args.precision]
     if args.shards:
         common += ["--shards", str(args.shards)]
     folder = Path(args.out) / "slurm"

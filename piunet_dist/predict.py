@@ -18,12 +18,13 @@ import torch
 from .data.pipeline import prepare_frames
 from .data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
 from .errors import UserError
-from .evaluate import predict, write_outputs
+from .evaluate import write_outputs
+from .inference import predict, resolve_precision
 from .weights import model_from_weights
 
 
 def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int, n_frames: int,
-                  n_heads: int = 1) -> Path:
+                  n_heads: int = 1, precision: str = "auto") -> Path:
     if not scene_dir.is_dir():
         raise UserError(f"{scene_dir}: no such scene directory")
     ref = SceneRef(scene_dir.name, "?", "test", scene_dir)  # no target needed
@@ -34,8 +35,9 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int,
     # the clearest frames first; a scene without a clear frame keeps its clearest one
     lr, _ = prepare_frames(scene, n_frames, "paper", np.random.default_rng(0), keep_unclear=True, register=False,
                            min_clearance=MIN_CLEARANCE)
-    model = model_from_weights(weights, n_heads).eval()
-    sr, scale = predict(model, torch.from_numpy(lr)[None], self_ensemble)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_from_weights(weights, n_heads).to(device).eval()
+    sr, scale = predict(model, torch.from_numpy(lr)[None].to(device), self_ensemble, resolve_precision(precision, device))
     write_outputs(out, scene.name, sr[0], scale[0])
     return out / f"{scene.name}.png"
 
@@ -49,11 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictions averaged: 1, 4 rotations, 8 with flips (default 4)")
     parser.add_argument("--frames", type=int, default=9, help="frames used, T (default 9, as trained in the paper)")
     parser.add_argument("--heads", type=int, default=1, help="attention heads of the weights (default 1)")
+    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto",
+                        help="auto (bf16 on a GPU, no on a CPU), no (float32) or bf16 (default auto)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise UserError("--frames: must be at least 1")
-    path = predict_scene(args.weights, args.scene, args.out, args.self_ensemble, args.frames, args.heads)
+    path = predict_scene(args.weights, args.scene, args.out, args.self_ensemble, args.frames, args.heads,
+                         args.precision)
     print(f"{path} and {path.with_name(path.stem + '_scale.npy')}")
     return 0

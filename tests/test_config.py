@@ -35,6 +35,15 @@ def test_overrides_are_typed():
     assert (words.train.sync_bn, words.train.precision, words.data.augment, words.run_dir) == ("on", "no", False, "yes")
 
 
+def test_batch_sizes_of_whole_scenes_are_auto_or_a_number(tmp_path):
+    assert (Config().train.val_batch_size, Config().eval.batch_size) == ("auto", "auto")
+    (tmp_path / "c.yaml").write_text("train:\n  val_batch_size: 4\neval:\n  batch_size: auto\n")
+    cfg = load_config(tmp_path / "c.yaml", ["eval.batch_size=16"])
+    assert (cfg.train.val_batch_size, cfg.eval.batch_size) == ("4", "16")
+    with pytest.raises(UserError, match="train.val_batch_size: expected auto or a positive whole number, got '0'"):
+        load_config(None, ["train.val_batch_size=0"])
+
+
 def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
     (tmp_path / "c.yaml").write_text("train:\n  sync_bn: off\n  precision: no\n")
     cfg = load_config(tmp_path / "c.yaml")
@@ -50,6 +59,8 @@ def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
     ("data.min_clear=1.5", "data.min_clear: must be in [0, 1), got 1.5"),
     ("train.batch_size=0", "train.batch_size: must be positive, got 0"),
     ("model.n_heads=5", "model.n_feat: 42 is not divisible by model.n_heads=5"),
+    ("model.attention=flash", "model.attention: 'flash' is not one of auto, sdpa, matmul, triton"),
+    ("eval.precision=fp16", "eval.precision: 'fp16' is not one of auto, no, bf16"),
     ("train=3", "train is a section; give it as train.<setting>"),
     ("train.lr", "'train.lr': expected section.key=value"),
 ])
