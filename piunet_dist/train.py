@@ -21,18 +21,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
 from .config import Config, check_world, config_hash, load_config, settings_help, to_dict, to_yaml
 from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
+from .data.probav import LR_SIZE
 from .data.shards import shard_paths
 from .errors import UserError
 from .losses import registered_l1, registered_laplace
 from .metrics import CPSNR, CSSIM, UncertaintyCalibration
-from .model import PIUNet, denormalise, normalise, scale_dn
+from .inference import predict, scenes_per_batch
+from .model import PIUNet
 
 
 class Trainer:
@@ -42,7 +44,8 @@ class Trainer:
         on_gpu = torch.cuda.is_available()
         _check_process_group_env()
         self.acc = Accelerator(cpu=not on_gpu, mixed_precision=cfg.train.precision,
-                               log_with="tensorboard", project_dir=str(self.run_dir))
+                               log_with="tensorboard", project_dir=str(self.run_dir),
+                               kwargs_handlers=_process_group_kwargs(on_gpu))
         expected = int(os.environ.get("WORLD_SIZE", "1"))
         if self.acc.num_processes != expected:
             raise UserError(f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
@@ -56,9 +59,10 @@ class Trainer:
         if self._use_sync_bn(on_gpu):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.train.compile_model:
-            model.compile()  # in place: the state_dict keeps the published names
+            model.compile_blocks()
         set_seed(cfg.train.seed + self.acc.process_index)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                     fused=on_gpu)
         # stepped once per optimizer step by the loop, so not handed to prepare()
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.lr_milestones, cfg.train.lr_gamma)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
@@ -165,12 +169,14 @@ class Trainer:
         scenes = EvalScenes(self.val_shards, cfg.data.n_frames, register=cfg.data.register,
                             rank=self.acc.process_index, world_size=self.acc.num_processes,
                             seed=cfg.train.seed, min_clearance=cfg.data.min_clearance)
-        loader = DataLoader(scenes, batch_size=cfg.train.val_batch_size, num_workers=min(2, cfg.data.workers))
+        batch_size = scenes_per_batch(cfg.train.val_batch_size, "train.val_batch_size", self.acc.device,
+                                      cfg.data.n_frames, LR_SIZE, cfg.model.n_feat)
+        loader = DataLoader(scenes, batch_size=batch_size, num_workers=min(2, cfg.data.workers))
         metrics = [m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration())]
         for batch in loader:
-            lr = normalise(batch["lr"].to(self.acc.device))
-            mu, s = model(lr)
-            sr, scale = denormalise(mu.float()), scale_dn(s.float())
+            # eagerly: compiled blocks would compile again for whole scenes in eval mode
+            with torch.compiler.set_stance("force_eager"):
+                sr, scale = predict(model, batch["lr"].to(self.acc.device))
             hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
             metrics[0].update(sr, hr, sm)
             if cfg.train.val_cssim:
@@ -225,6 +231,18 @@ class Trainer:
         numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
         if numbers and event != "start":
             self.acc.log(numbers, step=fields["step"])
+
+
+def _process_group_kwargs(on_gpu: bool) -> list:
+    """Where a node runs more GPU processes than it has GPUs, they share them: over gloo (NCCL
+    refuses two ranks on one device), and with LOCAL_RANK taken modulo the GPU count, since
+    Accelerate addresses a process's GPU by its local rank (its barriers too). Elsewhere
+    Accelerate's choice: NCCL on GPUs, gloo on CPUs."""
+    local, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if not on_gpu or local <= gpus:
+        return []
+    os.environ["LOCAL_RANK"] = str(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
+    return [InitProcessGroupKwargs(backend="gloo")]
 
 
 def _check_process_group_env() -> None:
