@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 # CPU build of torch where there is no CUDA GPU: a bare `torch` would pull the CUDA wheels.
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
+TRITON_VERSION ?= 3.6.0
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +20,9 @@ ifeq ($(HAS_GPU),1)
 else
 	$(PY) -m pip install -q --retries 0 "torch==$(TORCH_VERSION)+cpu" \
 	  --extra-index-url https://download.pytorch.org/whl/cpu $(TORCH_PIP_ARGS)
+	# the CUDA build brings Triton; here it runs the attention's GPU kernels in its
+	# interpreter for the tests (the version they were checked with)
+	$(PY) -m pip install -q "triton==$(TRITON_VERSION)"
 endif
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
@@ -61,6 +65,12 @@ bench: install
 	$(PY) bench/step.py
 	$(PY) bench/evaluate.py
 	$(PY) bench/summary.py
+
+# on a GPU: attention, training steps, end to end, evaluation and profile in one table
+# (bench/results/gpu.json); BENCH_GPU_ARGS adds flags, e.g. --published DIR
+BENCH_GPU_ARGS ?=
+bench-gpu: install
+	$(PY) bench/gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -47,7 +47,7 @@ def step_case(device):
     def make(model_cls, loss, compile_model=False, **kw):
         model = model_cls().to(device).train()
         if compile_model:
-            model.compile()
+            model.compile_blocks()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
         def step():

@@ -43,7 +43,7 @@ def make_step(name: str, precision: str, mode: str, device: str):
         model = PIUNet(**model_cfg, checkpoint_blocks="checkpointed" in mode)
         compiled = "compiled" in mode
         if compiled:
-            model.compile()
+            model.compile_blocks()
 
         def loss(y, mu, s, mask):
             return registered_laplace(y, mu, s, mask, compiled=compiled)
