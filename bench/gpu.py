@@ -336,7 +336,7 @@ def cli(args, *argv, launcher=()) -> subprocess.CompletedProcess:
 def section_train(args) -> None:
     data = shards(args)
     run_dir = work_dir(args) / "run"
-    steps = 40 if args.quick else 600
+    steps = 40 if args.quick else 300
     size = TOY if args.quick else PAPER
     settings = [f"model.{k}={v}" for k, v in size.items()] + [
         f"data.shards={data}", f"run_dir={run_dir}", f"train.max_steps={steps}", f"train.log_every={steps // 6}",
