@@ -78,6 +78,12 @@ def load(accelerator: Accelerator, path: Path) -> dict:
     return json.loads((Path(path) / STATE).read_text())
 
 
+def best_state(run_dir: Path) -> dict | None:
+    """What made run_dir/best/ best (step, val_cpsnr, ...), or None where there is none."""
+    path = Path(run_dir) / "best" / STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def save_best(accelerator: Accelerator, model: torch.nn.Module, run_dir: Path, state: dict) -> None:
     """run_dir/best/: the weights (model.safetensors) and what made them best. Main process only."""
     if not accelerator.is_main_process:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -51,8 +51,7 @@ class Trainer:
             raise UserError(f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
                             "start with accelerate launch, torchrun or srun so that all join one group")
         self.micro_batch = check_world(cfg, self.acc.num_processes)
-        self.train_shards = shard_paths(Path(cfg.data.shards), cfg.data.band, "train")
-        self.val_shards = shard_paths(Path(cfg.data.shards), cfg.data.band, "val")
+        self.train_shards, self.val_shards = self._shards()
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
         model = PIUNet(**to_dict(cfg)["model"], checkpoint_blocks=cfg.train.activation_checkpointing)
@@ -68,6 +67,23 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.acc.register_for_checkpointing(self.scheduler)
         self.state = {"step": 0, "best_val_cpsnr": -math.inf, "skipped_steps": 0, "seed": cfg.train.seed}
+
+    def _shards(self) -> tuple[list[str], list[str]]:
+        """The shards the run reads, checked before the first step: every one present, and the
+        val shards, read whole at each validation, against their sha256 (by the main process,
+        its verdict sent to all), so that damage stops the run now, not steps later."""
+        root, band = Path(self.cfg.data.shards), self.cfg.data.band
+        verdict = [None]
+        if self.acc.is_main_process:
+            try:
+                shard_paths(root, band, "train")
+                shard_paths(root, band, "val", digest=True)
+            except UserError as e:
+                verdict = [str(e)]
+        verdict = broadcast_object_list(verdict)
+        if verdict[0] is not None:
+            raise UserError(verdict[0])
+        return shard_paths(root, band, "train"), shard_paths(root, band, "val")
 
     def _use_sync_bn(self, on_gpu: bool) -> bool:
         mode = self.cfg.train.sync_bn
@@ -111,11 +127,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}",
                                 samples_s=f"{rate:.1f}")
                 seen, clock = 0, time.perf_counter()
-            if step % cfg.val_every == 0 or step == cfg.max_steps:
-                self._validate()
+            # the checkpoint first: a validation that fails loses no step
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                 self.save()
                 batches = self._batches()  # a new segment: what a resumed run reads from here
+            if step % cfg.val_every == 0 or step == cfg.max_steps:
+                self._validate()
 
     def _step(self, batches) -> torch.Tensor | None:
         """One optimizer step over grad_accum micro-batches; None (and no update) if the loss is not finite."""
@@ -208,6 +225,10 @@ class Trainer:
         newest = checkpoint.latest(self.run_dir) if cfg.train.resume else None
         if newest is not None:
             self.state = checkpoint.load(self.acc, newest)
+            # a validation runs after the checkpoint of its step, so best/ may know a better score
+            best = checkpoint.best_state(self.run_dir)
+            if best and best["step"] <= self.state["step"]:
+                self.state["best_val_cpsnr"] = max(self.state["best_val_cpsnr"], best["val_cpsnr"])
         self.acc.init_trackers("tensorboard")
         self._log("start", step=self.state["step"], world_size=self.acc.num_processes,
                   precision=cfg.train.precision, config_hash=config_hash(cfg),

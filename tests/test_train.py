@@ -187,3 +187,49 @@ def test_sync_batchnorm_conversion_keeps_the_published_names():
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(PIUNet(n_feat=8, r_bneck=4, n_tefa=2))
     assert [(k, v.shape) for k, v in synced.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == 2 + 4 * 2 + 2 + 2 + 1
+
+
+def damaged_copy(shards, tmp_path):
+    """A copy of the shards whose val shards the test may damage."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    return copy, [Path(p) for p in shard_paths(copy, "NIR", "val")]
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(600, 700):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("fault, message", [("missing", "missing"),
+                                            ("flipped", "sha256 differs from the manifest (changed or damaged)")])
+def test_a_damaged_val_shard_stops_the_run_before_its_first_step(shards, tmp_path, fault, message):
+    data, val = damaged_copy(shards, tmp_path)
+    val[-1].unlink() if fault == "missing" else flip_bytes(val[-1])
+    result = train(tmp_path / "run", data, "train.max_steps=4", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"piunet-dist train: error: {val[-1]}: {message}; pack again, or see every problem with `pack --verify {data}`"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_validation_that_fails_comes_after_the_checkpoint_of_its_step(shards, tmp_path):
+    data, val = damaged_copy(shards, tmp_path)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
+                             f"run_dir={run_dir}", f"data.shards={data}", *TINY, "train.max_steps=60",
+                             "train.val_every=60", "train.ckpt_every=60"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.is_file() and '"event": "train"' in metrics.read_text()):
+        pass  # the run has passed its start checks and is stepping
+    for path in val:
+        path.write_bytes(path.read_bytes()[:1000])  # cut short under the running trainer
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, err
+    assert (run_dir / "checkpoints" / "step_0000060").is_dir()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("piunet-dist train: error: ") and "/NIR/val-" in last, err[-2000:]

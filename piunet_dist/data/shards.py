@@ -237,14 +237,28 @@ def load_manifest(root: Path) -> dict:
     return manifest
 
 
-def shard_paths(root: Path, band: str, split: str) -> list[str]:
-    """Paths of the shards of one band and split, in manifest order; a UserError if none."""
-    manifest = load_manifest(root)
-    paths = [str(Path(root) / s["path"]) for s in manifest["shards"]
-             if s["band"] == band and s["split"] == split]
-    if not paths:
+def shard_paths(root: Path, band: str, split: str, digest: bool = False) -> list[str]:
+    """Paths of the shards of one band and split, in manifest order, each present; with
+    `digest` each also read whole against the manifest's sha256. A UserError names the
+    first shard that fails, or says there are none."""
+    entries = [s for s in load_manifest(root)["shards"] if s["band"] == band and s["split"] == split]
+    if not entries:
         raise UserError(f"{root}: no {band} {split} shards in {MANIFEST}")
-    return paths
+    for entry in entries:
+        problem = _problem(Path(root), entry, digest)
+        if problem:
+            raise UserError(f"{problem}; pack again, or see every problem with `pack --verify {root}`")
+    return [str(Path(root) / s["path"]) for s in entries]
+
+
+def _problem(root: Path, entry: dict, digest: bool) -> str | None:
+    """What is wrong with one shard of the manifest: missing, or (with `digest`) changed."""
+    path = root / entry["path"]
+    if not path.is_file():
+        return f"{path}: missing"
+    if digest and _sha256(path) != entry["sha256"]:
+        return f"{path}: sha256 differs from the manifest (changed or damaged)"
+    return None
 
 
 def scene_names(paths: list[str]) -> list[str]:
@@ -265,11 +279,9 @@ def verify(root: Path) -> list[str]:
     problems = []
     for entry in tqdm(manifest["shards"], desc="verify", unit="shard"):
         path = Path(root) / entry["path"]
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-            continue
-        if _sha256(path) != entry["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest (changed or damaged)")
+        problem = _problem(Path(root), entry, digest=True)
+        if problem:
+            problems.append(problem)
             continue
         try:
             with tarfile.open(path) as tar:
