@@ -14,10 +14,10 @@ same arithmetic (`PIUNet(attention=...)`, the setting model.attention):
 - sdpa: torch's scaled_dot_product_attention over (B*P, H, T, F) sequences: the fastest
   on CPUs. Its CUDA kernels put batch x heads on a grid axis limited to 65,535, so
   larger batches go in several launches.
-- matmul: the scores as one (B*P, H*T, T) batched product, softmax in float32.
+- matmul: the scores as one (B*P, H, T, T) batched product, softmax in float32.
 - triton: fused kernels per block of pixels in the features' own layout, the scores as
-  tensor-core products, with their own backward (pixel_attention_triton): the fastest on
-  GPUs.
+  tensor-core products, with their own backward (pixel_attention_triton): the fastest
+  core on GPUs (BENCHMARKS.md).
 "auto" takes triton for CUDA tensors when Triton is installed, sdpa otherwise.
 """
 from __future__ import annotations
