@@ -89,8 +89,9 @@ def attend(q: torch.Tensor, x: torch.Tensor, scale: float, impl: str,
     elif impl == "sdpa":
         kv = xs.expand(-1, heads, -1, -1)
         step = max(1, max_sequences // heads)
-        out = torch.cat([F.scaled_dot_product_attention(qs[i:i + step], kv[i:i + step], kv[i:i + step], scale=scale)
-                         for i in range(0, b * p, step)])
+        parts = [F.scaled_dot_product_attention(qs[i:i + step], kv[i:i + step], kv[i:i + step], scale=scale)
+                 for i in range(0, b * p, step)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
         raise ValueError(f"unknown attention implementation {impl!r}")
     return out.view(b, p, heads, t, f).permute(0, 3, 1, 2, 4)
