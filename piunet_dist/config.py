@@ -175,8 +175,6 @@ def _check_type(key: str, value, kind, choices=()):
     origin = typing.get_origin(kind) or kind
     if isinstance(value, Raw):
         value = _from_raw(key, value, origin)
-    if origin is str and type(value) is int and key.rsplit(": ", 1)[-1] in AUTO_OR_COUNT:
-        value = str(value)
     if origin is str and isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
         words = [c for c in choices if isinstance(c, str) and BOOL_WORDS.get(c) is value]
         value = words[0] if words else value
@@ -210,6 +208,8 @@ def _apply(obj, values: dict, where: str, prefix: str = "") -> None:
                 raise UserError(f"{where}: {key} is a section; give it as {key}.<setting>")
             _apply(current, value, where, f"{key}.")
         else:
+            if key in AUTO_OR_COUNT and type(value) is int:  # YAML's 4 for the text setting "4"
+                value = str(value)
             setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name], CHOICES.get(key, ())))
 
 
