@@ -26,14 +26,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
+from .attention import resolve
 from .config import Config, check_world, config_hash, load_config, settings_help, to_dict, to_yaml
 from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
 from .data.probav import LR_SIZE
 from .data.shards import shard_paths
 from .errors import UserError
 from .losses import registered_l1, registered_laplace
-from .metrics import CPSNR, CSSIM, UncertaintyCalibration
 from .inference import predict, scenes_per_batch
+from .metrics import CPSNR, CSSIM, UncertaintyCalibration
 from .model import PIUNet
 
 
@@ -51,6 +52,7 @@ class Trainer:
             raise UserError(f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
                             "start with accelerate launch, torchrun or srun so that all join one group")
         self.micro_batch = check_world(cfg, self.acc.num_processes)
+        resolve(cfg.model.attention, self.acc.device)  # refused here, not at the first step
         self.train_shards, self.val_shards = self._shards()
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
@@ -73,17 +75,16 @@ class Trainer:
         val shards, read whole at each validation, against their sha256 (by the main process,
         its verdict sent to all), so that damage stops the run now, not steps later."""
         root, band = Path(self.cfg.data.shards), self.cfg.data.band
-        verdict = [None]
+        found = [None]
         if self.acc.is_main_process:
             try:
-                shard_paths(root, band, "train")
-                shard_paths(root, band, "val", digest=True)
+                found = [(shard_paths(root, band, "train"), shard_paths(root, band, "val", digest=True))]
             except UserError as e:
-                verdict = [str(e)]
-        verdict = broadcast_object_list(verdict)
-        if verdict[0] is not None:
-            raise UserError(verdict[0])
-        return shard_paths(root, band, "train"), shard_paths(root, band, "val")
+                found = [str(e)]
+        found = broadcast_object_list(found)[0]
+        if isinstance(found, str):
+            raise UserError(found)
+        return found
 
     def _use_sync_bn(self, on_gpu: bool) -> bool:
         mode = self.cfg.train.sync_bn
@@ -190,15 +191,15 @@ class Trainer:
                                       cfg.data.n_frames, LR_SIZE, cfg.model.n_feat)
         loader = DataLoader(scenes, batch_size=batch_size, num_workers=min(2, cfg.data.workers))
         metrics = [m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration())]
-        for batch in loader:
-            # eagerly: compiled blocks would compile again for whole scenes in eval mode
-            with torch.compiler.set_stance("force_eager"):
+        # eagerly: compiled blocks would compile again for whole scenes in eval mode
+        with torch.compiler.set_stance("force_eager"):
+            for batch in loader:
                 sr, scale = predict(model, batch["lr"].to(self.acc.device))
-            hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
-            metrics[0].update(sr, hr, sm)
-            if cfg.train.val_cssim:
-                metrics[1].update(sr, hr, sm)
-            metrics[2].update(sr, scale, hr, sm)
+                hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
+                metrics[0].update(sr, hr, sm)
+                if cfg.train.val_cssim:
+                    metrics[1].update(sr, hr, sm)
+                metrics[2].update(sr, scale, hr, sm)
         with warnings.catch_warnings():  # a rank with no val scene adds zeros to the sums: that is right
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
             cpsnr = metrics[0].compute().item()

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,17 @@ def test_a_damaged_val_shard_stops_the_run_before_its_first_step(shards, tmp_pat
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_an_attention_this_machine_cannot_run_is_refused_before_the_run_starts(shards, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
+                             f"run_dir={tmp_path / 'run'}", f"data.shards={shards}", *TINY, "model.attention=triton"],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("piunet-dist train: error: model.attention=triton: needs the triton package and "
+                                     "a CUDA GPU (or TRITON_INTERPRET=1 on a CPU, for tests); use auto, sdpa or matmul")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_a_validation_that_fails_comes_after_the_checkpoint_of_its_step(shards, tmp_path):
     data, val = damaged_copy(shards, tmp_path)
     run_dir = tmp_path / "run"
@@ -225,7 +237,7 @@ def test_a_validation_that_fails_comes_after_the_checkpoint_of_its_step(shards, 
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics = run_dir / "metrics.jsonl"
     while proc.poll() is None and not (metrics.is_file() and '"event": "train"' in metrics.read_text()):
-        pass  # the run has passed its start checks and is stepping
+        time.sleep(0.05)  # until the run has passed its start checks and is stepping
     for path in val:
         path.write_bytes(path.read_bytes()[:1000])  # cut short under the running trainer
     _, err = proc.communicate(timeout=600)
