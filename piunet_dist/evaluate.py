@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ from . import checkpoint
 from .baselines import bicubic_mean
 from .config import Config, EvalConfig, count_or_auto, load_config
 from .data.pipeline import EvalScenes
-from .data.shards import scene_names, shard_paths
 from .data.probav import LR_SIZE
+from .data.shards import scene_names, shard_paths
 from .errors import UserError
 from .inference import predict, resolve_precision, scenes_per_batch, transforms
 from .metrics import PEAK, ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats

@@ -26,7 +26,7 @@ from pathlib import Path
 import submitit
 
 from . import checkpoint
-from .config import Config, load_config
+from .config import Config, count_or_auto, load_config
 from .errors import UserError
 from .evaluate import add_evaluation_arguments
 
@@ -212,6 +212,7 @@ def _job_error(job, error: Exception) -> str:
 
 def submit_evaluation(args) -> int:
     """An array of predict tasks, one per run (a band x member), then the scoring job after them."""
+    count_or_auto("--batch-size", args.batch_size)  # refused before anything is sent
     flags = [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
     cfg = load_config(None, flags + ["launch.nodes=1", "launch.tasks_per_node=1"])
     cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)

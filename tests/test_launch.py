@@ -108,6 +108,13 @@ def test_bad_flags_are_one_line_errors(tmp_path):
     assert result.stderr.strip() == "piunet-dist launch: error: --time: 'soon' is not HH:MM:SS"
     result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--cluster", "local", check=False)
     assert "local processes run on this machine only" in result.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}\n")
+    result = launch("evaluate", "--runs", str(tmp_path / "run"), "--batch-size", "0", "--out", str(tmp_path / "eval"),
+                    "--cluster", "local", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "piunet-dist launch: error: --batch-size: expected auto or a positive whole number, got '0'")
+    assert not (tmp_path / "eval").exists()  # nothing sent, nothing written
 
 
 @needs_slurm
