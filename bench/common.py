@@ -52,17 +52,22 @@ def report(name: str, rows: list[dict], columns: list[str]) -> None:
     """Print rows as a table and write them with the machine and date to bench/results/NAME.json."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# {name}: {machine()}, {stamp}")
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+    table(rows, columns)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps({"machine": machine(), "date": stamp, "rows": rows}, indent=2))
     print(f"(written to {out.relative_to(ROOT)})")
 
 
-def _fmt(v) -> str:
+def table(rows: list[dict], columns: list[str]) -> None:
+    """Print rows under the given columns, each as wide as its widest cell."""
+    widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+
+
+def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)

@@ -13,8 +13,9 @@ rewritten after every section, so a run cut short keeps what it measured:
   Adam): samples/s and peak memory, against the straightforward reference in tests/ and,
   with --published DIR (the published code's model.py and losses.py), against that.
 - train: `python -m piunet_dist train` end to end on synthetic shards, its samples/s from
-  metrics.jsonl against the step alone, then two processes sharing the GPU over gloo
-  (a few steps with SyncBatchNorm, a validation, a checkpoint).
+  metrics.jsonl against the step alone.
+- two: two processes sharing the GPU over gloo, compiled and eager (a few steps with
+  SyncBatchNorm, a validation, a checkpoint).
 - evaluate: a band of synthetic scenes with the 4-rotation self-ensemble at 1, 8 and 32
   scenes per batch, bf16 against float32 (largest per-scene cPSNR difference), against
   scene by scene with the reference and the published code; the weights trained above.
@@ -25,9 +26,9 @@ rewritten after every section, so a run cut short keeps what it measured:
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, ROOT, machine  # noqa: E402  (sets up the path to the references)
+from common import RESULTS, ROOT, fmt, machine, sync, table  # noqa: E402  (sets up the path to the references)
 
 SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")
 PAPER = {"n_feat": 42, "r_bneck": 8, "n_tefa": 16, "n_heads": 1}
@@ -52,11 +53,6 @@ def emit(**row) -> None:
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def timed_ms(fn, repeats: int) -> float:
@@ -131,10 +127,11 @@ def section_attention(args) -> None:
     xb = torch.randn(b, t, p, f, device=dev, dtype=torch.bfloat16, generator=g)
     with torch.no_grad():
         for impl in impls:
-            attend(qb, xb, f ** -0.5, impl)
+            forward = functools.partial(attend, qb, xb, f ** -0.5, impl)
+            forward()
             emit(section="attention", case=f"core forward, {b * p} pixels x {t} frames x {f}", impl=impl,
-                 precision="bfloat16", ms=timed_ms(lambda: attend(qb, xb, f ** -0.5, impl), 3 if args.quick else 10))
-    del qb, xb
+                 precision="bfloat16", ms=timed_ms(forward, 3 if args.quick else 10))
+    del qb, xb, forward
     b, p = (2, 40) if args.quick else (24, 1024)
     # what channel padding would buy: a 3x3 convolution of the frames at 42 and 48 channels
     for channels in (42, 48):
@@ -328,7 +325,7 @@ def shards(args) -> Path:
     return out
 
 
-def cli(args, *argv, launcher=()) -> subprocess.CompletedProcess:
+def cli(*argv, launcher=()) -> subprocess.CompletedProcess:
     return subprocess.run([*launcher, *([] if launcher else [sys.executable]), "-m", "piunet_dist", *argv],
                           capture_output=True, text=True, cwd=ROOT)
 
@@ -344,7 +341,7 @@ def section_train(args) -> None:
         f"train.precision={'bf16' if device() == 'cuda' else 'no'}", "train.compile_model=true",
         "train.l1_warmup_steps=50"] + (["data.patch=8", "train.batch_size=4"] if args.quick else [])
     started = time.perf_counter()
-    done = cli(args, "train", "--config", "configs/base.yaml", *settings)
+    done = cli("train", "--config", "configs/base.yaml", *settings)
     row = {"section": "train", "case": f"piunet_dist train, {steps} steps, batch {4 if args.quick else 24}",
            "seconds": time.perf_counter() - started, "rc": done.returncode}
     if done.returncode:
@@ -371,7 +368,7 @@ def section_two(args) -> None:
             f"train.compile_model={str(compiled).lower()}"]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         started = time.perf_counter()
-        done = cli(args, "train", "--config", "configs/base.yaml", *tiny, launcher=launcher)
+        done = cli("train", "--config", "configs/base.yaml", *tiny, launcher=launcher)
         row = {"section": "two", "case": f"2 processes on one device, {'compiled' if compiled else 'eager'}: "
                "6 steps, validation, checkpoint", "seconds": time.perf_counter() - started, "rc": done.returncode}
         if done.returncode:
@@ -396,7 +393,7 @@ def section_evaluate(args) -> None:
     from piunet_dist.data.shards import shard_paths
     from piunet_dist.inference import predict
     from piunet_dist.metrics import cpsnr
-    from piunet_dist.model import PIUNet, denormalise, normalise, scale_dn
+    from piunet_dist.model import PIUNet, denormalise, normalise
     from piunet_dist.weights import load_weights
     from reference_piunet import RefPIUNet
     dev = device()
@@ -506,7 +503,7 @@ def main():
         for line in proc.stdout:
             if line.startswith("ROW "):
                 rows.append(json.loads(line[4:]))
-                print("  " + "  ".join(f"{k}={_fmt(v)}" for k, v in rows[-1].items()), flush=True)
+                print("  " + "  ".join(f"{k}={fmt(v)}" for k, v in rows[-1].items()), flush=True)
         err = proc.stderr.read()
         if proc.wait():
             rows.append({"section": section, "error": f"exit {proc.returncode}: " + " | ".join(err.strip().splitlines()[-3:])[:400]})
@@ -515,9 +512,9 @@ def main():
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine(), "date": stamp, "rows": rows}, indent=1))
     for section in SECTIONS:
-        table(section, [r for r in rows if r["section"] == section])
+        titled(section, [r for r in rows if r["section"] == section])
     summary = goals(rows)
-    table("against the goals", summary)
+    titled("against the goals", summary)
     rows += summary
     args.json.write_text(json.dumps({"machine": machine(), "date": stamp, "rows": rows}, indent=1))
     print(f"(written to {args.json}; {time.perf_counter() - started:.0f} s in all)")
@@ -552,21 +549,11 @@ def goals(rows: list[dict]) -> list[dict]:
     return out
 
 
-def table(title: str, rows: list[dict]) -> None:
-    if not rows:
-        return
-    columns = [c for c in COLUMNS + ("ratio",) if any(c in r for r in rows)]
-    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
-    print(f"\n## {title}")
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+def titled(title: str, rows: list[dict]) -> None:
+    """One section's rows under the columns they fill."""
+    if rows:
+        print(f"\n## {title}")
+        table(rows, [c for c in COLUMNS + ("ratio",) if any(c in r for r in rows)])
 
 
 if __name__ == "__main__":
