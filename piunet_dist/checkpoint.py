@@ -16,8 +16,10 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import save_file
 
+from .errors import UserError
+from .files import PARTIAL, disk_error, disk_failure, remove, replacing
+
 STATE = "trainer_state.json"
-PARTIAL = ".partial"
 STEP_DIR = re.compile(r"step_(\d{7})$")
 
 
@@ -45,31 +47,51 @@ def latest_step(run_dir: Path) -> int:
     return 0 if newest is None else int(STEP_DIR.match(newest.name).group(1))
 
 
-def _replace_dir(partial: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        final.rename(old)
-    partial.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save(accelerator: Accelerator, run_dir: Path, step: int, state: dict, keep_last: int) -> Path:
-    """Write the checkpoint of `step` on every process; the main process renames and prunes."""
+    """Write the checkpoint of `step` on every process; the main process renames and prunes.
+    A process that cannot write (a full disk) stops every process with one line, and the
+    half-written directory is removed."""
     final = checkpoints_dir(run_dir) / f"step_{step:07d}"
     partial = final.with_name(final.name + PARTIAL)
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / STATE).write_text(json.dumps(state, indent=1))
-        _replace_dir(partial, final)
-        for old in complete_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+
+    def prepare():
+        if main:
+            remove(partial)
+            partial.mkdir(parents=True)
+
+    def publish():
+        if main:
+            (partial / STATE).write_text(json.dumps(state, indent=1))
+            old = final.with_name(final.name + ".old")
+            if final.is_dir():  # the same step saved again (a resumed run stopped at once)
+                final.rename(old)
+            partial.rename(final)
+            remove(old)
+            for old in complete_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old)
+
+    for stage in (prepare, lambda: accelerator.save_state(str(partial)), publish):
+        _on_every_process(accelerator, stage, final, partial)
     return final
+
+
+def _on_every_process(accelerator: Accelerator, stage, final: Path, partial: Path) -> None:
+    """Run one stage of a save on every process; if it failed on any, all of them raise."""
+    error = None
+    try:
+        stage()
+    except Exception as e:  # noqa: BLE001 - every process must learn of it, whatever it is
+        error = e
+    failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum")
+    if failed.item():
+        if accelerator.is_main_process:
+            remove(partial)
+        if error is None:
+            raise UserError(f"{final}: another process could not write its part; nothing kept")
+        if disk_failure(error):
+            raise disk_error(final, error) from None
+        raise error
 
 
 def load(accelerator: Accelerator, path: Path) -> dict:
@@ -80,19 +102,25 @@ def load(accelerator: Accelerator, path: Path) -> dict:
 
 def best_state(run_dir: Path) -> dict | None:
     """What made run_dir/best/ best (step, val_cpsnr, ...), or None where there is none."""
-    path = Path(run_dir) / "best" / STATE
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = best_dir(run_dir)
+    return None if path is None else json.loads((path / STATE).read_text())
+
+
+def best_dir(run_dir: Path) -> Path | None:
+    """run_dir/best/, or what a kill while replacing it left whole (best.old); None if neither."""
+    for name in ("best", "best.old"):
+        path = Path(run_dir) / name
+        if (path / "model.safetensors").is_file() and (path / STATE).is_file():
+            return path
+    return None
 
 
 def save_best(accelerator: Accelerator, model: torch.nn.Module, run_dir: Path, state: dict) -> None:
     """run_dir/best/: the weights (model.safetensors) and what made them best. Main process only."""
     if not accelerator.is_main_process:
         return
-    final = Path(run_dir) / "best"
-    partial = final.with_name("best" + PARTIAL)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-    save_file(weights, str(partial / "model.safetensors"))
-    (partial / STATE).write_text(json.dumps(state, indent=1))
-    _replace_dir(partial, final)
+    with replacing(Path(run_dir) / "best") as partial:
+        partial.mkdir()
+        save_file(weights, str(partial / "model.safetensors"))
+        (partial / STATE).write_text(json.dumps(state, indent=1))

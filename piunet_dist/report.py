@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,7 @@ from .baselines import bicubic_mean  # noqa: E402
 from .data.pipeline import EvalScenes  # noqa: E402
 from .data.shards import shard_paths  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .files import disk_error, read_json_lines, replacing, write_text  # noqa: E402
 from .metrics import shift_search  # noqa: E402
 
 STYLE = """
@@ -44,7 +46,11 @@ def _png_data(path: Path) -> str:
 
 
 def _events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    path = run_dir / "metrics.jsonl"
+    records, bad = read_json_lines(path)
+    if bad:  # a line torn by a kill, which the run's next start removes
+        print(f"{path}: {bad} line(s) that are not whole records left out", file=sys.stderr)
+    return [r for r in records if "event" in r and "step" in r]
 
 
 def curves_figure(runs: list[Path], out: Path) -> Path | None:
@@ -70,8 +76,11 @@ def curves_figure(runs: list[Path], out: Path) -> Path | None:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with replacing(path) as partial:
+            fig.savefig(partial, dpi=90, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -183,7 +192,10 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
     for d in dirs:
         if d not in runs and d not in evals:
             raise UserError(f"{d}: neither a run directory (metrics.jsonl) nor an evaluation (summary.json)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise disk_error(out, e) from None
     sections_html, sections_md, tables = [], [], []
 
     curves = curves_figure(runs, out)
@@ -242,9 +254,7 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
             "i=>i.complete&&i.naturalWidth>0);document.body.dataset.loaded=ok?'yes':'broken';});</script>"
             "</body></html>")
     for name, text in (("index.html", page), ("report.md", "# PIUnet report\n\n" + "\n".join(sections_md))):
-        partial = out / (name + ".partial")
-        partial.write_text(text)
-        partial.replace(out / name)
+        write_text(out / name, text)
     return out / "index.html", tables
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +21,15 @@ from tqdm import tqdm
 
 from ..baselines import challenge_baseline
 from ..errors import UserError
+from ..files import replacing
 from ..metrics import cpsnr
-from .probav import BANDS, HR_SIZE, LR_SIZE
+from ..stop import process_pool, raising_on_signals
+from .probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
 
 PAD = 24                      # HR margin that shifted views draw from
 MAX_SHIFT = 4.5               # HR pixels, each axis (1.5 LR pixels)
 FRAMES = (9, 30)              # frames per scene, inclusive
 BAND_LEVELS = {"NIR": (9000.0, 1800.0), "RED": (6000.0, 1200.0)}  # mean, spread in DN
-MAX_DN = 2**14 - 1
 
 
 def fractal_noise(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
@@ -196,16 +195,12 @@ def synthesise(out: Path, n_train: int, n_test: int, bands, seed: int, workers: 
             raise UserError(f"{out}: exists and is not this synthetic set; remove it or pick another OUT")
     if n_train + n_test > 9999:
         raise UserError("--scenes and --test-scenes: at most 9999 scenes in all (imgsetNNNN)")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    jobs = scene_jobs(partial, n_train, n_test, bands, seed)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(write_scene, jobs), total=len(jobs), desc="synth", unit="scene"))
-    (partial / "norm.csv").write_text("".join(f"{name} {value:.6f}\n" for name, value in results))
-    (partial / "synth.json").write_text(json.dumps(params))
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)  # the tree appears whole or not at all
+    with replacing(out) as partial:  # the tree appears whole or not at all
+        jobs = scene_jobs(partial, n_train, n_test, bands, seed)
+        with process_pool(workers) as pool, raising_on_signals("synth"):
+            results = list(tqdm(pool.map(write_scene, jobs), total=len(jobs), desc="synth", unit="scene"))
+        (partial / "norm.csv").write_text("".join(f"{name} {value:.6f}\n" for name, value in results))
+        (partial / "synth.json").write_text(json.dumps(params))
     return True
 
 
