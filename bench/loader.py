@@ -29,7 +29,7 @@ class PatchesFromPNG(TrainPatches):
         super().__init__(["unused"], settings, seed=0, rank=0)
         self.refs = [r for r in find_scenes(tree) if r.split == "train" and r.band == "NIR"]
 
-    def _scene_stream(self, rng: np.random.Generator):
+    def _scene_stream(self, rng: np.random.Generator, tally):
         while True:
             yield load_scene(self.refs[rng.integers(len(self.refs))])
 

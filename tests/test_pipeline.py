@@ -52,7 +52,8 @@ def settings(**kw):
 def test_train_patches_are_consistent_after_augmentation(shards):
     stream = iter(TrainPatches(shards, settings(augment=True), seed=0, rank=0))
     for _ in range(40):
-        lr, hr, sm = next(stream)
+        lr, hr, sm, skipped = next(stream)
+        assert skipped.tolist() == [0, 0]
         assert lr.shape == (9, 32, 32) and hr.shape == sm.shape == (1, 96, 96)
         assert lr.dtype == hr.dtype == np.float32 and sm.dtype == bool
         assert sm.mean() > 0.1
@@ -76,7 +77,7 @@ def test_train_stream_is_a_function_of_seed_segment_rank(shards):
 def _ranks_read(rank, world_size, shards, names):
     train = DataLoader(TrainPatches(shards, settings(), seed=0, rank=rank), batch_size=6, num_workers=2)
     batches = []
-    for i, (lr, hr, sm) in enumerate(train):
+    for i, (lr, hr, sm, _) in enumerate(train):
         assert lr.shape == (6, 9, 32, 32)
         batches.append(lr)
         if i == 4:
@@ -132,12 +133,43 @@ def test_corrupt_data_in_training_is_an_error_unless_skipping_is_allowed(broken,
         for _ in range(20):
             next(stream)
     with caplog.at_level(logging.WARNING):
-        stream = iter(TrainPatches([bad_sample, truncated], settings(skip_corrupt=True), seed=0, rank=0))
+        stream = iter(TrainPatches([bad_sample, truncated], settings(skip_corrupt=True, max_skipped_share=0.9),
+                                   seed=0, rank=0))
         for _ in range(30):
-            next(stream)
+            *_, skipped_so_far = next(stream)
     skipped = [r.getMessage() for r in caplog.records if "skipped corrupt data" in r.getMessage()]
     assert any("imgset0101" in m for m in skipped) and any("truncated.tar" in m for m in skipped)
     assert "(1 so far in this worker)" in skipped[0]
+    assert skipped_so_far[1] >= len(skipped) == 10  # counted, but the log says only the first ten
+
+
+def test_skipping_corrupt_data_stops_when_nothing_readable_is_left(broken, caplog):
+    _, truncated = broken
+    stream = iter(TrainPatches([truncated], settings(skip_corrupt=True), seed=0, rank=0))
+    with caplog.at_level(logging.WARNING), pytest.raises(CorruptData) as error:
+        next(stream)
+    assert str(error.value).startswith("data.skip_corrupt: 20 of 20 training samples read were corrupt, over "
+                                       "data.max_skipped_share=0.05; the last: ")
+    assert len(caplog.records) == 10
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("header", "cannot decode (TokenError: "),
+    ("values", "LR values outside the 14-bit range of PROBA-V (damaged)")])
+def test_damaged_sample_contents_are_one_line_each(tmp_path, damage, message):
+    sample = encode_scene(consistent_scene("imgset0102", 102), "train")
+    lr = bytearray(sample["lr.npy"])
+    if damage == "header":
+        lr[11] = ord("(")  # an unbalanced header, which numpy's parser fails on in tokenize
+    else:
+        lr[-2:] = (0xFFFF).to_bytes(2, "little")  # a flipped high bit: 65535 DN in the last pixel
+    sample["lr.npy"] = bytes(lr)
+    path = tmp_path / "damaged.tar"
+    with wds.TarWriter(str(path), encoder=False) as sink:
+        sink.write(sample)
+    with pytest.raises(CorruptData) as error:
+        list(EvalScenes([str(path)]))
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_corrupt_data_in_evaluation_is_always_an_error(broken):

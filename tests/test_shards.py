@@ -1,6 +1,12 @@
-import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +122,9 @@ def test_invalid_scenes_stop_the_pack_and_leave_no_manifest(tmp_path, capsys):
     assert not out.exists()
 
     assert main(["pack", str(src), "--out", str(out), "--workers", "1", "--skip-invalid"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped train/NIR/imgset0101: train/NIR/imgset0101: LR002.png has no quality map QM002.png" in err
+    assert "skipped train/RED/imgset0000: train/RED/imgset0000: HR.png is missing" in err
     manifest = load_manifest(out)
     assert [s["scene"] for s in manifest["skipped"]] == ["train/NIR/imgset0101", "train/RED/imgset0000"]
     assert sum(s["samples"] for s in manifest["shards"]) == 6
@@ -138,7 +147,6 @@ def test_a_repack_removes_the_old_manifest_before_writing(packed, tmp_path):
 def test_verify_finds_changed_missing_and_short_shards(packed, tmp_path, capsys):
     _, out = packed
     copy = tmp_path / "copy"
-    import shutil
     shutil.copytree(out, copy)
     shards = load_manifest(copy)["shards"]
     (copy / shards[0]["path"]).write_bytes(b"garbage")
@@ -187,3 +195,81 @@ def test_merge_refuses_parts_that_disagree(packed, tmp_path):
     with pytest.raises(UserError, match="with other parameters"):
         from piunet_dist.data.shards import merge
         merge(out)
+
+
+def shard_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*"))}
+
+
+def test_an_interrupted_repack_leaves_the_previous_pack_whole_and_no_worker(tmp_path):
+    src = small_tree(tmp_path / "src", n_train=24, n_test=0)
+    out = tmp_path / "out"
+    assert main(["pack", str(src), "--out", str(out), "--workers", "2", "--scenes-per-shard", "4"]) == 0
+    before = (out / "manifest.json").read_text(), shard_files(out)
+    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "pack", str(src), "--out", str(out), "--workers",
+                             "2", "--scenes-per-shard", "1", "--seed", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not list(out.glob(".pack.partial-*/*/*.tar")):
+        time.sleep(0.01)  # until the new pack is being written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert err.strip().splitlines()[-1] == "piunet-dist pack: error: pack interrupted by SIGTERM"
+    assert ((out / "manifest.json").read_text(), shard_files(out)) == before
+    assert verify(out) == [] and not list(out.glob(".pack*"))
+    left = subprocess.run(["pgrep", "-f", "--", f"--out {out} "], capture_output=True, text=True).stdout
+    assert left == "", f"pack workers left running: {left}"
+
+
+def test_a_subset_repack_keeps_the_rest_and_deletes_only_its_own_shards(packed, tmp_path):
+    src, whole = packed
+    out = tmp_path / "out"
+    shutil.copytree(whole, out)
+    (out / "NIR" / "train-backup.tar.gz").write_bytes(b"the user's own file")
+    old = load_manifest(out)
+    pack(src, out, ["NIR"], 0.3, None, 7, 1, 16, False)  # fewer, larger NIR shards
+    new = load_manifest(out)
+    red = lambda m: [e for e in m["shards"] if e["band"] == "RED"]  # noqa: E731
+    assert red(new) == red(old) and new["summary"]["RED"] == old["summary"]["RED"]
+    assert new["params"]["bands"] == ["NIR", "RED"]
+    assert (out / "NIR" / "train-backup.tar.gz").read_bytes() == b"the user's own file"
+    listed = {e["path"] for e in new["shards"]}
+    assert {str(p.relative_to(out)) for p in out.glob("*/*.tar")} == listed  # the stale NIR shards are gone
+    assert verify(out) == []
+
+
+def test_a_switch_cut_short_is_finished_by_the_next_reader(packed, tmp_path, monkeypatch):
+    src, whole = packed
+    out = tmp_path / "out"
+    shutil.copytree(whole, out)
+    real_replace, calls = os.replace, []
+
+    def failing(a, b):
+        calls.append(b)
+        if len(calls) == 3:  # the plan is written, one shard is moved in, the next fails
+            raise OSError(5, "Input/output error")
+        real_replace(a, b)
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        pack(src, out, ["NIR", "RED"], 0.3, None, 8, 1, 3, False)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert list(out.glob(".pack.partial-*.switch.json"))
+    manifest = load_manifest(out)  # finishes the switch
+    assert manifest["params"]["seed"] == 8 and manifest["params"]["scenes_per_shard"] == 3
+    assert verify(out) == [] and not list(out.glob(".pack*"))
+
+
+@pytest.mark.parametrize("line, message", [
+    ("imgset0100 nan", "imgset0100 has nan, not a positive cPSNR in dB"),
+    ("imgset0100 -3.5", "imgset0100 has -3.5, not a positive cPSNR in dB"),
+    ("imgset0100 inf", "imgset0100 has inf, not a positive cPSNR in dB"),
+    ("imgset0101 40.0", "imgset0101 is listed a second time"),
+    (None, "no baseline for 1 train scene(s): imgset0100")])
+def test_a_damaged_norm_csv_stops_the_pack(tmp_path, capsys, line, message):
+    src = small_tree(tmp_path / "src", n_train=2, n_test=0)
+    rows = [r for r in (src / "norm.csv").read_text().splitlines() if not r.startswith("imgset0100 ")]
+    (src / "norm.csv").write_text("\n".join(rows + ([line] if line else [])) + "\n")
+    assert main(["pack", str(src), "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("piunet-dist pack: error: ") and err[-1].endswith(message), err
+    assert not (tmp_path / "out").exists()

@@ -38,13 +38,29 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _scenes(url: str, skip_corrupt: bool, skipped: list[int]):
-    """(Scene, meta) of every sample of one shard; corrupt data raises or, if allowed, is skipped."""
+@dataclass
+class Tally:
+    """What one reader (a rank's loader worker) has read and skipped as corrupt."""
+    read: int = 0
+    skipped: int = 0
+
+
+MIN_JUDGED = 20  # samples read before the skipped share is judged
+
+
+def _scenes(url: str, skip_corrupt: bool, tally: Tally, max_skipped_share: float = 0.0):
+    """(Scene, meta) of every sample of one shard; corrupt data raises or, if allowed, is
+    skipped, up to max_skipped_share of all that this reader has read."""
     def corrupt(what: str):
         if not skip_corrupt:
             raise CorruptData(f"{url}: {what}")
-        skipped[0] += 1
-        log.warning("skipped corrupt data (%d so far in this worker): %s: %s", skipped[0], url, what)
+        tally.skipped += 1
+        seen = tally.read + tally.skipped
+        if seen >= MIN_JUDGED and tally.skipped > max_skipped_share * seen:
+            raise CorruptData(f"data.skip_corrupt: {tally.skipped} of {seen} training samples read were corrupt, "
+                              f"over data.max_skipped_share={max_skipped_share}; the last: {url}: {what}")
+        if tally.skipped <= 10 or tally.skipped % 1000 == 0:
+            log.warning("skipped corrupt data (%d so far in this worker): %s: %s", tally.skipped, url, what)
 
     samples = iter(wds.tarfile_samples([{"url": url}]))
     while True:
@@ -56,9 +72,12 @@ def _scenes(url: str, skip_corrupt: bool, skipped: list[int]):
             corrupt(f"unreadable tar ({type(e).__name__}: {e})")
             return
         try:
-            yield decode_sample(sample)
+            decoded = decode_sample(sample)
         except ValueError as e:
             corrupt(str(e))
+            continue
+        tally.read += 1
+        yield decoded
 
 
 def prepare_frames(scene: Scene, n_frames: int, policy: str, rng: np.random.Generator,
@@ -91,10 +110,12 @@ class PatchSettings:
     register: bool = False          # align frames to the clearest one first
     min_clearance: float = MIN_CLEARANCE
     skip_corrupt: bool = False
+    max_skipped_share: float = 0.05  # with skip_corrupt: stop when more of what is read is corrupt
 
 
 class TrainPatches(IterableDataset):
-    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P)) patches, normalised, shuffled."""
+    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P), skipped) patches, normalised, shuffled;
+    skipped is (worker, corrupt samples it skipped so far), for the trainer's count."""
 
     def __init__(self, shards: list[str], settings: PatchSettings, seed: int, rank: int, segment: int = 0):
         super().__init__()
@@ -108,20 +129,21 @@ class TrainPatches(IterableDataset):
         rng = np.random.default_rng([self.seed, self.segment, self.rank, wid])
         buffer = []
         size = max(1, self.settings.shuffle_buffer)
-        for scene in self._scene_stream(rng):
+        tally = Tally()
+        for scene in self._scene_stream(rng, tally):
             for patch in self._patches(scene, rng):
                 if len(buffer) < size:
                     buffer.append(patch)
                     continue
                 i = rng.integers(size)
-                yield buffer[i]
+                yield *buffer[i], np.array([wid, tally.skipped])
                 buffer[i] = patch
 
-    def _scene_stream(self, rng: np.random.Generator):
-        skipped = [0]
+    def _scene_stream(self, rng: np.random.Generator, tally: Tally):
+        s = self.settings
         while True:
             url = self.shards[rng.integers(len(self.shards))]
-            for scene, _ in _scenes(url, self.settings.skip_corrupt, skipped):
+            for scene, _ in _scenes(url, s.skip_corrupt, tally, s.max_skipped_share):
                 yield scene
 
     def _patches(self, scene: Scene, rng: np.random.Generator):
@@ -168,7 +190,7 @@ class EvalScenes(IterableDataset):
         wid, workers = _worker()
         me, everyone = self.rank * workers + wid, self.world_size * workers
         for url in self.shards[me::everyone]:
-            for scene, _ in _scenes(url, skip_corrupt=False, skipped=[0]):
+            for scene, _ in _scenes(url, skip_corrupt=False, tally=Tally()):
                 # topping up with repeated frames is random: seeded by the scene, not the reader
                 rng = np.random.default_rng([self.seed, zlib.crc32(scene.name.encode())])
                 frames = prepare_frames(scene, self.n_frames, "paper", rng, self.keep_unclear,

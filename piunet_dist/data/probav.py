@@ -19,6 +19,7 @@ BANDS = ("NIR", "RED")
 SPLITS = ("train", "test")
 LR_SIZE = 128
 HR_SIZE = 384
+MAX_DN = 2**14 - 1  # LR and HR values are 14-bit
 MIN_CLEARANCE = 0.85  # the paper keeps frames whose quality map is more than 85% clear
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I"}
 SCENE_NAME = re.compile(r"imgset\d{4}$")
@@ -79,10 +80,20 @@ def read_norm(root: Path) -> dict[str, float]:
         try:
             if len(parts) != 2 or not SCENE_NAME.match(parts[0]):
                 raise ValueError
-            norm[parts[0]] = float(parts[1])
+            value = float(parts[1])
         except ValueError:
             raise ValueError(f"{path}:{number}: expected 'imgsetNNNN <number>', got {line.strip()!r}") from None
+        if not value > 0 or value == float("inf"):  # a cPSNR in dB: nan, inf and <= 0 are damage
+            raise ValueError(f"{path}:{number}: {parts[0]} has {parts[1]}, not a positive cPSNR in dB")
+        if parts[0] in norm:
+            raise ValueError(f"{path}:{number}: {parts[0]} is listed a second time")
+        norm[parts[0]] = value
     return norm
+
+
+def missing_norm(refs: list[SceneRef], norm: dict[str, float]) -> list[str]:
+    """Train scenes that a norm.csv leaves out (a challenge score needs every one)."""
+    return [r.name for r in refs if r.has_target and norm and r.name not in norm]
 
 
 def _frame_files(ref: SceneRef, prefix: str) -> dict[str, Path]:

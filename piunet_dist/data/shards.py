@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import io
 import json
 import os
 import sys
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +24,15 @@ import webdataset as wds
 from tqdm import tqdm
 
 from ..errors import UserError
-from .probav import BANDS, Scene, SceneRef, find_scenes, load_scene, read_norm, validate_scene
+from ..files import PARTIAL, disk_error, disk_failure, remove, sha256, write_json
+from ..stop import process_pool, raising_on_signals
+from .probav import (BANDS, MAX_DN, Scene, SceneRef, find_scenes, load_scene, missing_norm, read_norm,
+                     validate_scene)
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 PARTS = "parts"
 FORMAT = "piunet-dist shards 1"
-PARTIAL = ".partial"
 
 
 # --- samples ----------------------------------------------------------------------------
@@ -57,16 +57,20 @@ def encode_scene(scene: Scene, split: str) -> dict:
 
 def decode_sample(sample: dict) -> tuple[Scene, dict]:
     """A sample read from a shard back to a Scene and its metadata; ValueError if broken."""
+    key = sample.get("__key__", "?")
     try:
         meta = json.loads(sample["json"])
         arrays = {k: np.load(io.BytesIO(sample[f"{k}.npy"]), allow_pickle=False)
                   for k in ("lr", "qm", "hr", "sm") if f"{k}.npy" in sample}
         scene = Scene(name=meta["scene"], band=meta["band"], lr=arrays["lr"], qm=arrays["qm"],
                       hr=arrays.get("hr"), sm=arrays.get("sm"), norm=meta.get("norm"))
-    except (KeyError, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
-        raise ValueError(f"sample {sample.get('__key__', '?')}: cannot decode ({type(e).__name__}: {e})") from None
+    except Exception as e:  # a damaged header or payload fails in many ways inside numpy and json
+        raise ValueError(f"sample {key}: cannot decode ({type(e).__name__}: {e})") from None
     if scene.lr.ndim != 3 or scene.lr.shape != scene.qm.shape or len(scene.lr) != meta["frames"]:
         raise ValueError(f"sample {scene.name}: frames and quality maps do not match the metadata")
+    for what, image in (("LR", scene.lr), ("HR", scene.hr)):
+        if image is not None and (image.dtype != np.uint16 or int(image.max(initial=0)) > MAX_DN):
+            raise ValueError(f"sample {scene.name}: {what} values outside the 14-bit range of PROBA-V (damaged)")
     return scene, meta
 
 
@@ -104,20 +108,6 @@ def read_val_list(path: Path, train_names: set[str]) -> set[str]:
     return names
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_name(path.name + PARTIAL)
-    partial.write_text(json.dumps(data, indent=1))
-    os.replace(partial, path)
-
-
 def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None, seed: int,
          workers: int, scenes_per_shard: int, skip_invalid: bool, splits=SPLITS, part: bool = False) -> dict:
     """Validate, split and write the scenes of `bands`, the shards of `splits` only; returns the
@@ -129,7 +119,11 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
         norm = read_norm(src)
     except ValueError as e:
         raise UserError(str(e)) from None
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    unscored = missing_norm(refs, norm)
+    if unscored:
+        raise UserError(f"{src / 'norm.csv'}: no baseline for {len(unscored)} train scene(s): "
+                        f"{', '.join(unscored[:5])}")
+    with process_pool(workers) as pool, raising_on_signals("pack"):
         problems = list(tqdm(pool.map(validate_scene, refs, chunksize=4), total=len(refs),
                              desc="validate", unit="scene"))
     invalid = {ref: lines for ref, lines in zip(refs, problems) if lines}
@@ -139,38 +133,45 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
                 print(line, file=sys.stderr)
         raise UserError(f"{src}: {len(invalid)} invalid scene(s) listed above; nothing written "
                         "(--skip-invalid packs the others)")
+    for ref, lines in invalid.items():  # skipped, and said so
+        print(f"skipped {ref.split}/{ref.band}/{ref.name}: {'; '.join(lines)}", file=sys.stderr)
     refs = [r for r in refs if r not in invalid]
     # a val list may name scenes of every band, packed or not
     known = {r.name for r in find_scenes(src) if r.split == "train"}
     groups = split_scenes(refs, val_fraction, read_val_list(val_list, known) if val_list else None, seed)
     groups = {key: group for key, group in groups.items() if key[1] in splits}
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # from here on, no manifest until this pack is whole
-    for band in bands:
-        for split in splits:
-            for old in (out / band).glob(f"{split}-*.tar*"):
-                old.unlink()
+    # the new shards go beside the old ones and replace them only once all are written
+    finish_switch(out)
+    staging = out / f".pack{PARTIAL}-{'+'.join(bands)}-{'+'.join(splits)}"
+    remove(staging)
     jobs, shard_plan = [], []
     for (band, split), group in groups.items():
         for start in range(0, len(group), scenes_per_shard):
             chunk = group[start:start + scenes_per_shard]
             shard_plan.append((f"{band}/{split}-{start // scenes_per_shard:06d}.tar", band, split, len(chunk)))
             jobs += [(ref, split, norm) for ref in chunk]
-
     shards = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        samples = iter(tqdm(pool.map(_load_and_encode, jobs, chunksize=2), total=len(jobs), desc="pack", unit="scene"))
-        for rel, band, split, count in shard_plan:
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + PARTIAL)
-            with wds.TarWriter(str(partial), encoder=False, mtime=0) as sink:  # the same scenes, the same bytes
-                for _ in range(count):
-                    sink.write(next(samples))
-            os.replace(partial, path)
-            shards.append({"path": rel, "band": band, "split": split, "samples": count,
-                           "sha256": _sha256(path)})
+    try:
+        with (process_pool(workers) as pool, raising_on_signals("pack"),
+              tqdm(total=len(jobs), desc="pack", unit="scene") as bar):
+            samples = pool.map(_load_and_encode, jobs, chunksize=2)
+            for rel, band, split, count in shard_plan:
+                path = staging / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with wds.TarWriter(str(path), encoder=False, mtime=0) as sink:  # the same scenes, the same bytes
+                    for _ in range(count):
+                        sink.write(next(samples))
+                        bar.update(1)
+                shards.append({"path": rel, "band": band, "split": split, "samples": count, "sha256": sha256(path)})
+    except OSError as e:
+        remove(staging)
+        if disk_failure(e):
+            raise disk_error(out, e) from None
+        raise
+    except BaseException:
+        remove(staging)
+        raise
 
     summary = {band: {split: len(groups.get((band, split), [])) for split in splits} for band in bands}
     manifest = {
@@ -184,12 +185,80 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
         "skipped": [{"scene": f"{r.split}/{r.band}/{r.name}", "problems": lines} for r, lines in invalid.items()],
         "shards": shards,
     }
-    if part:
-        (out / PARTS).mkdir(exist_ok=True)
-        _write_json(out / PARTS / f"{'+'.join(bands)}-{'+'.join(splits)}.json", manifest)
-    else:
-        _write_json(out / MANIFEST, manifest)
+    previous = _previous_manifest(out)
+    if not part:
+        manifest = _keep_the_rest(manifest, previous, bands, splits)
+    target = out / PARTS / f"{'+'.join(bands)}-{'+'.join(splits)}.json" if part else out / MANIFEST
+    covered = {(b, sp) for b in bands for sp in splits}
+    stale = [e["path"] for e in (previous or {}).get("shards", []) if (e["band"], e["split"]) in covered
+             and e["path"] not in {s["path"] for s in shards}]
+    _switch(out, {"staging": staging.name, "target": str(target.relative_to(out)), "stale": stale,
+                  "manifest": manifest})
     return manifest
+
+
+def _previous_manifest(out: Path) -> dict | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _keep_the_rest(manifest: dict, previous: dict | None, bands, splits) -> dict:
+    """A pack of some bands or splits keeps the previous manifest's others."""
+    if previous is None:
+        return manifest
+    covered = {(b, sp) for b in bands for sp in splits}
+    kept = [e for e in previous["shards"] if (e["band"], e["split"]) not in covered]
+    summary = {band: dict(counts) for band, counts in previous.get("summary", {}).items()}
+    for band, counts in manifest["summary"].items():
+        summary.setdefault(band, {}).update(counts)
+    skipped = [s for s in previous.get("skipped", []) if s["scene"].split("/")[1] not in bands]
+    every_split = [sp for sp in SPLITS if any(sp in counts for counts in summary.values())]
+    return {**manifest, "shards": kept + manifest["shards"], "summary": summary,
+            "skipped": skipped + manifest["skipped"],
+            "params": {**manifest["params"], "bands": sorted(summary), "splits": every_split}}
+
+
+SWITCH = ".switch.json"  # beside the staging folder: the plan of its switch-over
+
+
+def _switch(out: Path, plan: dict) -> None:
+    """Put a staged pack in place: the plan is written first, so an interruption anywhere
+    below is finished by the next reader (finish_switch), never left half done."""
+    write_json(out / (plan["staging"] + SWITCH), plan)
+    finish_switch(out)
+
+
+def finish_switch(out: Path) -> None:
+    """Complete every pending switch-over of a pack: move the staged shards in, remove the
+    previous pack's shards that the new one does not hold, write its manifest."""
+    for path in sorted(Path(out).glob(f".pack{PARTIAL}-*{SWITCH}")):
+        try:
+            plan = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: unreadable ({e}); pack again") from None
+        _move_in(Path(out), plan)
+        path.unlink(missing_ok=True)
+        remove(Path(out) / plan["staging"])
+
+
+def _move_in(out: Path, plan: dict) -> None:
+    staging = out / plan["staging"]
+    try:
+        for entry in plan["manifest"]["shards"]:
+            staged = staging / entry["path"]
+            if staged.is_file():
+                (out / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, out / entry["path"])
+        for rel in plan["stale"]:
+            (out / rel).unlink(missing_ok=True)
+        write_json(out / plan["target"], plan["manifest"])
+    except OSError as e:
+        if disk_failure(e):
+            raise disk_error(out, e) from None
+        raise
 
 
 def merge(out: Path) -> dict:
@@ -218,13 +287,14 @@ def merge(out: Path) -> dict:
     manifest = {**parts[0], "shards": shards, "summary": summary, "skipped": skipped,
                 "params": {**parts[0]["params"], "bands": sorted(summary)}}
     manifest["params"].pop("splits", None)
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
 # --- reading the manifest -------------------------------------------------------------
 
 def load_manifest(root: Path) -> dict:
+    finish_switch(Path(root))
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise UserError(f"{root}: no {MANIFEST} (not packed here, or the pack did not finish)")
@@ -256,9 +326,14 @@ def _problem(root: Path, entry: dict, digest: bool) -> str | None:
     path = root / entry["path"]
     if not path.is_file():
         return f"{path}: missing"
-    if digest and _sha256(path) != entry["sha256"]:
+    if digest and sha256(path) != entry["sha256"]:
         return f"{path}: sha256 differs from the manifest (changed or damaged)"
     return None
+
+
+def scene_count(root: Path, band: str, split: str) -> int:
+    """Scenes in the shards of one band and split, as the manifest counts them."""
+    return sum(s["samples"] for s in load_manifest(root)["shards"] if s["band"] == band and s["split"] == split)
 
 
 def scene_names(paths: list[str]) -> list[str]:
