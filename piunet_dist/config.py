@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class DataConfig:
     shuffle_buffer: int = setting(512, "patches mixed across scenes in each loader worker")
     workers: int = setting(4, "loader worker processes per training process")
     skip_corrupt: bool = setting(False, "skip (count and log) unreadable training samples instead of stopping")
+    max_skipped_share: float = setting(0.05, "with skip_corrupt: stop when more than this share of the training "
+                                             "samples a loader worker read was corrupt")
 
 
 @dataclass
@@ -103,7 +106,7 @@ class LaunchConfig:
     cpus_per_task: int = setting(4, "CPU cores per process")
     partition: str = setting("", "SLURM partition (empty: the cluster's default)")
     account: str = setting("", "SLURM account")
-    time: str = setting("24:00:00", "time limit per job, HH:MM:SS")
+    time: str = setting("24:00:00", "time limit per job in SLURM's formats: M, M:S, H:M:S, D-H, D-H:M or D-H:M:S")
     qos: str = setting("", "SLURM quality of service")
     constraint: str = setting("", "SLURM node constraint")
     mem: str = setting("", "memory per node, e.g. 64G (empty: the cluster's default)")
@@ -138,7 +141,8 @@ POSITIVE = ("model.n_feat", "model.r_bneck", "model.n_tefa", "model.n_heads", "d
             "train.grad_accum", "train.val_every", "train.ckpt_every",
             "train.keep_last", "train.log_every", "train.max_bad_steps",
             "launch.nodes", "launch.tasks_per_node", "launch.cpus_per_task", "train.lr", "train.grad_clip")
-SHARES = ("data.min_clearance", "data.min_clear")
+FINITE = ("train.lr", "train.weight_decay", "train.lr_gamma", "train.grad_clip")
+SHARES = ("data.min_clearance", "data.min_clear", "data.max_skipped_share")
 AUTO_OR_COUNT = ("train.val_batch_size", "eval.batch_size")  # "auto" or a positive whole number
 
 
@@ -193,7 +197,9 @@ def _check_type(key: str, value, kind, choices=()):
     raise UserError(f"{key}: expected {names.get(origin, origin)}, got {value!r}")
 
 
-def _apply(obj, values: dict, where: str, prefix: str = "") -> None:
+def _apply(obj, values: dict, where: str, problems: list[str], prefix: str = "") -> None:
+    """Set `values` on the dataclass `obj`; each mistake is added to `problems`, so that a file
+    is reported whole, not one mistake per try."""
     hints = typing.get_type_hints(type(obj))
     fields = _sections(obj)
     for name, value in values.items():
@@ -201,16 +207,28 @@ def _apply(obj, values: dict, where: str, prefix: str = "") -> None:
         if name not in fields:
             near = difflib.get_close_matches(name, list(fields), n=1)
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid: {', '.join(fields)}"
-            raise UserError(f"{where}: unknown setting {key}{hint}")
+            problems.append(f"{where}: unknown setting {key}{hint}")
+            continue
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise UserError(f"{where}: {key} is a section; give it as {key}.<setting>")
-            _apply(current, value, where, f"{key}.")
-        else:
-            if key in AUTO_OR_COUNT and type(value) is int:  # YAML's 4 for the text setting "4"
-                value = str(value)
+                problems.append(f"{where}: {key} is a section; give it as {key}.<setting>")
+            else:
+                _apply(current, value, where, problems, f"{key}.")
+            continue
+        if key in AUTO_OR_COUNT and type(value) is int:  # YAML's 4 for the text setting "4"
+            value = str(value)
+        try:
             setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name], CHOICES.get(key, ())))
+        except UserError as e:
+            problems.append(str(e))
+
+
+def _raise_all(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:
+        raise UserError(f"{len(problems)} mistakes in the settings:\n  " + "\n  ".join(problems))
 
 
 def _read_yaml(path: Path, seen: tuple = ()) -> dict:
@@ -247,14 +265,16 @@ def parse_override(text: str) -> tuple[list[str], Raw]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     cfg = Config()
+    problems = []
     if path is not None:
-        _apply(cfg, _read_yaml(Path(path)), str(path))
+        _apply(cfg, _read_yaml(Path(path)), str(path), problems)
     for text in overrides:
         keys, value = parse_override(text)
         nested = value
         for k in reversed(keys):
             nested = {k: nested}
-        _apply(cfg, nested, "override")
+        _apply(cfg, nested, "override", problems)
+    _raise_all(problems)
     validate(cfg)
     return cfg
 
@@ -264,8 +284,14 @@ def validate(cfg: Config) -> None:
         if get(cfg, key) not in allowed:
             raise UserError(f"{key}: {get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}")
     for key in POSITIVE:
-        if get(cfg, key) <= 0:
+        if not get(cfg, key) > 0:
             raise UserError(f"{key}: must be positive, got {get(cfg, key)}")
+    for key in FINITE:
+        if not math.isfinite(get(cfg, key)):
+            raise UserError(f"{key}: must be a finite number, got {get(cfg, key)}")
+    if not cfg.train.lr_gamma > 0 or cfg.train.weight_decay < 0:
+        raise UserError(f"train.lr_gamma and train.weight_decay: the factor must be positive and the decay not "
+                        f"negative, got {cfg.train.lr_gamma} and {cfg.train.weight_decay}")
     for key in SHARES:
         if not 0 <= get(cfg, key) < 1:
             raise UserError(f"{key}: must be in [0, 1), got {get(cfg, key)}")
@@ -317,6 +343,33 @@ def to_dict(cfg: Config) -> dict:
 
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# what may differ when a run resumes: its length, its cadences, where its shards lie, how it is
+# computed and launched; everything else defines the run
+RESUMABLE = ("run_dir", "data.shards", "data.workers", "data.skip_corrupt", "data.max_skipped_share",
+             "train.max_steps", "train.val_every", "train.ckpt_every", "train.keep_last", "train.log_every",
+             "train.val_batch_size", "train.val_cssim", "train.max_bad_steps", "train.resume",
+             "train.compile_model", "train.compile_loss", "train.activation_checkpointing", "model.attention",
+             "eval.", "launch.")
+
+
+def flat(cfg: Config) -> dict:
+    """Every setting of cfg by its dotted key."""
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from walk(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    return dict(walk(to_dict(cfg), ""))
+
+
+def run_differences(run: Config, new: Config) -> list[str]:
+    """The settings that define a run in which `new` differs from `run`, as 'key: old -> new'."""
+    old, now = flat(run), flat(new)
+    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in old
+            if old[k] != now[k] and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
 
 
 def config_hash(cfg: Config) -> str:

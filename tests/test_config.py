@@ -62,6 +62,11 @@ def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
     ("model.attention=flash", "model.attention: 'flash' is not one of auto, sdpa, matmul, triton"),
     ("eval.precision=fp16", "eval.precision: 'fp16' is not one of auto, no, bf16"),
     ("train=3", "train is a section; give it as train.<setting>"),
+    ("train.lr=nan", "train.lr: must be positive, got nan"),
+    ("train.lr=inf", "train.lr: must be a finite number, got inf"),
+    ("train.lr_gamma=-0.2", "train.lr_gamma and train.weight_decay: the factor must be positive"),
+    ("train.weight_decay=-1", "train.lr_gamma and train.weight_decay: the factor must be positive"),
+    ("data.max_skipped_share=1", "data.max_skipped_share: must be in [0, 1), got 1.0"),
     ("train.lr", "'train.lr': expected section.key=value"),
 ])
 def test_bad_settings_say_what_is_wrong(override, message):
@@ -90,6 +95,18 @@ def test_yaml_files_errors(tmp_path):
         load_config(tmp_path / "typo.yaml")
     with pytest.raises(UserError, match="no such config file"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_every_mistake_of_a_yaml_file_is_reported_at_once(tmp_path):
+    (tmp_path / "three.yaml").write_text("train:\n  bach_size: 4\n  lr: fast\ndata:\n  band: [NIR]\n")
+    with pytest.raises(UserError) as e:
+        load_config(tmp_path / "three.yaml", ["model.n_fet=8"])
+    assert str(e.value).splitlines() == [
+        "4 mistakes in the settings:",
+        f"  {tmp_path / 'three.yaml'}: unknown setting train.bach_size; did you mean train.batch_size?",
+        f"  {tmp_path / 'three.yaml'}: train.lr: expected a number, got 'fast'",
+        f"  {tmp_path / 'three.yaml'}: data.band: expected a string, got ['NIR']",
+        "  override: unknown setting model.n_fet; did you mean model.n_feat?"]
 
 
 def test_resolved_yaml_round_trips_and_hash_ignores_where_it_runs(tmp_path):
