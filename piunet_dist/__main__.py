@@ -7,6 +7,7 @@ import os
 import sys
 
 from .errors import UserError
+from .files import disk_error, disk_failure
 
 # command -> (module with add_arguments(parser) and run(args), one line of help)
 COMMANDS = {
@@ -45,9 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return module.run(args) or 0
     except UserError as e:
-        rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{rank}piunet-dist {args.command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return _error(args.command, one_line(e))
+    except Exception as e:
+        if not disk_failure(e):
+            raise
+        # a write that no helper named (a library's own file): the path if the error knows it
+        return _error(args.command, str(disk_error(getattr(e, "filename", None) or "a file", e)))
+
+
+def _error(command: str, message: str) -> int:
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}piunet-dist {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def one_line(error: UserError) -> str:

@@ -3,9 +3,13 @@
     python -m piunet_dist train --config configs/nir.yaml [section.key=value ...]
     accelerate launch --multi_gpu --num_processes 2 train.py --config ...
 
-Exact resume: the training stream is restarted at every checkpoint step with the step
-as its segment (pipeline.TrainPatches), so a run resumed from step k reads the same
-batches as one that never stopped.
+Exact resume: the training stream is restarted at every multiple of train.ckpt_every with
+that step as its segment (pipeline.TrainPatches); a checkpoint records its segment and the
+batches drawn from it, and a resumed run draws those again before its first step, so it
+reads the same batches as one that never stopped (with the same ckpt_every and workers).
+
+Ctrl-C or SIGTERM: the step under way finishes, every process writes the checkpoint, and
+the run stops with one line; the same command resumes it.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import datetime
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -27,21 +32,27 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .attention import resolve
-from .config import Config, check_world, config_hash, load_config, settings_help, to_dict, to_yaml
+from .config import (Config, check_world, config_hash, load_config, run_differences, settings_help, to_dict,
+                     to_yaml)
 from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
 from .data.probav import LR_SIZE
 from .data.shards import shard_paths
 from .errors import UserError
+from .files import append_line, repair_lines, write_text
 from .losses import registered_l1, registered_laplace
 from .inference import predict, scenes_per_batch
 from .metrics import CPSNR, CSSIM, UncertaintyCalibration
 from .model import PIUNet
+from .stop import Interrupted, StopRequest, ignore_interrupts_in_worker
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stop_on_signals: bool = True):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
+        self.resume_from = _check_run_dir(cfg)  # before anything is written
+        # under submitit, SLURM's signals are its own: it requeues the job
+        self.stop = StopRequest() if stop_on_signals else None
         on_gpu = torch.cuda.is_available()
         _check_process_group_env()
         self.acc = Accelerator(cpu=not on_gpu, mixed_precision=cfg.train.precision,
@@ -68,7 +79,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.lr_milestones, cfg.train.lr_gamma)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.acc.register_for_checkpointing(self.scheduler)
-        self.state = {"step": 0, "best_val_cpsnr": -math.inf, "skipped_steps": 0, "seed": cfg.train.seed}
+        self.state = {"step": 0, "best_val_cpsnr": -math.inf, "skipped_steps": 0, "seed": cfg.train.seed,
+                      "segment": 0, "segment_batches": 0, "skipped_samples": 0}
+        self.skipped_before = 0  # corrupt samples skipped before the current stream began
+        self.skipped_by_worker: dict[int, int] = {}
 
     def _shards(self) -> tuple[list[str], list[str]]:
         """The shards the run reads, checked before the first step: every one present, and the
@@ -96,52 +110,74 @@ class Trainer:
 
     def train(self) -> dict:
         cfg = self.cfg.train
-        self._start()
-        batches = self._batches()
-        with tqdm(total=cfg.max_steps, initial=self.state["step"], disable=not self.acc.is_main_process,
-                  desc="train", unit="step", dynamic_ncols=True) as bar:
-            self._loop(batches, bar)
+        if self.stop:  # from here on a signal waits for the end of a step
+            self.stop.install()
+        try:
+            self._start()
+            batches = self._batches()
+            with tqdm(total=cfg.max_steps, initial=self.state["step"], disable=not self.acc.is_main_process,
+                      desc="train", unit="step", dynamic_ncols=True) as bar:
+                self._loop(batches, bar)
+        finally:
+            if self.stop:
+                self.stop.uninstall()
         self.acc.end_training()
         return self.state
 
     def _loop(self, batches, bar) -> None:
         cfg = self.cfg.train
         bad_in_a_row, seen, clock = 0, 0, time.perf_counter()
+        saved = None
         while self.state["step"] < cfg.max_steps:
-            loss = self._step(batches)
+            loss, stop = self._step(batches)
             if loss is None:
                 bad_in_a_row += 1
                 self.state["skipped_steps"] += 1
                 if bad_in_a_row >= cfg.max_bad_steps:
                     raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {self.state['step']}: "
                                     "lower train.lr, use train.precision=bf16 instead of fp16, or check the data")
-                continue
-            bad_in_a_row = 0
-            self.state["step"] += 1
-            step = self.state["step"]
-            seen += cfg.batch_size
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                rate = seen / (time.perf_counter() - clock)
-                self._log("train", step=step, loss=loss.item(), lr=self.scheduler.get_last_lr()[0],
-                          samples_per_s=rate, skipped_steps=self.state["skipped_steps"], **self._memory())
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}",
-                                samples_s=f"{rate:.1f}")
-                seen, clock = 0, time.perf_counter()
-            # the checkpoint first: a validation that fails loses no step
-            if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
-                self.save()
-                batches = self._batches()  # a new segment: what a resumed run reads from here
-            if step % cfg.val_every == 0 or step == cfg.max_steps:
-                self._validate()
+            else:
+                bad_in_a_row = 0
+                self.state["step"] += 1
+                step = self.state["step"]
+                seen += cfg.batch_size
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    rate = seen / (time.perf_counter() - clock)
+                    self._log("train", step=step, loss=loss.item(), lr=self.scheduler.get_last_lr()[0],
+                              samples_per_s=rate, skipped_steps=self.state["skipped_steps"],
+                              skipped_samples=self._skipped_samples(), **self._memory())
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}",
+                                    samples_s=f"{rate:.1f}")
+                    seen, clock = 0, time.perf_counter()
+                # the checkpoint first: a validation that fails loses no step
+                if step % cfg.ckpt_every == 0:
+                    self._new_segment()  # what a resumed run reads from here
+                    saved = self.save()
+                    batches = self._batches()
+                elif step == cfg.max_steps:
+                    saved = self.save()  # the stream goes on: extending the run continues it
+                if step % cfg.val_every == 0 or step == cfg.max_steps:
+                    self._validate()
+            if stop:
+                self._stopped(saved)
 
-    def _step(self, batches) -> torch.Tensor | None:
-        """One optimizer step over grad_accum micro-batches; None (and no update) if the loss is not finite."""
+    def _stopped(self, saved: Path | None) -> None:
+        """A signal arrived: every process checkpoints this step (unless just done) and stops."""
+        step = self.state["step"]
+        if saved is None or saved.name != f"step_{step:07d}":
+            saved = self.save()
+        raise Interrupted(f"stopped by {self.stop.signal or 'a signal to another process'} at step {step}; "
+                          f"checkpoint {saved} written: run the same command to resume")
+
+    def _step(self, batches) -> tuple[torch.Tensor | None, bool]:
+        """One optimizer step over grad_accum micro-batches: the loss, None (and no update) if it
+        is not finite; and whether any process was asked to stop."""
         cfg = self.cfg.train
         laplace = self.state["step"] >= cfg.l1_warmup_steps
         total = torch.zeros((), device=self.acc.device)
         for micro in range(cfg.grad_accum):
-            lr, hr, sm = (t.to(self.acc.device, non_blocking=True) for t in next(batches))
+            lr, hr, sm = (t.to(self.acc.device, non_blocking=True) for t in self._next(batches))
             sync = micro == cfg.grad_accum - 1
             with nullcontext() if sync else self.acc.no_sync(self.model):
                 mu, s = self.model(lr)
@@ -153,29 +189,57 @@ class Trainer:
                     loss = registered_l1(hr, mu.float(), sm, cfg.compile_loss) + 0.0 * s.float().mean()
                 self.acc.backward(loss / cfg.grad_accum)
             total += loss.detach() / cfg.grad_accum
-        # every rank takes the same decision, or DDP's next all-reduce would mix states; reading
-        # it is the step's one host synchronisation, the price of skipping a bad update exactly
-        # (Adam's moments, the schedule and the step count untouched)
-        summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num()]), "sum")
+        # every rank takes the same decisions, or DDP's next all-reduce would mix states; reading
+        # them is the step's one host synchronisation, the price of skipping a bad update exactly
+        # (Adam's moments, the schedule and the step count untouched) and of stopping together
+        stop = float(bool(self.stop and self.stop.signal))
+        summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num(),
+                                              torch.tensor(stop, device=self.acc.device)]), "sum")
         finite = bool(summed[0].item() == self.acc.num_processes)
         if finite:
             self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return summed[1] / self.acc.num_processes if finite else None
+        return (summed[1] / self.acc.num_processes if finite else None), bool(summed[2].item())
+
+    def _next(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next micro-batch of the stream, counted (a resumed run draws as many again)."""
+        lr, hr, sm, skipped = next(batches)
+        self.state["segment_batches"] += 1
+        worker, count = skipped[-1].tolist()
+        self.skipped_by_worker[worker] = count
+        return lr, hr, sm
+
+    def _skipped_samples(self) -> int:
+        """Corrupt training samples skipped since the run began, over all processes."""
+        mine = torch.tensor(float(self.skipped_before + sum(self.skipped_by_worker.values())), device=self.acc.device)
+        return int(self.acc.reduce(mine, "sum").item())
+
+    def _new_segment(self) -> None:
+        self.skipped_before += sum(self.skipped_by_worker.values())
+        self.skipped_by_worker = {}
+        self.state["segment"], self.state["segment_batches"] = self.state["step"], 0
 
     def _batches(self):
+        """The stream of the current segment, past the batches this segment already gave."""
         d = self.cfg.data
         settings = PatchSettings(n_frames=d.n_frames, policy=d.policy, patch=d.patch, min_clear=d.min_clear,
                                  patches_per_scene=d.patches_per_scene, augment=d.augment,
                                  shuffle_buffer=d.shuffle_buffer, register=d.register,
-                                 min_clearance=d.min_clearance, skip_corrupt=d.skip_corrupt)
+                                 min_clearance=d.min_clearance, skip_corrupt=d.skip_corrupt,
+                                 max_skipped_share=d.max_skipped_share)
         stream = TrainPatches(self.train_shards, settings, seed=self.cfg.train.seed, rank=self.acc.process_index,
-                              segment=self.state["step"])
+                              segment=self.state["segment"])
         loader = DataLoader(stream, batch_size=self.micro_batch, num_workers=self.cfg.data.workers,
-                            pin_memory=self.acc.device.type == "cuda")
-        return iter(loader)
+                            pin_memory=self.acc.device.type == "cuda", worker_init_fn=ignore_interrupts_in_worker)
+        batches = iter(loader)
+        drawn, self.state["segment_batches"] = self.state["segment_batches"], 0
+        for _ in range(drawn):
+            self._next(batches)
+        # skips counted again while drawing are in the saved total already
+        self.skipped_before -= sum(self.skipped_by_worker.values())
+        return batches
 
     # --- validation -----------------------------------------------------------------
 
@@ -219,13 +283,24 @@ class Trainer:
 
     def _start(self) -> None:
         cfg = self.cfg
+        metrics = self.run_dir / "metrics.jsonl"
         if self.acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+            cut = repair_lines(metrics)
+            if cut:
+                print(f"{metrics}: removed a torn last line ({cut} bytes) that a killed run left", file=sys.stderr)
         self.acc.wait_for_everyone()
-        newest = checkpoint.latest(self.run_dir) if cfg.train.resume else None
+        newest = self.resume_from
         if newest is not None:
-            self.state = checkpoint.load(self.acc, newest)
+            self.state = {"segment": None, "segment_batches": 0, "skipped_samples": 0, **checkpoint.load(self.acc, newest)}
+            if self.state["segment"] is None:  # written before segments were recorded: one began at its step
+                self.state["segment"] = self.state["step"]
+            if self.acc.is_main_process:
+                self.skipped_before = self.state["skipped_samples"]
+                print(f"{self.run_dir}: resuming from {newest} (step {self.state['step']} of {cfg.train.max_steps}"
+                      + (f"; drawing the {self.state['segment_batches']} batches it had read since step "
+                         f"{self.state['segment']} again" if self.state["segment_batches"] else "") + ")",
+                      file=sys.stderr, flush=True)
             # a validation runs after the checkpoint of its step, so best/ may know a better score
             best = checkpoint.best_state(self.run_dir)
             if best and best["step"] <= self.state["step"]:
@@ -236,6 +311,7 @@ class Trainer:
                   resumed_from=None if newest is None else newest.name)
 
     def save(self) -> Path:
+        self.state["skipped_samples"] = self._skipped_samples()
         return checkpoint.save(self.acc, self.run_dir, self.state["step"], self.state, self.cfg.train.keep_last)
 
     def _memory(self) -> dict:
@@ -248,11 +324,33 @@ class Trainer:
             return
         record = {"event": event, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   **fields}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
         if numbers and event != "start":
             self.acc.log(numbers, step=fields["step"])
+
+
+def _check_run_dir(cfg: Config) -> Path | None:
+    """The checkpoint to resume from, or None for a new run; a run_dir that holds another
+    run, or this one under other defining settings, is refused before anything is written."""
+    run_dir = Path(cfg.run_dir)
+    newest = checkpoint.latest(run_dir)
+    used = newest is not None or checkpoint.best_dir(run_dir) is not None
+    if not cfg.train.resume:
+        if used:
+            raise UserError(f"{run_dir}: holds a run already (checkpoints or best/); train.resume=false starts a "
+                            "new run only in an unused run_dir: choose another run_dir, or move this one aside")
+        return None
+    if used and (run_dir / "config.yaml").is_file():
+        try:
+            previous = load_config(run_dir / "config.yaml")
+        except UserError as e:
+            raise UserError(f"cannot resume: {e}") from None
+        changed = run_differences(previous, cfg)
+        if changed:
+            raise UserError(f"{run_dir}: resuming with settings that define another run ({'; '.join(changed)}); "
+                            "give the run's own, or choose another run_dir")
+    return newest
 
 
 def _process_group_kwargs(on_gpu: bool) -> list:

@@ -2,7 +2,9 @@
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from safetensors.torch import load_file
 
 from piunet_dist.data.shards import pack, scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
+from faults import fill, flip_bytes
 
 ROOT = Path(__file__).parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -77,19 +80,89 @@ def test_two_gloo_processes_keep_identical_parameters(shards, tmp_path):
     assert not torch.equal(saved["conv_in.weight"], weights(run_dir / "checkpoints/step_0000003")["conv_in.weight"])
 
 
-def test_stop_and_resume_equals_an_uninterrupted_run(shards, tmp_path):
-    common = ["train.val_every=4", "train.ckpt_every=4", "train.keep_last=5"]
-    train(tmp_path / "straight", shards, "train.max_steps=8", *common)
-    train(tmp_path / "stopped", shards, "train.max_steps=4", *common)
-    train(tmp_path / "stopped", shards, "train.max_steps=8", *common)  # same run_dir: resumes at 4
-    a = weights(tmp_path / "straight/checkpoints/step_0000008")
-    b = weights(tmp_path / "stopped/checkpoints/step_0000008")
+RESUMABLE = ["train.val_every=4", "train.ckpt_every=4", "train.keep_last=5"]
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory):
+    """A run of 12 steps that never stopped."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    train(run_dir, shards, "train.max_steps=12", *RESUMABLE)
+    return run_dir
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    a, b = weights(a), weights(b)
+    assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_extending_a_finished_run_equals_an_uninterrupted_run(shards, straight, tmp_path):
+    # 6 is no multiple of ckpt_every: the checkpoint at max_steps falls inside a data segment
+    train(tmp_path / "stopped", shards, "train.max_steps=6", *RESUMABLE)
+    train(tmp_path / "stopped", shards, "train.max_steps=12", *RESUMABLE)  # same run_dir: resumes at 6
+    assert_same_weights(straight / "checkpoints/step_0000012", tmp_path / "stopped/checkpoints/step_0000012")
     log = events(tmp_path / "stopped")
     starts = [e for e in log if e["event"] == "start"]
-    assert [s["resumed_from"] for s in starts] == [None, "step_0000004"]
-    assert [e["step"] for e in log if e["event"] == "train"] == [2, 4, 6, 8]  # appended, none repeated
+    assert [s["resumed_from"] for s in starts] == [None, "step_0000006"]
+    assert [e["step"] for e in log if e["event"] == "train"] == [2, 4, 6, 8, 10, 12]  # appended, none repeated
+
+
+def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards, straight, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml", f"run_dir={run_dir}",
+               f"data.shards={shards}", *TINY, "train.max_steps=12", *RESUMABLE]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, err[-2000:]
+    stopped = re.fullmatch(r"piunet-dist train: error: stopped by SIGTERM at step (\d+); checkpoint (.+) written: "
+                           r"run the same command to resume", err.strip().splitlines()[-1])
+    assert stopped, err[-2000:]
+    step = int(stopped.group(1))
+    assert 1 <= step < 12 and stopped.group(2) == str(run_dir / f"checkpoints/step_{step:07d}")
+    assert json.loads((run_dir / f"checkpoints/step_{step:07d}/trainer_state.json").read_text())["step"] == step
+
+    torn = '{"event": "train", "step": 99, "lo'  # a write cut short by a kill
+    with open(metrics, "a") as f:
+        f.write(torn)
+    result = run(command)
+    assert f"{metrics}: removed a torn last line ({len(torn)} bytes) that a killed run left" in result.stderr
+    assert f"{run_dir}: resuming from {run_dir / f'checkpoints/step_{step:07d}'} (step {step} of 12" in result.stderr
+    assert all(e["step"] != 99 for e in events(run_dir))  # every line whole again
+    assert_same_weights(straight / "checkpoints/step_0000012", run_dir / "checkpoints/step_0000012")
+
+
+def test_a_fresh_start_in_a_used_run_dir_is_refused(shards, straight):
+    before = sorted(p.name for p in (straight / "checkpoints").iterdir())
+    result = train(straight, shards, "train.max_steps=12", *RESUMABLE, "train.resume=false", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"piunet-dist train: error: {straight}: holds a run already (checkpoints or best/); train.resume=false "
+        "starts a new run only in an unused run_dir: choose another run_dir, or move this one aside"]
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == before
+
+
+def test_resuming_with_settings_that_define_another_run_is_refused_before_writing(shards, straight):
+    config = (straight / "config.yaml").read_text()
+    result = train(straight, shards, "train.max_steps=12", *RESUMABLE, "data.band=RED", "model.n_feat=16",
+                   "train.lr=1e-3", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"piunet-dist train: error: {straight}: resuming with settings that define another run (model.n_feat: 8 -> "
+        "16; data.band: 'NIR' -> 'RED'; train.lr: 0.003 -> 0.001); give the run's own, or choose another run_dir"]
+    assert (straight / "config.yaml").read_text() == config
+
+
+def test_the_demo_bands_have_run_dirs_of_their_own():
+    from piunet_dist.config import load_config
+    nir, red = (load_config(ROOT / "configs" / name) for name in ("demo.yaml", "demo-red.yaml"))
+    assert (nir.data.band, red.data.band) == ("NIR", "RED") and nir.run_dir != red.run_dir
 
 
 def test_checkpointed_and_compiled_training_follow_the_plain_run(shards, tmp_path):
@@ -190,18 +263,11 @@ def test_sync_batchnorm_conversion_keeps_the_published_names():
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == 2 + 4 * 2 + 2 + 2 + 1
 
 
-def damaged_copy(shards, tmp_path):
-    """A copy of the shards whose val shards the test may damage."""
+def damaged_copy(shards, tmp_path, split="val"):
+    """A copy of the shards whose `split` shards the test may damage."""
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
-    return copy, [Path(p) for p in shard_paths(copy, "NIR", "val")]
-
-
-def flip_bytes(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    for i in range(600, 700):
-        data[i] ^= 0xFF
-    path.write_bytes(bytes(data))
+    return copy, [Path(p) for p in shard_paths(copy, "NIR", split)]
 
 
 @pytest.mark.parametrize("fault, message", [("missing", "missing"),
@@ -245,3 +311,59 @@ def test_a_validation_that_fails_comes_after_the_checkpoint_of_its_step(shards, 
     assert (run_dir / "checkpoints" / "step_0000060").is_dir()
     last = err.strip().splitlines()[-1]
     assert last.startswith("piunet-dist train: error: ") and "/NIR/val-" in last, err[-2000:]
+
+
+def test_skipped_corrupt_samples_are_counted_and_have_a_budget(shards, tmp_path):
+    data, train_shards = damaged_copy(shards, tmp_path, "train")
+    flip_bytes(train_shards[0])  # one scene of four: a damaged header
+    run_dir = tmp_path / "some"
+    train(run_dir, data, "data.skip_corrupt=true", "data.max_skipped_share=0.6", "train.max_steps=6",
+          "train.val_every=6", "train.ckpt_every=6")
+    counts = [e["skipped_samples"] for e in events(run_dir) if e["event"] == "train"]
+    assert counts[-1] > 0 and counts == sorted(counts)
+
+    for path in train_shards:
+        path.write_bytes(path.read_bytes()[:1000])  # nothing readable is left
+    result = train(tmp_path / "none", data, "data.skip_corrupt=true", "train.max_steps=6", check=False)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("piunet-dist train: error: data.skip_corrupt: 20 of 20 training samples read were "
+                           "corrupt, over data.max_skipped_share=0.05; the last: "), result.stderr[-2000:]
+    assert len(result.stderr.splitlines()) < 40  # ten warnings, not thousands
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_checkpoint(shards, small_disk):
+    run_dir = small_disk / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
+                             f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=40",
+                             "train.ckpt_every=20", "train.val_every=40", "train.log_every=100"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
+        time.sleep(0.01)
+    fill(small_disk)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, err[-2000:]
+    assert err.strip().splitlines()[-1] == (f"piunet-dist train: error: {run_dir}/checkpoints/step_0000020: cannot "
+                                            "write (No space left on device)"), err[-3000:]
+    assert "Traceback" not in err
+    assert list((run_dir / "checkpoints").iterdir()) == []
+
+
+def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_trainer():
+    from piunet_dist.stop import StopRequest
+    stop = StopRequest()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the step under way goes on
+        time.sleep(0.01)
+        assert stop.signal == "SIGINT"
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    child = subprocess.run([sys.executable, "-c", "import os, signal, time\n"
+                            "from piunet_dist.stop import ignore_interrupts_in_worker\n"
+                            "ignore_interrupts_in_worker(0)\nos.kill(os.getpid(), signal.SIGINT)\n"
+                            "time.sleep(0.05)\nprint('still here')"], cwd=ROOT, capture_output=True, text=True)
+    assert child.stdout == "still here\n"
