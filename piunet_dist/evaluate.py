@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import shutil
@@ -28,14 +29,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from . import checkpoint
 from .baselines import bicubic_mean
 from .config import Config, EvalConfig, count_or_auto, load_config
 from .data.pipeline import EvalScenes
 from .data.probav import LR_SIZE
-from .data.shards import scene_names, shard_paths
+from .data.shards import scene_count, scene_names, shard_paths
 from .errors import UserError
+from .files import replacing, sha256, write_json
 from .inference import predict, resolve_precision, scenes_per_batch, transforms
 from .metrics import PEAK, ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
 from .model import PIUNet
@@ -50,12 +53,13 @@ class Member:
     run_dir: Path
     cfg: Config
     model: PIUNet | None
+    weights_sha256: str | None = None
 
 
 def weights_path(run_dir: Path, which: str) -> Path:
     if which == "best":
-        path = run_dir / "best"
-        if not (path / "model.safetensors").is_file():
+        path = checkpoint.best_dir(run_dir)
+        if path is None:
             raise UserError(f"{run_dir}: no best/ weights (has it validated once?); try --checkpoint last")
         return path
     newest = checkpoint.latest(run_dir)
@@ -67,19 +71,32 @@ def weights_path(run_dir: Path, which: str) -> Path:
 def load_members(runs: list[Path], which: str, device, predicting: set[int] | None = None) -> list[Member]:
     """The runs as members, with weights for those that predict (all when None); scoring
     reads the others' predictions back from disk."""
+    check_runs(runs)
     members, names = [], set()
     for i, run_dir in enumerate(runs):
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml")
-        model = None
+        model, digest = None, None
         if predicting is None or i in predicting:
+            path = weights_path(run_dir, which)
             model = PIUNet(cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads)
-            model = load_weights(model, weights_path(run_dir, which)).to(device).eval()
+            model = load_weights(model, path).to(device).eval()
+            digest = sha256(path / "model.safetensors")
         name = run_dir.name if run_dir.name not in names else f"{run_dir.parent.name}-{run_dir.name}"
         names.add(name)
-        members.append(Member(name, run_dir, cfg, model))
+        members.append(Member(name, run_dir, cfg, model, digest))
     return members
+
+
+def check_runs(runs: list[Path]) -> None:
+    """Every run a run directory, none given twice (it would count as two members)."""
+    seen = {}
+    for run_dir in runs:
+        if not (Path(run_dir) / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+        key = Path(run_dir).resolve()
+        if key in seen:
+            raise UserError(f"--runs: {run_dir} is given twice (as {seen[key]} too); each run is one member")
+        seen[key] = run_dir
 
 
 def combine(srs: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -127,10 +144,19 @@ def scene_scores(sr, scale, hr, sm, norm, search: ShiftSearch) -> dict[str, floa
 
 
 def write_outputs(folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """The SR PNG and the scale map, each written whole or not at all; the PNG last, so a
+    scene whose PNG is there is complete."""
     image = sr[0].round().clamp(0, PEAK).to(torch.int32).cpu().numpy().astype(np.uint16)
-    Image.fromarray(image).save(folder / f"{name}.png")
-    np.save(folder / f"{name}_scale.npy", scale[0].float().cpu().numpy())
+    scale_npy = io.BytesIO()  # written by one write, whose failure (a full disk) names its cause
+    np.save(scale_npy, scale[0].float().cpu().numpy())
+    with replacing(folder / f"{name}_scale.npy") as partial:
+        partial.write_bytes(scale_npy.getvalue())
+    with replacing(folder / f"{name}.png") as partial:
+        Image.fromarray(image).save(partial, format="PNG")
+
+
+def predicted(folder: Path, name: str) -> bool:
+    return (folder / f"{name}.png").is_file() and (folder / f"{name}_scale.npy").is_file()
 
 
 def _scenes(band: str, members: list[Member], shards: Path, split: str, rank: int, world: int) -> EvalScenes:
@@ -145,16 +171,47 @@ def _scenes(band: str, members: list[Member], shards: Path, split: str, rank: in
 
 
 def predict_band(band: str, members: list[Member], predicting: list[Member], shards: Path, split: str,
-                 self_ensemble: int, batch_size: int, precision: str, out: Path, rank: int, world: int,
-                 device) -> None:
-    """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/."""
-    for batch in DataLoader(_scenes(band, members, shards, split, rank, world), batch_size=batch_size,
-                            num_workers=2):
-        lr = batch["lr"].to(device)
+                 self_ensemble: int, batch_size: int, precision: str, out: Path, acc) -> None:
+    """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/.
+    A scene already predicted by the same weights and settings is not predicted again, so an
+    interrupted evaluation resumes where it stopped."""
+    folders = {m.name: out / band / m.name for m in predicting}
+    if acc.is_main_process:
         for m in predicting:
-            sr, scale = predict(m.model, lr, self_ensemble, precision)
-            for j, name in enumerate(batch["name"]):
-                write_outputs(out / band / m.name, name, sr[j], scale[j])
+            _keep_if_same(folders[m.name], {"weights_sha256": m.weights_sha256, "self_ensemble": self_ensemble,
+                                            "precision": precision, "n_frames": m.cfg.data.n_frames})
+    acc.wait_for_everyone()
+    scenes = _scenes(band, members, shards, split, acc.process_index, acc.num_processes)
+    with tqdm(total=scene_count(shards, band, split), desc=f"predict {band}", unit="scene",
+              disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+        for batch in DataLoader(scenes, batch_size=batch_size, num_workers=2):
+            for m in predicting:
+                todo = [j for j, name in enumerate(batch["name"]) if not predicted(folders[m.name], name)]
+                if not todo:
+                    continue
+                sr, scale = predict(m.model, batch["lr"][todo].to(acc.device), self_ensemble, precision)
+                for i, j in enumerate(todo):
+                    write_outputs(folders[m.name], batch["name"][j], sr[i], scale[i])
+            bar.update(len(batch["name"]) * acc.num_processes)
+
+
+STAMP = "predictions.json"
+
+
+def _keep_if_same(folder: Path, stamp: dict) -> None:
+    """Keep a member's predictions only when they were made with `stamp`'s weights and
+    settings; otherwise remove them (only the files this evaluation writes) and stamp anew."""
+    try:
+        kept = json.loads((folder / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        kept = None
+    if kept == stamp:
+        return
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.suffix in (".png", ".npy", ".partial") and path.name.startswith("imgset"):
+                path.unlink()
+    write_json(folder / STAMP, stamp)
 
 
 def read_outputs(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +221,9 @@ def read_outputs(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         scale = np.load(folder / f"{name}_scale.npy")
     except FileNotFoundError as e:
         raise UserError(f"{e.filename}: missing (did this member's predictions finish?)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL and numpy name damage in many ways
+        raise UserError(f"{folder / name}: a damaged prediction ({type(e).__name__}: {e}); "
+                        "delete it and evaluate again") from None
     return torch.from_numpy(sr)[None], torch.from_numpy(scale)[None]
 
 
@@ -251,26 +311,22 @@ def write_submission(out: Path, members_by_band: dict[str, list[Member]], shards
     if missing:
         raise UserError(f"{out}: {len(missing)} test scene(s) have no prediction ({', '.join(missing[:5])}); "
                         "no submission written")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    for band, name in expected:
-        shutil.copyfile(out / band / ENSEMBLE / f"{name}.png", folder / f"{name}.png")
-    partial = out / "submission.zip.partial"
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+    with replacing(folder) as partial:
+        partial.mkdir()
+        for band, name in expected:
+            shutil.copyfile(out / band / ENSEMBLE / f"{name}.png", partial / f"{name}.png")
+    with replacing(out / "submission.zip") as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
         for _, name in sorted(expected, key=lambda e: e[1]):
             z.write(folder / f"{name}.png", f"{name}.png")
-    partial.replace(out / "submission.zip")
     return out / "submission.zip"
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if not k.startswith("_")]
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="") as f:
+    with replacing(path) as partial, open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(rows, key=lambda r: (r["band"], r["scene"])))
-    partial.replace(path)
 
 
 def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: int, which: str, out: Path,
@@ -298,7 +354,7 @@ def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: i
                 scenes = scenes_per_batch(batch_size, "--batch-size", acc.device, ms[0].cfg.data.n_frames, LR_SIZE,
                                           max(m.cfg.model.n_feat for m in predicting), len(transforms(self_ensemble)))
                 predict_band(band, ms, predicting, shards_by_band[band], split, self_ensemble, scenes, precision,
-                             out, acc.process_index, acc.num_processes, acc.device)
+                             out, acc)
         acc.wait_for_everyone()
     if phase == "predict":
         return None
@@ -316,9 +372,7 @@ def evaluate(runs: list[Path], split: str, shards: Path | None, self_ensemble: i
     summary["runs"] = {m.name: str(m.run_dir) for m in members}
     summary["shards"] = {band: str(path) for band, path in shards_by_band.items()}
     write_csv(out / "scenes.csv", rows)
-    partial = out / "summary.json.partial"
-    partial.write_text(json.dumps(summary, indent=1))
-    partial.replace(out / "summary.json")
+    write_json(out / "summary.json", summary)
     if split == "test":
         summary["submission"] = str(write_submission(out, by_band, shards_by_band))
     return summary

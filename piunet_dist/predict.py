@@ -24,7 +24,7 @@ from .weights import model_from_weights
 
 
 def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int, n_frames: int,
-                  n_heads: int = 1, precision: str = "auto") -> Path:
+                  n_heads: int | None = None, precision: str = "auto", keep_unclear: bool = False) -> Path:
     if not scene_dir.is_dir():
         raise UserError(f"{scene_dir}: no such scene directory")
     ref = SceneRef(scene_dir.name, "?", "test", scene_dir)  # no target needed
@@ -32,7 +32,11 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int,
     if problems:
         raise UserError("; ".join(problems))
     scene = load_scene(ref)
-    # the clearest frames first; a scene without a clear frame keeps its clearest one
+    if not keep_unclear and scene.clearance.max() <= MIN_CLEARANCE:
+        raise UserError(f"{scene_dir}: no frame is more than {MIN_CLEARANCE:.0%} clear (the clearest: "
+                        f"{scene.clearance.max():.0%}), too cloudy to trust; --keep-unclear predicts from the "
+                        "clearest frames anyway")
+    # the clearest frames first; with --keep-unclear a scene without a clear frame keeps its clearest one
     lr, _ = prepare_frames(scene, n_frames, "paper", np.random.default_rng(0), keep_unclear=True, register=False,
                            min_clearance=MIN_CLEARANCE)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--self-ensemble", type=int, default=4, choices=(1, 4, 8),
                         help="predictions averaged: 1, 4 rotations, 8 with flips (default 4)")
     parser.add_argument("--frames", type=int, default=9, help="frames used, T (default 9, as trained in the paper)")
-    parser.add_argument("--heads", type=int, default=1, help="attention heads of the weights (default 1)")
+    parser.add_argument("--heads", type=int,
+                        help="attention heads of the weights: read from a run's config.yaml, else 1 (the published)")
+    parser.add_argument("--keep-unclear", action="store_true",
+                        help="predict a scene that has no clear frame from its clearest frames (by default refused)")
     parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto",
                         help="auto (bf16 on a GPU, no on a CPU), no (float32) or bf16 (default auto)")
 
@@ -58,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise UserError("--frames: must be at least 1")
+    if args.heads is not None and args.heads < 1:
+        raise UserError("--heads: must be at least 1")
     path = predict_scene(args.weights, args.scene, args.out, args.self_ensemble, args.frames, args.heads,
-                         args.precision)
+                         args.precision, args.keep_unclear)
     print(f"{path} and {path.with_name(path.stem + '_scale.npy')}")
     return 0

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from .errors import UserError
@@ -79,8 +80,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def model_from_weights(path: str | Path, n_heads: int = 1) -> PIUNet:
-    """Build the PIUnet whose shape the weights describe (heads cannot be read off) and load them."""
+def model_from_weights(path: str | Path, n_heads: int | None = None) -> PIUNet:
+    """Build the PIUnet whose shape the weights describe and load them. The heads cannot be read
+    off the weights: a run's weights take them from its config.yaml, where `n_heads` must agree;
+    other files (the published ones have 1) take `n_heads`, by default 1."""
     state = read_state_dict(path)
     try:
         n_feat = state["conv_in.weight"].shape[0]
@@ -88,4 +91,25 @@ def model_from_weights(path: str | Path, n_heads: int = 1) -> PIUNet:
         r_bneck = n_feat // state["res.0.lin0.weight"].shape[0] if n_tefa else 8
     except KeyError as e:
         raise UserError(f"{path}: not a PIUnet checkpoint (no {e.args[0]})") from None
-    return load_weights(PIUNet(n_feat, r_bneck, n_tefa, n_heads), path)
+    trained = _run_heads(Path(path))
+    if trained is not None and n_heads not in (None, trained):
+        raise UserError(f"--heads {n_heads}: {path} was trained with {trained} head(s) (its run's config.yaml)")
+    heads = trained or n_heads or 1
+    if n_feat % heads:
+        raise UserError(f"--heads {heads}: does not divide the {n_feat} feature channels of {path}")
+    return load_weights(PIUNet(n_feat, r_bneck, n_tefa, heads), path)
+
+
+def _run_heads(path: Path) -> int | None:
+    """model.n_heads of the run that wrote these weights (best/ or checkpoints/step_N/), if known."""
+    folder = path if path.is_dir() else path.parent
+    if folder.name in ("best", "best.old"):
+        config = folder.parent / "config.yaml"
+    elif re.fullmatch(r"step_\d{7}", folder.name):
+        config = folder.parent.parent / "config.yaml"
+    else:
+        return None
+    try:
+        return int(yaml.safe_load(config.read_text())["model"]["n_heads"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None

@@ -1,8 +1,11 @@
 """Evaluation of tiny trained members on synthetic shards: files, ensembles, processes, submission."""
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from PIL import Image
 from piunet_dist.__main__ import main
 from piunet_dist.data.shards import pack, scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
+from faults import fill
 
 ROOT = Path(__file__).parent.parent
 TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
@@ -196,3 +200,119 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
     shot = subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={tmp_path / 'page.png'}", page],
                           capture_output=True, text=True, timeout=120)
     assert (tmp_path / "page.png").stat().st_size > 50_000, shot.stderr[-2000:]
+
+
+def predictions(folder: Path) -> dict[str, int]:
+    """Every prediction file of a member's folder and when it was written."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("imgset*"))}
+
+
+def test_a_killed_evaluation_resumes_where_it_stopped_from_whole_files(members, tmp_path, capsys):
+    root, runs = members
+    out = tmp_path / "out"
+    args = ["--runs", *map(str, runs), "--split", "test", "--self-ensemble", "4", "--batch-size", "1", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "evaluate", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while proc.poll() is None and not list((out / "NIR" / runs[0].name).glob("*.png")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    before = {m.name: predictions(out / "NIR" / m.name) for m in runs}
+    for name in before:
+        for png in (out / "NIR" / name).glob("*.png"):
+            Image.open(png).load()  # whole, or not there at all
+    evaluate(*args)
+    assert "predict NIR" in capsys.readouterr().err  # the progress bar
+    for name, files in before.items():
+        after = predictions(out / "NIR" / name)
+        assert {k: after[k] for k in files} == files  # what was there was not predicted again
+        assert len(after) == 2 * 3 and not list((out / "NIR" / name).glob("*.partial"))
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        assert len(z.namelist()) == 3
+
+
+def test_other_weights_or_settings_predict_again_and_a_run_given_twice_is_refused(members, tmp_path, capsys):
+    _, runs = members
+    out = tmp_path / "out"
+    evaluate("--runs", runs[0], "--self-ensemble", "1", "--out", out)
+    first = predictions(out / "NIR" / runs[0].name)
+    evaluate("--runs", runs[0], "--self-ensemble", "4", "--out", out)
+    again = predictions(out / "NIR" / runs[0].name)
+    assert again.keys() == first.keys() and all(again[k] != first[k] for k in first)
+    assert json.loads((out / "NIR" / runs[0].name / "predictions.json").read_text())["self_ensemble"] == 4
+    capsys.readouterr()
+    twice = runs[0].parent / "." / runs[0].name
+    assert main(["evaluate", "--runs", str(runs[0]), str(runs[1]), str(twice), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == (f"piunet-dist evaluate: error: --runs: {twice} is given twice (as "
+                                               f"{runs[0]} too); each run is one member")
+
+
+def test_a_kill_while_best_was_replaced_leaves_best_old_which_evaluation_reads(members, tmp_path):
+    _, runs = members
+    run_dir = tmp_path / "nir-seed0"
+    shutil.copytree(runs[0], run_dir)
+    (run_dir / "best").rename(run_dir / "best.old")  # killed between the two renames
+    evaluate("--runs", run_dir, "--self-ensemble", "1", "--out", tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["bands"]["NIR"]["scenes"] == 2
+
+
+def test_predict_refuses_a_scene_without_a_clear_frame_and_heads_that_do_not_fit(members, tmp_path, capsys):
+    import torch
+    from reference_piunet import RefPIUNet
+    root, runs = members
+    scene = tmp_path / "imgset0900"
+    shutil.copytree(next((root / "scenes" / "test" / "NIR").iterdir()), scene)
+    for qm in scene.glob("QM*.png"):
+        Image.fromarray(np.zeros((128, 128), np.uint8)).save(qm)  # every frame under cloud
+    published = tmp_path / "published.pt"
+    torch.save(RefPIUNet(8, 4, 1).state_dict(), published)
+    cases = [
+        (["--weights", published], f"{scene}: no frame is more than 85% clear (the clearest: 0%), too cloudy to "
+                                   "trust; --keep-unclear predicts from the clearest frames anyway"),
+        (["--weights", runs[0] / "best", "--heads", "2", "--keep-unclear"],
+         f"--heads 2: {runs[0] / 'best'} was trained with 1 head(s) (its run's config.yaml)"),
+        (["--weights", published, "--heads", "3", "--keep-unclear"], f"--heads 3: does not divide the 8 feature channels of {published}"),
+    ]
+    for flags, message in cases:
+        assert main(["predict", *map(str, flags), "--scene", str(scene), "--out", str(tmp_path / "sr")]) == 2
+        assert capsys.readouterr().err.strip() == f"piunet-dist predict: error: {message}"
+    assert not (tmp_path / "sr").exists()
+    assert main(["predict", "--weights", str(published), "--scene", str(scene), "--out", str(tmp_path / "sr"),
+                 "--keep-unclear", "--self-ensemble", "1"]) == 0
+
+
+def test_a_full_disk_is_one_line_for_every_command_and_nothing_is_left_half_written(members, small_disk, capsys):
+    root, runs = members
+    evaluate("--runs", runs[0], "--self-ensemble", "1", "--out", small_disk / "eval")  # before the disk fills
+    fill(small_disk)
+    scene = next((root / "scenes" / "test" / "NIR").iterdir())
+    commands = {
+        "synth": (["synth", small_disk / "scenes", "--scenes", "1", "--test-scenes", "0", "--bands", "NIR"],
+                  small_disk / "scenes"),
+        "pack": (["pack", root / "scenes", "--out", small_disk / "shards", "--workers", "1"], small_disk / "shards"),
+        "evaluate": (["evaluate", "--runs", runs[1], "--self-ensemble", "1", "--out", small_disk / "eval2"],
+                     small_disk / "eval2"),
+        "predict": (["predict", "--weights", runs[0] / "best", "--scene", scene, "--out", small_disk / "sr",
+                     "--self-ensemble", "1"], small_disk / "sr"),
+        "report": (["report", small_disk / "eval", runs[0], "--out", small_disk / "report"], small_disk / "report"),
+    }
+    for command, (argv, where) in commands.items():
+        capsys.readouterr()
+        assert main([str(a) for a in argv]) == 2, command
+        err = capsys.readouterr().err
+        said = [line for line in err.splitlines() if line.startswith("piunet-dist")]  # besides progress bars
+        assert len(said) == 1 and said[0].startswith(f"piunet-dist {command}: error: {where}") and said[0].endswith(
+            ": cannot write (No space left on device)"), (command, err[-2000:])
+        assert "Traceback" not in err
+    assert [p for p in small_disk.rglob("*") if p.name.endswith(".partial") or ".partial" in p.name] == []
+
+
+def test_the_report_leaves_out_a_torn_line_of_metrics_jsonl(members, tmp_path, capsys):
+    _, runs = members
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[0], run_dir)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"event": "val", "st')  # a write cut short by a kill
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    assert f"{run_dir / 'metrics.jsonl'}: 1 line(s) that are not whole records left out" in capsys.readouterr().err
+    assert (tmp_path / "report" / "curves.png").is_file()
