@@ -29,6 +29,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -333,11 +334,12 @@ def cli(*argv, launcher=()) -> subprocess.CompletedProcess:
 def section_train(args) -> None:
     data = shards(args)
     run_dir = work_dir(args) / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own: each time a new run
     steps = 40 if args.quick else 300
     size = TOY if args.quick else PAPER
     settings = [f"model.{k}={v}" for k, v in size.items()] + [
         f"data.shards={data}", f"run_dir={run_dir}", f"train.max_steps={steps}", f"train.log_every={steps // 6}",
-        f"train.val_every={steps}", f"train.ckpt_every={steps}", "data.workers=8", "train.resume=false",
+        f"train.val_every={steps}", f"train.ckpt_every={steps}", "data.workers=8",
         f"train.precision={'bf16' if device() == 'cuda' else 'no'}", "train.compile_model=true",
         "train.l1_warmup_steps=50"] + (["data.patch=8", "train.batch_size=4"] if args.quick else [])
     started = time.perf_counter()
@@ -362,9 +364,10 @@ def section_two(args) -> None:
     data = shards(args)
     for compiled in (True, False):
         two = work_dir(args) / f"two-{compiled}"
+        shutil.rmtree(two, ignore_errors=True)
         tiny = [f"model.{k}={v}" for k, v in TOY.items()] + [
             f"data.shards={data}", f"run_dir={two}", "train.max_steps=6", "train.val_every=6", "train.ckpt_every=6",
-            "train.batch_size=8", "data.patch=16", "data.workers=1", "train.resume=false", "train.log_every=2",
+            "train.batch_size=8", "data.patch=16", "data.workers=1", "train.log_every=2",
             f"train.compile_model={str(compiled).lower()}"]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         started = time.perf_counter()

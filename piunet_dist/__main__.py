@@ -36,12 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_command_parser(command: str) -> argparse.ArgumentParser:
+    """One command's own parser: its flags and settings may come in any order."""
+    module, summary = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"piunet-dist {command}", description=summary)
+    importlib.import_module(module).add_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:
         from .launch import main as launch
         return launch(argv[1:])
-    args = build_parser().parse_args(argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # the overview, or the error that names the commands
+        return 2
+    args = build_command_parser(argv[0]).parse_intermixed_args(argv[1:])
+    args.command = argv[0]
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return module.run(args) or 0

@@ -3,6 +3,8 @@
     python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
     python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
     python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
+    python -m piunet_dist.launch status runs/piunet        # every member: job, state, step, ETA
+    python -m piunet_dist.launch cancel runs/piunet/nir-seed0
 
 Each task exports the torch.distributed environment from SLURM (submitit's
 TorchDistributedEnvironment) and runs the trainer in-process; Accelerate joins them in
@@ -21,44 +23,48 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import submitit
 
 from . import checkpoint
-from .config import Config, count_or_auto, load_config
+from .config import Config, check_world, count_or_auto, load_config
 from .errors import UserError
-from .evaluate import add_evaluation_arguments
+from .evaluate import add_evaluation_arguments, check_runs
+from .files import append_line, read_json_lines
+from .slurm import ENDED, TIME_FORMATS, cancel, check_request, hopeless, job_state, minutes
 
 FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "account", "time", "qos",
          "constraint", "mem", "cluster")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """One training run as a SLURM (or local) job; every task of the job calls it."""
+    """One training run as a SLURM (or local) job; every task of the job calls it. It carries
+    the resolved config it was submitted with: a requeued job does not read the YAML again."""
 
-    def __init__(self, config: str | None, overrides: list[str]):
-        self.config, self.overrides = config, list(overrides)
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
 
     def __call__(self) -> dict:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         import torch
 
         from .train import Trainer  # after the environment: Accelerate reads it when built
-        cfg = load_config(self.config, self.overrides)
         # torch would take every core of the node in each process; the task was given cpus_per_task
-        torch.set_num_threads(cfg.launch.cpus_per_task)
-        return Trainer(cfg).train()
+        torch.set_num_threads(self.cfg.launch.cpus_per_task)
+        return Trainer(self.cfg, stop_on_signals=False).train()
 
     def checkpoint(self, *args, **kwargs):
-        """On SLURM's signal (global rank 0 only): requeue, up to launch.max_requeues times."""
-        cfg = load_config(self.config, self.overrides)
+        """On SLURM's signal (global rank 0 only): requeue, up to launch.max_requeues times
+        (submitit's own limit on time-outs is set to the same number)."""
         count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-        requeue = count < cfg.launch.max_requeues
-        _append_event(Path(cfg.run_dir), {"event": "requeue" if requeue else "requeue_refused",
-                                          "restart_count": count, "max_requeues": cfg.launch.max_requeues,
-                                          "job_id": os.environ.get("SLURM_JOB_ID")})
-        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.overrides)) if requeue else None
+        limit = self.cfg.launch.max_requeues
+        requeue = count < limit
+        _append_event(Path(self.cfg.run_dir), {"event": "requeue" if requeue else "requeue_refused",
+                                               "restart_count": count, "max_requeues": limit,
+                                               "job_id": os.environ.get("SLURM_JOB_ID")})
+        return submitit.helpers.DelayedSubmission(TrainJob(self.cfg)) if requeue else None
 
 
 class EvaluateTask(submitit.helpers.Checkpointable):
@@ -78,11 +84,10 @@ class EvaluateTask(submitit.helpers.Checkpointable):
             raise RuntimeError(f"evaluate {' '.join(self.argv)} exited {code} (its error is above)")
 
 
-def _append_event(run_dir: Path, record: dict) -> None:
+def _append_event(run_dir: Path, record: dict, log: str = "metrics.jsonl") -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({**record, "time": stamp}) + "\n")
+    append_line(run_dir / log, json.dumps({**record, "time": stamp}))
 
 
 def cluster_kind(choice: str) -> str:
@@ -109,22 +114,12 @@ def cluster_kind(choice: str) -> str:
     return "local"
 
 
-def minutes(hhmmss: str) -> int:
-    try:
-        parts = [int(p) for p in hhmmss.split(":")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (2, 3) or any(p < 0 for p in parts):
-        raise UserError(f"--time: {hhmmss!r} is not HH:MM:SS")
-    h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) == 3 else (parts[0], parts[1], 0)
-    return max(1, h * 60 + m + (1 if s else 0))
-
-
 def make_executor(cfg: Config, folder: Path, name: str, kind: str):
     """A submitit executor for cfg.launch on `kind` (cluster_kind): SLURM, or local processes."""
     launch = cfg.launch
     tasks = launch.gpus_per_node if launch.gpus_per_node > 0 else launch.tasks_per_node
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind,
+                                     **{f"{kind}_max_num_timeout": launch.max_requeues})
     params = {"name": name, "nodes": launch.nodes, "tasks_per_node": tasks, "cpus_per_task": launch.cpus_per_task,
               "timeout_min": minutes(launch.time)}
     if launch.gpus_per_node > 0:
@@ -159,43 +154,86 @@ def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
 def submit_training(args) -> int:
     overrides = list(args.overrides) + [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
     cfg = load_config(args.config, overrides)
+    launch = cfg.launch
+    minutes(launch.time)
+    world = launch.nodes * (launch.gpus_per_node or launch.tasks_per_node)
     folder = Path(cfg.run_dir) / "slurm"
     name = f"piunet-{Path(cfg.run_dir).name}"
     runs = []
     for run_dir, extra in members(args, cfg):
         member = load_config(args.config, overrides + extra)  # every member is valid before anything is sent
+        check_world(member, world)
         if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:
             print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
         else:
-            runs.append((run_dir, extra))
+            runs.append((run_dir, member))
     if args.dry_run:
         print(sbatch_script(cfg, folder, name))
         return 0
     if not runs:
         return 0
-    kind = cluster_kind(cfg.launch.cluster)
+    kind = cluster_kind(launch.cluster)
+    if kind == "slurm":
+        check_request(launch.partition, launch.nodes, launch.gpus_per_node or launch.tasks_per_node,
+                      launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
     executor = make_executor(cfg, folder, name, kind)
-    config = str(args.config) if args.config else None
     with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
-        jobs = [executor.submit(TrainJob(config, overrides + extra)) for _, extra in runs]
+        jobs = [executor.submit(TrainJob(member)) for _, member in runs]
     for job, (run_dir, _) in zip(jobs, runs):
+        _append_event(Path(run_dir), {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
+                                      "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}, JOBS)
         print(f"job {job.job_id} ({kind}): run dir {run_dir}")
         print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
-    return wait_for(jobs) if args.wait else 0
+    return wait_for(jobs, launch.partition) if args.wait else 0
 
 
-def wait_for(jobs) -> int:
-    """Follow jobs to their end; non-zero with each failed job's own error."""
+JOBS = "jobs.jsonl"  # in a run dir: every job submitted for it, newest last
+
+
+def wait_for(jobs, partition: str = "") -> int:
+    """Follow jobs to their end, asking SLURM at least every 30 s; non-zero with each failed
+    job's own error or final state. A job that waits for a reason that will not resolve by
+    itself is cancelled and named with that reason."""
     print(f"waiting for {len(jobs)} job(s); their progress is in their logs", flush=True)
-    failed = 0
-    for job in jobs:
-        try:
-            job.results()  # one result per task
-            print(f"job {job.job_id}: done")
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
-            failed += 1
-            print(f"job {job.job_id}: failed\n{_job_error(job, e)}", file=sys.stderr)
+    failed, pending, pause = 0, list(jobs), 2.0
+    while pending:
+        for job in list(pending):
+            verdict = _ended(job, partition)
+            if verdict is None:
+                continue
+            pending.remove(job)
+            if verdict:
+                failed += 1
+                print(f"job {job.job_id}: {verdict}", file=sys.stderr, flush=True)
+            else:
+                print(f"job {job.job_id}: done", flush=True)
+        if pending:
+            time.sleep(pause)
+            pause = min(30.0, pause * 1.5)
     return 1 if failed else 0
+
+
+def _ended(job, partition: str) -> str | None:
+    """None while the job goes on; "" when it succeeded; else what went wrong, in a line or two."""
+    if isinstance(job, submitit.LocalJob):
+        if not job.done():
+            return None
+    else:
+        state = job_state(job.job_id)
+        if state is None or state.state not in ENDED:
+            if state is not None and hopeless(state, partition):
+                cancel(job.job_id)
+                return (f"cancelled: it waited for {state.reason}, which will not change by itself: the request "
+                        "does not fit the partition (launch.nodes, cpus_per_task, gpus_per_node, mem, time) or "
+                        "the account or QOS (launch.account, launch.qos)")
+            return None
+        if state.state != "COMPLETED" and state.state != "FAILED":
+            return f"{state.state} (logs: {job.paths.stderr})"
+    try:
+        job.results()  # one result per task
+        return ""
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+        return f"failed\n{_job_error(job, e)}"
 
 
 def _job_error(job, error: Exception) -> str:
@@ -216,9 +254,7 @@ def submit_evaluation(args) -> int:
     flags = [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
     cfg = load_config(None, flags + ["launch.nodes=1", "launch.tasks_per_node=1"])
     cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
-    for run_dir in args.runs:
-        if not (Path(run_dir) / "config.yaml").is_file():
-            raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    check_runs(args.runs)
     common = ["--runs", *map(str, args.runs), "--split", args.split, "--self-ensemble", str(args.self_ensemble),
               "--checkpoint", args.checkpoint, "--out", str(args.out), "--batch-size", str(args.batch_size),
               "--precision", args.precision]
@@ -226,6 +262,9 @@ def submit_evaluation(args) -> int:
         common += ["--shards", str(args.shards)]
     folder = Path(args.out) / "slurm"
     kind = cluster_kind(cfg.launch.cluster)
+    launch = cfg.launch
+    if kind == "slurm":
+        check_request(launch.partition, 1, 1, launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
     executor = make_executor(cfg, folder, "piunet-predict", kind)
     with executor.batch():
         tasks = [executor.submit(EvaluateTask([*common, "--phase", "predict", "--member", str(i)],
@@ -236,12 +275,12 @@ def submit_evaluation(args) -> int:
     scorer = make_executor(cfg, folder, "piunet-score", kind)
     if kind == "slurm":
         scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
-    elif wait_for(tasks):  # local processes: no scheduler to hold the scoring back
+    elif wait_for(tasks, launch.partition):  # local processes: no scheduler to hold the scoring back
         return 1
     score = scorer.submit(EvaluateTask([*common, "--phase", "score"], cfg.launch.cpus_per_task))
     print(f"job {score.job_id} ({kind}): ensembles and scores -> {args.out}/summary.json")
     print(f"  logs: {folder}")
-    return wait_for([*tasks, score] if kind == "slurm" else [score]) if args.wait else 0
+    return wait_for([*tasks, score] if kind == "slurm" else [score], launch.partition) if args.wait else 0
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
@@ -260,7 +299,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__, usage=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file of settings (as for train)")
     parser.add_argument("--nodes", type=int, help="SLURM nodes [launch.nodes]")
@@ -269,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-task", type=int, help="CPU cores per process [launch.cpus_per_task]")
     parser.add_argument("--partition", help="SLURM partition [launch.partition]")
     parser.add_argument("--account", help="SLURM account [launch.account]")
-    parser.add_argument("--time", help="time limit per job, HH:MM:SS [launch.time]")
+    parser.add_argument("--time", help=f"time limit per job, in SLURM's formats ({TIME_FORMATS}) [launch.time]")
     parser.add_argument("--qos", help="SLURM quality of service [launch.qos]")
     parser.add_argument("--constraint", help="SLURM node constraint [launch.constraint]")
     parser.add_argument("--mem", help="memory per node, e.g. 64G [launch.mem]")
@@ -283,15 +322,106 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def member_dirs(dirs: list[Path]) -> list[Path]:
+    """The run dirs among `dirs`, and the members (run dirs with jobs) of any sweep among them."""
+    found = []
+    for d in dirs:
+        if (d / JOBS).is_file():
+            found.append(d)
+        else:
+            inside = sorted(p.parent for p in d.glob(f"*/{JOBS}"))
+            if not inside:
+                raise UserError(f"{d}: no job was submitted for it (no {JOBS}, nor members with one)")
+            found += inside
+    return found
+
+
+def _jobs(run_dir: Path) -> list[dict]:
+    return read_json_lines(run_dir / JOBS)[0]
+
+
+def status(dirs: list[Path]) -> list[dict]:
+    """A row per member: its newest job, SLURM's state (and pending reason), progress and ETA."""
+    rows = []
+    for run_dir in member_dirs(dirs):
+        job = _jobs(run_dir)[-1]
+        row = {"run": str(run_dir), "job": job["job_id"], "state": job["cluster"], "step": "-", "val_cpsnr": "-",
+               "samples_s": "-", "eta": "-"}
+        if job["cluster"] == "slurm":
+            state = job_state(job["job_id"])
+            row["state"] = "unknown" if state is None else state.state + (
+                f" ({state.reason})" if state.state == "PENDING" else "")
+        events = read_json_lines(run_dir / "metrics.jsonl")[0] if (run_dir / "metrics.jsonl").is_file() else []
+        train = [e for e in events if e.get("event") == "train"]
+        val = [e for e in events if e.get("event") == "val"]
+        planned = load_config(run_dir / "config.yaml").train if (run_dir / "config.yaml").is_file() else None
+        if train and planned:
+            last = train[-1]
+            row["step"] = f"{last['step']}/{planned.max_steps}"
+            row["samples_s"] = f"{last['samples_per_s']:.1f}"
+            left = (planned.max_steps - last["step"]) * planned.batch_size / max(last["samples_per_s"], 1e-9)
+            row["eta"] = str(datetime.timedelta(seconds=round(left)))
+        if val:
+            row["val_cpsnr"] = f"{val[-1]['val_cpsnr']:.3f}"
+        rows.append(row)
+    return rows
+
+
+def cancel_runs(dirs: list[Path]) -> list[str]:
+    """Cancel every SLURM job of these members that has not ended; what was done, a line each."""
+    said = []
+    for run_dir in member_dirs(dirs):
+        for job in _jobs(run_dir):
+            if job["cluster"] != "slurm":
+                said.append(f"{run_dir}: job {job['job_id']} runs as a local process; stop it with Ctrl-C")
+                continue
+            state = job_state(job["job_id"])
+            if state is not None and state.state not in ENDED:
+                cancel(job["job_id"])
+                said.append(f"{run_dir}: cancelled job {job['job_id']} ({state.state})")
+    return said
+
+
+def build_runs_parser(command: str, doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m piunet_dist.launch {command}", description=doc)
+    parser.add_argument("dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="run directories, or a sweep's directory (its members)")
+    return parser
+
+
+USAGE = ("python -m piunet_dist.launch [--config FILE] [flags] [section.key=value ...]\n"
+         "       python -m piunet_dist.launch evaluate --runs RUN_DIR ... [flags]\n"
+         "       python -m piunet_dist.launch status RUN_DIR ...\n"
+         "       python -m piunet_dist.launch cancel RUN_DIR ...")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    evaluating = bool(argv) and argv[0] == "evaluate"
-    args = (build_evaluate_parser().parse_args(argv[1:]) if evaluating else build_parser().parse_args(argv))
+    command = argv[0] if argv and argv[0] in ("evaluate", "status", "cancel") else "train"
     try:
-        return submit_evaluation(args) if evaluating else submit_training(args)
+        if command == "evaluate":
+            return submit_evaluation(build_evaluate_parser().parse_intermixed_args(argv[1:]))
+        if command == "status":
+            rows = status(build_runs_parser("status", "Each member's job, state, progress and ETA.")
+                          .parse_args(argv[1:]).dirs)
+            table(rows)
+            return 0
+        if command == "cancel":
+            for line in cancel_runs(build_runs_parser("cancel", "Cancel every job of these members.")
+                                    .parse_args(argv[1:]).dirs):
+                print(line)
+            return 0
+        return submit_training(build_parser().parse_intermixed_args(argv))
     except UserError as e:
         print(f"piunet-dist launch: error: {e}", file=sys.stderr)
         return 2
+
+
+def table(rows: list[dict]) -> None:
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
+    print("  ".join(k.ljust(w) for k, w in widths.items()))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(w) for k, w in widths.items()))
 
 
 if __name__ == "__main__":

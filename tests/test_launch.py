@@ -68,6 +68,13 @@ def wait_for_job(job: str, timeout: float = 300) -> str:
         time.sleep(2)
 
 
+def wait_until(path: Path, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert time.time() < deadline, what
+        time.sleep(0.5)
+
+
 def sacct_nodes(job: str) -> str:
     out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "NodeList%40"], capture_output=True, text=True)
     return out.stdout.strip()
@@ -99,13 +106,22 @@ def test_auto_runs_locally_where_no_controller_answers_and_skips_a_trained_run(s
 def test_the_piunet_dist_launch_command_is_the_launcher(tmp_path):
     result = subprocess.run([sys.executable, "-m", "piunet_dist", "launch", "--config", "configs/demo.yaml",
                              "--time", "soon", "--cluster", "local"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip() == "piunet-dist launch: error: --time: 'soon' is not HH:MM:SS"
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "piunet-dist launch: error: --time: 'soon' is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
     result = launch("--config", "configs/demo.yaml", "--time", "soon", "--cluster", "local", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == "piunet-dist launch: error: --time: 'soon' is not HH:MM:SS"
+    assert result.stderr.strip() == (
+        "piunet-dist launch: error: --time: 'soon' is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    run_dir = tmp_path / "uneven"
+    result = launch("--config", "configs/demo.yaml", "--cluster", "local", "--tasks-per-node", "3",
+                    f"run_dir={run_dir}", "train.batch_size=8", check=False)  # checked before anything is sent
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "piunet-dist launch: error: train.batch_size: 8 patches (train.grad_accum=1) do not split evenly over "
+        "3 processes")
+    assert not run_dir.exists()
     result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--cluster", "local", check=False)
     assert "local processes run on this machine only" in result.stderr
     (tmp_path / "run").mkdir()
@@ -134,14 +150,14 @@ def test_two_nodes_one_task_each_train_and_checkpoint(shards, tmp_path):
 @pytest.mark.slurm
 def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_path):
     run_dir = tmp_path / "preempt"
-    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
+    config = tmp_path / "run.yaml"
+    config.write_text(f"extends: {ROOT / 'configs/demo.yaml'}\n")
+    result = launch("--config", str(config), "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
                     f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=60",
                     "train.ckpt_every=10", "train.val_every=1000", "train.log_every=1")
     job = job_id(result.stdout)
-    deadline = time.time() + 240
-    while not (run_dir / "checkpoints/step_0000010").is_dir():
-        assert time.time() < deadline, "no checkpoint before the deadline"
-        time.sleep(0.5)
+    wait_until(run_dir / "checkpoints/step_0000010", 240, "no checkpoint before the deadline")
+    config.write_text(config.read_text() + "train:\n  lr: 0.5\n")  # edited after submission
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     deadline = time.time() + 300
     while not (run_dir / "checkpoints/step_0000060").is_dir():
@@ -159,6 +175,23 @@ def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_pat
     assert after == list(range(resumed + 1, 61))          # nothing lost after the checkpoint
     assert before[:resumed] == list(range(1, resumed + 1))  # and what came before was all there
     assert max(before) - resumed < 10                      # redone: at most the steps since it
+    assert "lr: 0.003" in (run_dir / "config.yaml").read_text()  # the job kept the config it was sent with
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_the_one_requeue_limit_is_honoured_and_its_end_logged(shards, tmp_path):
+    run_dir = tmp_path / "norequeue"
+    result = launch("--config", "configs/demo.yaml", "--cpus-per-task", "1", f"run_dir={run_dir}",
+                    f"data.shards={shards}", *TINY, "train.max_steps=40", "train.ckpt_every=10",
+                    "train.val_every=1000", "train.log_every=1", "launch.max_requeues=0")
+    job = job_id(result.stdout)
+    wait_until(run_dir / "checkpoints/step_0000010", 240, "no checkpoint before the deadline")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    assert wait_for_job(job) == "FAILED"  # not requeued: it ends, as a job at its time limit would
+    log = events(run_dir)
+    assert [e["event"] for e in log if e["event"].startswith("requeue")] == ["requeue_refused"]
+    assert sum(e["event"] == "start" for e in log) == 1
 
 
 @needs_slurm
@@ -314,3 +347,81 @@ def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
     key = lambda m: sorted((s["path"], s["sha256"]) for s in m["shards"])  # noqa: E731
     assert key(load_manifest(tmp_path / "out")) == key(load_manifest(tmp_path / "whole"))
     assert verify(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("text, minutes", [("30", 30), ("30:00", 30), ("30:01", 31), ("1:30:00", 90),
+                                           ("2-0", 2880), ("1-12:30", 2190), ("1-00:00:30", 1441)])
+def test_time_limits_in_every_format_slurm_reads(text, minutes):
+    from piunet_dist.slurm import minutes as read
+    assert read(text) == minutes
+
+
+def test_flags_and_settings_mix_in_any_order():
+    from piunet_dist.__main__ import build_command_parser
+    from piunet_dist.launch import build_parser
+    args = build_parser().parse_intermixed_args(["--config", "x.yaml", "data.band=NIR", "--nodes", "2",
+                                                 "train.lr=1e-3", "--wait"])
+    assert (args.nodes, args.wait, args.overrides) == (2, True, ["data.band=NIR", "train.lr=1e-3"])
+    args = build_command_parser("train").parse_intermixed_args(["data.band=RED", "--config", "y.yaml",
+                                                                "train.lr=1"])
+    assert (str(args.config), args.overrides) == ("y.yaml", ["data.band=RED", "train.lr=1"])
+    usage = launch("--help").stdout
+    assert all(f"piunet_dist.launch {command}" in usage for command in ("evaluate", "status", "cancel"))
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_a_request_no_node_can_run_is_refused_before_it_is_sent(shards, tmp_path):
+    run_dir = tmp_path / "big"
+    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task",
+                    "4", "--wait", f"run_dir={run_dir}", f"data.shards={shards}", check=False, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("piunet-dist launch: error: launch.cpus_per_task: 1 task(s) x 4 CPU(s) need 4 "
+                                     "CPUs on a node; partition debug's nodes have at most 2")
+    assert not run_dir.exists()
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, capsys):
+    from piunet_dist.config import load_config
+    from piunet_dist.launch import make_executor, wait_for
+    from piunet_dist.slurm import job_state
+    # the partition's limit drops below the job's time after the launcher's check: SLURM
+    # queues the job, which would then wait (for PartitionConfig, here) for ever
+    subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=1"], check=True)
+    try:
+        cfg = load_config(None, ["launch.cpus_per_task=1", "launch.time=5"])
+        job = make_executor(cfg, tmp_path, "hopeless", "slurm").submit(print, "never")
+        started = time.time()
+        assert wait_for([job], "debug") == 1
+        assert time.time() - started < 90
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=UNLIMITED"], check=True)
+    assert job_state(job.job_id).state == "CANCELLED"
+    assert f"job {job.job_id}: cancelled: it waited for PartitionConfig, which will not change by itself" in \
+        capsys.readouterr().err
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_status_then_cancel_and_wait_reports_the_cancelled_job_promptly(shards, tmp_path):
+    run_dir = tmp_path / "long"
+    waiting = subprocess.Popen([sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml",
+                                "--cpus-per-task", "1", "--wait", f"run_dir={run_dir}", f"data.shards={shards}",
+                                *TINY, "train.max_steps=100000", "train.log_every=1", "train.val_every=100000"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ((run_dir / "metrics.jsonl").is_file() and '"event": "train"' in (run_dir / "metrics.jsonl").read_text()):
+        assert time.time() < deadline and waiting.poll() is None, "the job did not start training"
+        time.sleep(1)
+    job = json.loads((run_dir / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
+    shown = launch("status", str(run_dir)).stdout.splitlines()
+    assert shown[0].split() == ["run", "job", "state", "step", "val_cpsnr", "samples_s", "eta"]
+    row = shown[1].split()
+    assert row[:3] == [str(run_dir), job, "RUNNING"] and row[3].endswith("/100000")
+    assert launch("cancel", str(tmp_path)).stdout.strip() == f"{run_dir}: cancelled job {job} (RUNNING)"
+    cancelled = time.time()
+    _, err = waiting.communicate(timeout=120)
+    assert time.time() - cancelled < 90 and waiting.returncode == 1
+    assert f"job {job}: CANCELLED" in err
