@@ -11,8 +11,11 @@ on CPUs, where the eager search is bound by memory traffic.
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
+
+log = logging.getLogger(__name__)
 
 BORDER = 3
 SIDE = 2 * BORDER + 1  # shifts per axis
@@ -63,11 +66,32 @@ def best_shift(y: torch.Tensor, p: torch.Tensor, m: torch.Tensor,
     return values.masked_fill(n == 0, float("inf")).flatten(1).argmin(dim=1)
 
 
+class _CompiledSearch:
+    """best_shift through torch.compile; where that cannot compile (no C++ compiler, say) it
+    says so once and runs eagerly from then on. Only this search falls back: a model that
+    fails to compile still fails aloud."""
+
+    def __init__(self):
+        self.search = None
+
+    def __call__(self, *args):
+        if self.search is None:
+            self.search = torch.compile(best_shift, dynamic=False)
+        if self.search is best_shift:
+            return best_shift(*args)
+        try:
+            return self.search(*args)
+        except Exception as e:  # noqa: BLE001 - inductor fails in many ways; eager is the same function
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("train.compile_loss: the loss's shift search does not compile here (%s); it runs eagerly",
+                        first[:200])
+            self.search = best_shift
+            return best_shift(*args)
+
+
 @functools.cache
-def _compiled_best_shift():
-    # where compiling is impossible (no C++ compiler, say), dynamo warns and runs eagerly
-    torch._dynamo.config.suppress_errors = True
-    return torch.compile(best_shift, dynamic=False)
+def _compiled_best_shift() -> _CompiledSearch:
+    return _CompiledSearch()
 
 
 def _registered(y, mu, mask, log_scale, legacy_sigma_bias, compiled) -> torch.Tensor:

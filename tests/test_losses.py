@@ -84,3 +84,25 @@ def test_compiled_search_gives_the_same_loss_and_gradients():
         for a, b in zip(grads(fused, [mu, s]), grads(eager, [mu, s])):
             torch.testing.assert_close(a, b)
     torch.testing.assert_close(registered_l1(y, mu, mask, compiled=True), registered_l1(y, mu, mask))
+
+
+def test_a_loss_search_that_cannot_compile_says_so_and_runs_eagerly(tmp_path):
+    import os
+    import subprocess
+    import sys
+    script = (
+        "import torch\n"
+        "from piunet_dist.losses import registered_l1\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "y, p = torch.rand(2, 1, 24, 24, generator=g), torch.rand(2, 1, 24, 24, generator=g)\n"
+        "m = torch.rand(2, 1, 24, 24, generator=g) > 0.2\n"
+        "print(registered_l1(y, p, m, compiled=True).item() == registered_l1(y, p, m).item())\n"
+        "print(torch._dynamo.config.suppress_errors)\n")
+    # no C++ compiler for inductor, in a cache of its own so that nothing compiled before is reused
+    env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "False"]  # the eager search, and no process-wide switch
+    said = [line for line in done.stderr.splitlines() if "compile_loss" in line]
+    assert len(said) == 1 and said[0].startswith(
+        "train.compile_loss: the loss's shift search does not compile here ("), done.stderr[-2000:]
