@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "tests"))  # the straightforward references live with the tests
+sys.path.insert(0, str(ROOT / "references"))  # the straightforward references, as the tests use them
 
 
 def machine() -> str:

@@ -1,7 +1,7 @@
 """Evaluation benchmark: a whole validation band predicted with the 4-rotation
 self-ensemble and scored by cPSNR, as `python -m piunet_dist evaluate` does it (scenes in
 batches from the shards' loader, the fast model and metric), against scene by scene with
-the straightforward reference (tests/reference_piunet.py, one rotation per forward, the
+the straightforward reference (references/reference_piunet.py, one rotation per forward, the
 cPSNR looped over the 49 shifts). Paper configuration, weights as initialised.
 
     python bench/evaluate.py [--scenes N] [--batch-sizes B ...]

@@ -10,7 +10,7 @@ rewritten after every section, so a run cut short keeps what it measured:
   sequences; its time, forward and backward.
 - step: one optimizer step of the paper configuration at batch 24 and 96 (forward,
   registered Laplace loss, backward, the trainer's finiteness check, clipping, fused
-  Adam): samples/s and peak memory, against the straightforward reference in tests/ and,
+  Adam): samples/s and peak memory, against the straightforward reference in references/ and,
   with --published DIR (the published code's model.py and losses.py), against that.
 - train: `python -m piunet_dist train` end to end on synthetic shards, its samples/s from
   metrics.jsonl against the step alone.

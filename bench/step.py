@@ -1,6 +1,6 @@
 """Training-step benchmark: samples/s and peak memory of one optimizer step (forward,
 registered Laplace loss, backward, clipping, Adam) for the paper and demo configurations,
-against the straightforward reference (tests/reference_piunet.py with the loss looped over
+against the straightforward reference (references/reference_piunet.py with the loss looped over
 the 49 shifts), in fp32 and bf16, eager, compiled and with activation checkpointing.
 
     python bench/step.py [--configs paper demo] [--precisions fp32 bf16] [--modes ...] [--repeats N]

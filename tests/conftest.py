@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# the oracles (reference_piunet.py, oracles.py) are plain modules beside the tests
+# the straightforward references (references/: reference_piunet.py, oracles.py) that the
+# benchmarks share, and the helpers beside the tests, are plain modules
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "references"))
 
 # two cores: keep a test's tensor ops from fighting the other processes it starts
 torch.set_num_threads(min(2, torch.get_num_threads()))
