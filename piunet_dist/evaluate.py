@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import shutil
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -39,8 +37,9 @@ from .data.probav import LR_SIZE
 from .data.shards import scene_count, scene_names, shard_paths
 from .errors import UserError
 from .files import replacing, sha256, write_json
+from .outputs import predicted, read_outputs, write_outputs
 from .inference import predict, resolve_precision, scenes_per_batch, transforms
-from .metrics import PEAK, ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
+from .metrics import ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
 from .model import PIUNet
 from .weights import load_weights
 
@@ -143,22 +142,6 @@ def scene_scores(sr, scale, hr, sm, norm, search: ShiftSearch) -> dict[str, floa
     }
 
 
-def write_outputs(folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor) -> None:
-    """The SR PNG and the scale map, each written whole or not at all; the PNG last, so a
-    scene whose PNG is there is complete."""
-    image = sr[0].round().clamp(0, PEAK).to(torch.int32).cpu().numpy().astype(np.uint16)
-    scale_npy = io.BytesIO()  # written by one write, whose failure (a full disk) names its cause
-    np.save(scale_npy, scale[0].float().cpu().numpy())
-    with replacing(folder / f"{name}_scale.npy") as partial:
-        partial.write_bytes(scale_npy.getvalue())
-    with replacing(folder / f"{name}.png") as partial:
-        Image.fromarray(image).save(partial, format="PNG")
-
-
-def predicted(folder: Path, name: str) -> bool:
-    return (folder / f"{name}.png").is_file() and (folder / f"{name}_scale.npy").is_file()
-
-
 def _scenes(band: str, members: list[Member], shards: Path, split: str, rank: int, world: int) -> EvalScenes:
     data = members[0].cfg.data
     for m in members[1:]:
@@ -212,19 +195,6 @@ def _keep_if_same(folder: Path, stamp: dict) -> None:
             if path.suffix in (".png", ".npy", ".partial") and path.name.startswith("imgset"):
                 path.unlink()
     write_json(folder / STAMP, stamp)
-
-
-def read_outputs(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A member's written prediction of a scene: SR (the 16-bit PNG, as delivered) and scale, (1,H,W)."""
-    try:
-        sr = np.asarray(Image.open(folder / f"{name}.png")).astype(np.float32)
-        scale = np.load(folder / f"{name}_scale.npy")
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename}: missing (did this member's predictions finish?)") from None
-    except (OSError, ValueError, SyntaxError) as e:  # PIL and numpy name damage in many ways
-        raise UserError(f"{folder / name}: a damaged prediction ({type(e).__name__}: {e}); "
-                        "delete it and evaluate again") from None
-    return torch.from_numpy(sr)[None], torch.from_numpy(scale)[None]
 
 
 def score_band(band: str, members: list[Member], shards: Path, split: str, out: Path,

@@ -31,7 +31,7 @@ import submitit
 from . import checkpoint
 from .config import Config, check_world, count_or_auto, load_config
 from .errors import UserError
-from .evaluate import add_evaluation_arguments, check_runs
+from .evaluate import add_evaluation_arguments, check_runs, evaluate
 from .files import append_line, read_json_lines
 from .slurm import ENDED, TIME_FORMATS, cancel, check_request, hopeless, job_state, minutes
 
@@ -68,20 +68,16 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 class EvaluateTask(submitit.helpers.Checkpointable):
-    """`python -m piunet_dist evaluate ARGS` as a job (a predict task of the array, or the scoring);
-    predictions are deterministic, so a preempted task simply runs again."""
+    """One phase of an evaluation as a job (a predict task of the array, or the scoring);
+    predictions are deterministic and resumable, so a preempted task simply runs again."""
 
-    def __init__(self, argv: list[str], threads: int):
-        self.argv, self.threads = list(argv), threads
+    def __init__(self, settings: dict, threads: int):
+        self.settings, self.threads = dict(settings), threads
 
     def __call__(self) -> None:
         import torch
-
-        from .__main__ import main as cli
         torch.set_num_threads(self.threads)
-        code = cli(["evaluate", *self.argv])
-        if code:
-            raise RuntimeError(f"evaluate {' '.join(self.argv)} exited {code} (its error is above)")
+        evaluate(**self.settings)
 
 
 def _append_event(run_dir: Path, record: dict, log: str = "metrics.jsonl") -> None:
@@ -255,11 +251,9 @@ def submit_evaluation(args) -> int:
     cfg = load_config(None, flags + ["launch.nodes=1", "launch.tasks_per_node=1"])
     cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
     check_runs(args.runs)
-    common = ["--runs", *map(str, args.runs), "--split", args.split, "--self-ensemble", str(args.self_ensemble),
-              "--checkpoint", args.checkpoint, "--out", str(args.out), "--batch-size", str(args.batch_size),
-              "--precision", args.precision]
-    if args.shards:
-        common += ["--shards", str(args.shards)]
+    common = {"runs": list(args.runs), "split": args.split, "shards": args.shards, "self_ensemble": args.self_ensemble,
+              "which": args.checkpoint, "out": Path(args.out), "batch_size": str(args.batch_size),
+              "precision": args.precision}
     folder = Path(args.out) / "slurm"
     kind = cluster_kind(cfg.launch.cluster)
     launch = cfg.launch
@@ -267,8 +261,7 @@ def submit_evaluation(args) -> int:
         check_request(launch.partition, 1, 1, launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
     executor = make_executor(cfg, folder, "piunet-predict", kind)
     with executor.batch():
-        tasks = [executor.submit(EvaluateTask([*common, "--phase", "predict", "--member", str(i)],
-                                              cfg.launch.cpus_per_task))
+        tasks = [executor.submit(EvaluateTask({**common, "phase": "predict", "member": i}, cfg.launch.cpus_per_task))
                  for i in range(len(args.runs))]
     for task, run_dir in zip(tasks, args.runs):
         print(f"job {task.job_id} ({kind}): predict with {run_dir}")
@@ -277,7 +270,7 @@ def submit_evaluation(args) -> int:
         scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
     elif wait_for(tasks, launch.partition):  # local processes: no scheduler to hold the scoring back
         return 1
-    score = scorer.submit(EvaluateTask([*common, "--phase", "score"], cfg.launch.cpus_per_task))
+    score = scorer.submit(EvaluateTask({**common, "phase": "score"}, cfg.launch.cpus_per_task))
     print(f"job {score.job_id} ({kind}): ensembles and scores -> {args.out}/summary.json")
     print(f"  logs: {folder}")
     return wait_for([*tasks, score] if kind == "slurm" else [score], launch.partition) if args.wait else 0

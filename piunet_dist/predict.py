@@ -18,8 +18,8 @@ import torch
 from .data.pipeline import prepare_frames
 from .data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
 from .errors import UserError
-from .evaluate import write_outputs
 from .inference import predict, resolve_precision
+from .outputs import write_outputs
 from .weights import model_from_weights
 
 
