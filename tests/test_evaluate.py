@@ -305,6 +305,10 @@ def test_a_full_disk_is_one_line_for_every_command_and_nothing_is_left_half_writ
             ": cannot write (No space left on device)"), (command, err[-2000:])
         assert "Traceback" not in err
     assert [p for p in small_disk.rglob("*") if p.name.endswith(".partial") or ".partial" in p.name] == []
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # and a read-only disk
+    assert main(["report", str(small_disk / "eval"), "--out", str(small_disk / "eval" / "report")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"piunet-dist report: error: {small_disk / 'eval' / 'report'}: cannot write (Read-only file system)")
 
 
 def test_the_report_leaves_out_a_torn_line_of_metrics_jsonl(members, tmp_path, capsys):

@@ -221,11 +221,11 @@ def test_failing_job_makes_wait_exit_non_zero_with_its_error(tmp_path):
 @needs_slurm
 @pytest.mark.slurm
 def test_dry_run_prints_the_sbatch_script(tmp_path):
-    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--partition", "debug", "--time", "01:30:00",
-                    "--dry-run", f"run_dir={tmp_path / 'dry'}")
+    result = launch("--config", "configs/demo.yaml", f"run_dir={tmp_path / 'dry'}", "--nodes", "2",
+                    "train.lr=1e-3", "--partition", "debug", "--time", "30:00", "--dry-run")  # mixed, any order
     script = result.stdout
     assert script.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in script
-    assert "#SBATCH --partition=debug" in script and "#SBATCH --time=90" in script
+    assert "#SBATCH --partition=debug" in script and "#SBATCH --time=30" in script  # SLURM's M:S
     assert not (tmp_path / "dry" / "slurm").exists() or not any((tmp_path / "dry" / "slurm").glob("*.pkl"))
 
 
@@ -378,6 +378,12 @@ def test_a_request_no_node_can_run_is_refused_before_it_is_sent(shards, tmp_path
     assert result.returncode == 2
     assert result.stderr.strip() == ("piunet-dist launch: error: launch.cpus_per_task: 1 task(s) x 4 CPU(s) need 4 "
                                      "CPUs on a node; partition debug's nodes have at most 2")
+    assert not run_dir.exists()
+    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--cpus-per-task", "1", "--cluster", "slurm",
+                    f"run_dir={run_dir}", "train.batch_size=3", check=False, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "piunet-dist launch: error: train.batch_size: 3 patches (train.grad_accum=1) do not split evenly over "
+        "2 processes")
     assert not run_dir.exists()
 
 
