@@ -38,6 +38,7 @@ from .data.shards import scene_count, scene_names, shard_paths
 from .errors import UserError
 from .files import replacing, sha256, write_json
 from .outputs import predicted, read_outputs, write_outputs
+from .shifts import aligned, crop
 from .inference import predict, resolve_precision, scenes_per_batch, transforms
 from .metrics import ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
 from .model import PIUNet
@@ -118,11 +119,9 @@ SCALE_BINS = np.geomspace(1.0, 1e4, 25)  # DN: edges of the calibration curve's 
 def calibration_counts(sr, scale, hr, sm, search: ShiftSearch) -> tuple[list[float], list[int], list[float]]:
     """Per bin of predicted scale (DN): the sum of |error| and of the scale, and the pixel count,
     over the clear pixels at the best shift; summed over scenes they give the calibration curve."""
-    u, v = divmod(int(search.best[0]), 7)
-    window = (0, 0, slice(u, u + sr.shape[-2] - 6), slice(v, v + sr.shape[-1] - 6))
-    y, m = hr[window], sm[window]
-    p = sr[0, 0, 3:-3, 3:-3].double() + search.bias[0]
-    b = scale[0, 0, 3:-3, 3:-3].double()[m].numpy()
+    y, m = (aligned(t[0, 0], search.best[0], sr.shape[-2:]) for t in (hr, sm))
+    p = crop(sr)[0, 0].double() + search.bias[0]
+    b = crop(scale)[0, 0].double()[m].numpy()
     err = (y.double() - p)[m].abs().numpy()
     which = np.clip(np.digitize(b, SCALE_BINS) - 1, 0, len(SCALE_BINS) - 2)
     n = len(SCALE_BINS) - 1

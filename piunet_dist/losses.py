@@ -15,29 +15,9 @@ import logging
 
 import torch
 
+from .shifts import crop, select_shift, shift_windows
+
 log = logging.getLogger(__name__)
-
-BORDER = 3
-SIDE = 2 * BORDER + 1  # shifts per axis
-
-
-def shift_windows(img: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, 7, 7, H-6, W-6): every placement of the cropped window, a view."""
-    _, _, hgt, wid = img.shape
-    return img[:, 0].unfold(1, hgt - 2 * BORDER, 1).unfold(2, wid - 2 * BORDER, 1)
-
-
-def crop(img: torch.Tensor) -> torch.Tensor:
-    return img[:, :, BORDER:-BORDER, BORDER:-BORDER]
-
-
-def select_shift(windows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Window of shift index[b] (u*7+v; (B,) or (B,k)) of every sample -> (B,[k,]h,w)."""
-    rows = torch.arange(windows.shape[0], device=windows.device)
-    if index.dim() == 2:
-        rows = rows[:, None]
-    return windows[rows, index // SIDE, index % SIDE]
-
 
 def _shift_losses(y_w, p, m_w, log_scale, legacy_sigma_bias):
     """Registered loss of windows y_w, m_w (B, ..., h, w) against p (B, h, w) -> (B, ...).

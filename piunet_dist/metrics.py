@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from .losses import SIDE, crop, select_shift, shift_windows
+from .shifts import SIDE, crop, select_shift, shift_windows
 
 PEAK = 65535.0
 SSIM_WINDOW = 11

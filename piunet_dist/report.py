@@ -30,6 +30,7 @@ from .data.shards import shard_paths  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .files import disk_error, read_json_lines, replacing, write_text  # noqa: E402
 from .metrics import shift_search  # noqa: E402
+from .shifts import aligned, crop  # noqa: E402
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#1d2330}
@@ -145,9 +146,9 @@ def panels_figure(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: 
         scale = np.load(eval_dir / band / "ensemble" / f"{name}_scale.npy")
         hr, sm = scene["hr"], scene["sm"]
         found_shift = shift_search(sr[None, None], hr[None, None], sm[None, None])
-        u, v = divmod(int(found_shift.best[0]), 7)
-        err = (hr[u:u + 378, v:v + 378] - sr[3:-3, 3:-3] - float(found_shift.bias[0])).abs().numpy()
-        err[~sm[u:u + 378, v:v + 378].numpy()] = np.nan
+        shift = found_shift.best[0]
+        err = (aligned(hr, shift, sr.shape) - crop(sr[None, None])[0, 0] - float(found_shift.bias[0])).abs().numpy()
+        err[~aligned(sm, shift, sr.shape).numpy()] = np.nan
         lo, hi = np.percentile(hr.numpy()[sm.numpy()], [1, 99]) if sm.any() else (hr.min(), hr.max())
         images = (np.kron(scene["lr"][0].numpy(), np.ones((3, 3))), bicubic_mean(scene["lr"][None])[0, 0].numpy(),
                   sr.numpy(), hr.numpy())
