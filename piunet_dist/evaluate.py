@@ -78,7 +78,7 @@ def load_members(runs: list[Path], which: str, device, predicting: set[int] | No
         model, digest = None, None
         if predicting is None or i in predicting:
             path = weights_path(run_dir, which)
-            model = PIUNet(cfg.model.n_feat, cfg.model.r_bneck, cfg.model.n_tefa, cfg.model.n_heads)
+            model = PIUNet.from_config(cfg.model)
             model = load_weights(model, path).to(device).eval()
             digest = sha256(path / "model.safetensors")
         name = run_dir.name if run_dir.name not in names else f"{run_dir.parent.name}-{run_dir.name}"

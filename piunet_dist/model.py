@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import TemporalAttention
+from .config import ModelConfig
 
 # Fixed normalisation of LR and HR digital numbers (PIUNET.md section 2), both bands.
 NORM_MEAN = 7433.6436
@@ -155,6 +156,10 @@ class PIUNet(nn.Module):
         self.norm_sigma = nn.BatchNorm2d(n_feat)
         self.set_attention(attention)
 
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, checkpoint_blocks: bool = False) -> PIUNet:
+        return cls(cfg.n_feat, cfg.r_bneck, cfg.n_tefa, cfg.n_heads, checkpoint_blocks, cfg.attention)
     def set_attention(self, impl: str) -> None:
         """Which implementation of the temporal attention's core runs (attention.py): same
         parameters, same function to rounding."""

@@ -32,8 +32,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .attention import resolve
-from .config import (Config, check_world, config_hash, load_config, run_differences, settings_help, to_dict,
-                     to_yaml)
+from .config import Config, check_world, config_hash, load_config, run_differences, settings_help, to_yaml
 from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
 from .data.probav import LR_SIZE
 from .data.shards import shard_paths
@@ -67,7 +66,7 @@ class Trainer:
         self.train_shards, self.val_shards = self._shards()
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
-        model = PIUNet(**to_dict(cfg)["model"], checkpoint_blocks=cfg.train.activation_checkpointing)
+        model = PIUNet.from_config(cfg.model, checkpoint_blocks=cfg.train.activation_checkpointing)
         if self._use_sync_bn(on_gpu):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.train.compile_model:
@@ -223,14 +222,8 @@ class Trainer:
 
     def _batches(self):
         """The stream of the current segment, past the batches this segment already gave."""
-        d = self.cfg.data
-        settings = PatchSettings(n_frames=d.n_frames, policy=d.policy, patch=d.patch, min_clear=d.min_clear,
-                                 patches_per_scene=d.patches_per_scene, augment=d.augment,
-                                 shuffle_buffer=d.shuffle_buffer, register=d.register,
-                                 min_clearance=d.min_clearance, skip_corrupt=d.skip_corrupt,
-                                 max_skipped_share=d.max_skipped_share)
-        stream = TrainPatches(self.train_shards, settings, seed=self.cfg.train.seed, rank=self.acc.process_index,
-                              segment=self.state["segment"])
+        stream = TrainPatches(self.train_shards, PatchSettings.from_config(self.cfg.data), seed=self.cfg.train.seed,
+                              rank=self.acc.process_index, segment=self.state["segment"])
         loader = DataLoader(stream, batch_size=self.micro_batch, num_workers=self.cfg.data.workers,
                             pin_memory=self.acc.device.type == "cuda", worker_init_fn=ignore_interrupts_in_worker)
         batches = iter(loader)

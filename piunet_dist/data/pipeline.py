@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..baselines import challenge_baseline
+from ..config import DataConfig
 from ..errors import UserError
 from ..model import NORM_MEAN, NORM_STD
 from .probav import MIN_CLEARANCE, Scene, select_frames
@@ -111,6 +112,11 @@ class PatchSettings:
     min_clearance: float = MIN_CLEARANCE
     skip_corrupt: bool = False
     max_skipped_share: float = 0.05  # with skip_corrupt: stop when more of what is read is corrupt
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> PatchSettings:
+        """The data section's settings that shape the patches."""
+        return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
 
 
 class TrainPatches(IterableDataset):
