@@ -8,7 +8,6 @@ renamed by the main process once whole, so a directory named step_NNNNNNN is com
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -18,13 +17,13 @@ from safetensors.torch import save_file
 
 from .errors import UserError
 from .files import PARTIAL, disk_error, disk_failure, remove, replacing
+from .run_dir import STEP, RunDir
 
 STATE = "trainer_state.json"
-STEP_DIR = re.compile(r"step_(\d{7})$")
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return RunDir(run_dir).checkpoints
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -32,7 +31,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / STATE).is_file()]
+    found = [p for p in root.iterdir() if STEP.match(p.name) and (p / STATE).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -44,14 +43,14 @@ def latest(run_dir: Path) -> Path | None:
 def latest_step(run_dir: Path) -> int:
     """Step of the newest complete checkpoint; 0 when there is none."""
     newest = latest(run_dir)
-    return 0 if newest is None else int(STEP_DIR.match(newest.name).group(1))
+    return 0 if newest is None else int(STEP.match(newest.name).group(1))
 
 
 def save(accelerator: Accelerator, run_dir: Path, step: int, state: dict, keep_last: int) -> Path:
     """Write the checkpoint of `step` on every process; the main process renames and prunes.
     A process that cannot write (a full disk) stops every process with one line, and the
     half-written directory is removed."""
-    final = checkpoints_dir(run_dir) / f"step_{step:07d}"
+    final = RunDir(run_dir).checkpoint(step)
     partial = final.with_name(final.name + PARTIAL)
     main = accelerator.is_main_process
 
@@ -108,8 +107,8 @@ def best_state(run_dir: Path) -> dict | None:
 
 def best_dir(run_dir: Path) -> Path | None:
     """run_dir/best/, or what a kill while replacing it left whole (best.old); None if neither."""
-    for name in ("best", "best.old"):
-        path = Path(run_dir) / name
+    best = RunDir(run_dir).best
+    for path in (best, best.with_name("best.old")):
         if (path / "model.safetensors").is_file() and (path / STATE).is_file():
             return path
     return None
@@ -120,7 +119,7 @@ def save_best(accelerator: Accelerator, model: torch.nn.Module, run_dir: Path, s
     if not accelerator.is_main_process:
         return
     weights = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-    with replacing(Path(run_dir) / "best") as partial:
+    with replacing(RunDir(run_dir).best) as partial:
         partial.mkdir()
         save_file(weights, str(partial / "model.safetensors"))
         (partial / STATE).write_text(json.dumps(state, indent=1))

@@ -38,6 +38,7 @@ from .data.shards import scene_count, scene_names, shard_paths
 from .errors import UserError
 from .files import replacing, sha256, write_json
 from .outputs import predicted, read_outputs, write_outputs
+from .run_dir import RunDir
 from .shifts import aligned, crop
 from .inference import predict, resolve_precision, scenes_per_batch, transforms
 from .metrics import ShiftSearch, challenge_score, cpsnr, cssim, psnr_db, shift_search, uncertainty_stats
@@ -74,7 +75,7 @@ def load_members(runs: list[Path], which: str, device, predicting: set[int] | No
     check_runs(runs)
     members, names = [], set()
     for i, run_dir in enumerate(runs):
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(RunDir(run_dir).config)
         model, digest = None, None
         if predicting is None or i in predicting:
             path = weights_path(run_dir, which)
@@ -91,7 +92,7 @@ def check_runs(runs: list[Path]) -> None:
     """Every run a run directory, none given twice (it would count as two members)."""
     seen = {}
     for run_dir in runs:
-        if not (Path(run_dir) / "config.yaml").is_file():
+        if not RunDir(run_dir).config.is_file():
             raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
         key = Path(run_dir).resolve()
         if key in seen:

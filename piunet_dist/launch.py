@@ -33,6 +33,7 @@ from .config import Config, check_world, count_or_auto, load_config
 from .errors import UserError
 from .evaluate import add_evaluation_arguments, check_runs, evaluate
 from .files import append_line, read_json_lines
+from .run_dir import RunDir
 from .slurm import ENDED, TIME_FORMATS, cancel, check_request, hopeless, job_state, minutes
 
 FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "account", "time", "qos",
@@ -61,7 +62,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         limit = self.cfg.launch.max_requeues
         requeue = count < limit
-        _append_event(Path(self.cfg.run_dir), {"event": "requeue" if requeue else "requeue_refused",
+        _append_event(RunDir(self.cfg.run_dir).metrics, {"event": "requeue" if requeue else "requeue_refused",
                                                "restart_count": count, "max_requeues": limit,
                                                "job_id": os.environ.get("SLURM_JOB_ID")})
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg)) if requeue else None
@@ -80,10 +81,10 @@ class EvaluateTask(submitit.helpers.Checkpointable):
         evaluate(**self.settings)
 
 
-def _append_event(run_dir: Path, record: dict, log: str = "metrics.jsonl") -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _append_event(log: Path, record: dict) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    append_line(run_dir / log, json.dumps({**record, "time": stamp}))
+    append_line(log, json.dumps({**record, "time": stamp}))
 
 
 def cluster_kind(choice: str) -> str:
@@ -153,7 +154,7 @@ def submit_training(args) -> int:
     launch = cfg.launch
     minutes(launch.time)
     world = launch.nodes * (launch.gpus_per_node or launch.tasks_per_node)
-    folder = Path(cfg.run_dir) / "slurm"
+    folder = RunDir(cfg.run_dir).slurm
     name = f"piunet-{Path(cfg.run_dir).name}"
     runs = []
     for run_dir, extra in members(args, cfg):
@@ -176,14 +177,11 @@ def submit_training(args) -> int:
     with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
         jobs = [executor.submit(TrainJob(member)) for _, member in runs]
     for job, (run_dir, _) in zip(jobs, runs):
-        _append_event(Path(run_dir), {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
-                                      "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}, JOBS)
+        _append_event(RunDir(run_dir).jobs, {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
+                                             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
         print(f"job {job.job_id} ({kind}): run dir {run_dir}")
         print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
     return wait_for(jobs, launch.partition) if args.wait else 0
-
-
-JOBS = "jobs.jsonl"  # in a run dir: every job submitted for it, newest last
 
 
 def wait_for(jobs, partition: str = "") -> int:
@@ -319,18 +317,19 @@ def member_dirs(dirs: list[Path]) -> list[Path]:
     """The run dirs among `dirs`, and the members (run dirs with jobs) of any sweep among them."""
     found = []
     for d in dirs:
-        if (d / JOBS).is_file():
+        jobs = RunDir(d).jobs.name
+        if RunDir(d).jobs.is_file():
             found.append(d)
         else:
-            inside = sorted(p.parent for p in d.glob(f"*/{JOBS}"))
+            inside = sorted(p.parent for p in d.glob(f"*/{jobs}"))
             if not inside:
-                raise UserError(f"{d}: no job was submitted for it (no {JOBS}, nor members with one)")
+                raise UserError(f"{d}: no job was submitted for it (no {jobs}, nor members with one)")
             found += inside
     return found
 
 
 def _jobs(run_dir: Path) -> list[dict]:
-    return read_json_lines(run_dir / JOBS)[0]
+    return read_json_lines(RunDir(run_dir).jobs)[0]
 
 
 def status(dirs: list[Path]) -> list[dict]:
@@ -344,10 +343,11 @@ def status(dirs: list[Path]) -> list[dict]:
             state = job_state(job["job_id"])
             row["state"] = "unknown" if state is None else state.state + (
                 f" ({state.reason})" if state.state == "PENDING" else "")
-        events = read_json_lines(run_dir / "metrics.jsonl")[0] if (run_dir / "metrics.jsonl").is_file() else []
+        run = RunDir(run_dir)
+        events = read_json_lines(run.metrics)[0] if run.metrics.is_file() else []
         train = [e for e in events if e.get("event") == "train"]
         val = [e for e in events if e.get("event") == "val"]
-        planned = load_config(run_dir / "config.yaml").train if (run_dir / "config.yaml").is_file() else None
+        planned = load_config(run.config).train if run.config.is_file() else None
         if train and planned:
             last = train[-1]
             row["step"] = f"{last['step']}/{planned.max_steps}"

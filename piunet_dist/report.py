@@ -30,6 +30,7 @@ from .data.shards import shard_paths  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .files import disk_error, read_json_lines, replacing, write_text  # noqa: E402
 from .metrics import shift_search  # noqa: E402
+from .run_dir import RunDir  # noqa: E402
 from .shifts import aligned, crop  # noqa: E402
 
 STYLE = """
@@ -47,7 +48,7 @@ def _png_data(path: Path) -> str:
 
 
 def _events(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     records, bad = read_json_lines(path)
     if bad:  # a line torn by a kill, which the run's next start removes
         print(f"{path}: {bad} line(s) that are not whole records left out", file=sys.stderr)
@@ -188,7 +189,7 @@ def text_table(title: str, table: list[tuple[str, float, float | None]]) -> str:
 
 def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
     """Write the report; returns index.html and the per-band tables as text."""
-    runs = [d for d in dirs if (d / "metrics.jsonl").is_file()]
+    runs = [d for d in dirs if RunDir(d).metrics.is_file()]
     evals = [d for d in dirs if (d / "summary.json").is_file()]
     for d in dirs:
         if d not in runs and d not in evals:

@@ -42,13 +42,14 @@ from .losses import registered_l1, registered_laplace
 from .inference import predict, scenes_per_batch
 from .metrics import CPSNR, CSSIM, UncertaintyCalibration
 from .model import PIUNet
+from .run_dir import RunDir
 from .stop import Interrupted, StopRequest, ignore_interrupts_in_worker
 
 
 class Trainer:
     def __init__(self, cfg: Config, stop_on_signals: bool = True):
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
+        self.run_dir = RunDir(cfg.run_dir)
         self.resume_from = _check_run_dir(cfg)  # before anything is written
         # under submitit, SLURM's signals are its own: it requeues the job
         self.stop = StopRequest() if stop_on_signals else None
@@ -276,9 +277,9 @@ class Trainer:
 
     def _start(self) -> None:
         cfg = self.cfg
-        metrics = self.run_dir / "metrics.jsonl"
+        metrics = self.run_dir.metrics
         if self.acc.is_main_process:
-            write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+            write_text(self.run_dir.config, to_yaml(cfg))
             cut = repair_lines(metrics)
             if cut:
                 print(f"{metrics}: removed a torn last line ({cut} bytes) that a killed run left", file=sys.stderr)
@@ -317,7 +318,7 @@ class Trainer:
             return
         record = {"event": event, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   **fields}
-        append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
+        append_line(self.run_dir.metrics, json.dumps(record))
         numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
         if numbers and event != "start":
             self.acc.log(numbers, step=fields["step"])
@@ -334,9 +335,9 @@ def _check_run_dir(cfg: Config) -> Path | None:
             raise UserError(f"{run_dir}: holds a run already (checkpoints or best/); train.resume=false starts a "
                             "new run only in an unused run_dir: choose another run_dir, or move this one aside")
         return None
-    if used and (run_dir / "config.yaml").is_file():
+    if used and RunDir(run_dir).config.is_file():
         try:
-            previous = load_config(run_dir / "config.yaml")
+            previous = load_config(RunDir(run_dir).config)
         except UserError as e:
             raise UserError(f"cannot resume: {e}") from None
         changed = run_differences(previous, cfg)

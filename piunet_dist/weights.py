@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import UserError
 from .model import PIUNet
+from .run_dir import RunDir
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
@@ -102,14 +103,10 @@ def model_from_weights(path: str | Path, n_heads: int | None = None) -> PIUNet:
 
 def _run_heads(path: Path) -> int | None:
     """model.n_heads of the run that wrote these weights (best/ or checkpoints/step_N/), if known."""
-    folder = path if path.is_dir() else path.parent
-    if folder.name in ("best", "best.old"):
-        config = folder.parent / "config.yaml"
-    elif re.fullmatch(r"step_\d{7}", folder.name):
-        config = folder.parent.parent / "config.yaml"
-    else:
+    run = RunDir.of_weights(path)
+    if run is None:
         return None
     try:
-        return int(yaml.safe_load(config.read_text())["model"]["n_heads"])
+        return int(yaml.safe_load(run.config.read_text())["model"]["n_heads"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
