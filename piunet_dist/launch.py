@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -24,20 +25,20 @@ import shutil
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import submitit
 
 from . import checkpoint
-from .config import Config, check_world, count_or_auto, load_config
+from .config import CHOICES, Config, LaunchConfig, check_world, count_or_auto, load_config
 from .errors import UserError
 from .evaluate import add_evaluation_arguments, check_runs, evaluate
 from .files import append_line, read_json_lines
 from .run_dir import RunDir
-from .slurm import ENDED, TIME_FORMATS, cancel, check_request, hopeless, job_state, minutes
+from .slurm import ENDED, cancel, check_request, hopeless, job_state, minutes
 
-FLAGS = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "partition", "account", "time", "qos",
-         "constraint", "mem", "cluster")
+FLAGS = tuple(f.name for f in dataclasses.fields(LaunchConfig))  # each launch setting is also a flag
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -111,31 +112,47 @@ def cluster_kind(choice: str) -> str:
     return "local"
 
 
+def slurm_request(launch: LaunchConfig) -> dict[str, object]:
+    """The job's request, by the names sbatch gives its options: what the executor is given and
+    what --dry-run prints."""
+    request = {"nodes": launch.nodes, "ntasks-per-node": launch.gpus_per_node or launch.tasks_per_node,
+               "cpus-per-task": launch.cpus_per_task, "time": minutes(launch.time)}
+    if launch.gpus_per_node:
+        request["gpus-per-node"] = launch.gpus_per_node
+    return request | {k: getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem")
+                      if getattr(launch, k)}
+
+
+# sbatch's option -> submitit's parameter; those not here are SLURM's alone (slurm_<option>)
+SUBMITIT = {"nodes": "nodes", "ntasks-per-node": "tasks_per_node", "cpus-per-task": "cpus_per_task",
+            "time": "timeout_min", "gpus-per-node": "gpus_per_node"}
+
+
 def make_executor(cfg: Config, folder: Path, name: str, kind: str):
     """A submitit executor for cfg.launch on `kind` (cluster_kind): SLURM, or local processes."""
     launch = cfg.launch
-    tasks = launch.gpus_per_node if launch.gpus_per_node > 0 else launch.tasks_per_node
+    if kind == "local" and launch.nodes > 1:
+        raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
     executor = submitit.AutoExecutor(folder=str(folder), cluster=kind,
                                      **{f"{kind}_max_num_timeout": launch.max_requeues})
-    params = {"name": name, "nodes": launch.nodes, "tasks_per_node": tasks, "cpus_per_task": launch.cpus_per_task,
-              "timeout_min": minutes(launch.time)}
-    if launch.gpus_per_node > 0:
-        params["gpus_per_node"] = launch.gpus_per_node
-    if kind == "slurm":
-        params.update({f"slurm_{k}": getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem")
-                       if getattr(launch, k)})
-    elif launch.nodes > 1:
-        raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
+    params = {"name": name}
+    for option, value in slurm_request(launch).items():
+        if option in SUBMITIT:
+            params[SUBMITIT[option]] = value
+        elif kind == "slurm":
+            params[f"slurm_{option}"] = value
     executor.update_parameters(**params)
     return executor
 
 
-def sbatch_script(cfg: Config, folder: Path, name: str) -> str:
-    """The sbatch file submitit would write for this job (for --dry-run)."""
+def sbatch_request(cfg: Config, name: str) -> str:
+    """The job's SLURM request as #SBATCH lines (for --dry-run); submitit adds its own lines for
+    logs, the signal before the time limit and requeueing."""
     if cluster_kind(cfg.launch.cluster) != "slurm":
-        raise UserError("--dry-run prints an sbatch script: it needs SLURM (sbatch on the PATH) or --cluster slurm")
-    executor = make_executor(cfg, folder, name, "slurm")
-    return executor._executor._make_submission_file_text("<python -m submitit.core._submit ...>", "dry-run")
+        raise UserError("--dry-run prints a SLURM request: it needs SLURM (sbatch on the PATH) or --cluster slurm")
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}"]
+    lines += [f"#SBATCH --{option}={value}" for option, value in slurm_request(cfg.launch).items()]
+    return "\n".join(lines + ["# then srun, one task per process, runs the training (submitit)"])
 
 
 def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
@@ -165,7 +182,7 @@ def submit_training(args) -> int:
         else:
             runs.append((run_dir, member))
     if args.dry_run:
-        print(sbatch_script(cfg, folder, name))
+        print(sbatch_request(cfg, name))
         return 0
     if not runs:
         return 0
@@ -274,16 +291,23 @@ def submit_evaluation(args) -> int:
     return wait_for([*tasks, score] if kind == "slurm" else [score], launch.partition) if args.wait else 0
 
 
+def add_launch_flags(parser: argparse.ArgumentParser, names=FLAGS) -> None:
+    """--nodes, --cpus-per-task, ...: a flag for each of these launch settings, its type, choices
+    and meaning taken from LaunchConfig."""
+    hints = typing.get_type_hints(LaunchConfig)
+    for f in dataclasses.fields(LaunchConfig):
+        if f.name in names:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=hints[f.name],
+                                choices=CHOICES.get(f"launch.{f.name}"), help=f"{f.metadata['help']} [launch.{f.name}]")
+
+
 def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch evaluate",
                                      description="Evaluate runs on SLURM: an array of predict tasks (one per "
                                                  "run) and, after them, the job that scores and writes summary.json.")
     add_evaluation_arguments(parser)
-    for flag in ("partition", "account", "time", "qos", "constraint", "mem"):
-        parser.add_argument(f"--{flag}", help=f"SLURM {flag} [launch.{flag}]")
-    parser.add_argument("--gpus-per-node", type=int, help="GPUs per task (0 or 1) [launch.gpus_per_node]")
-    parser.add_argument("--cpus-per-task", type=int, help="CPU cores per task [launch.cpus_per_task]")
-    parser.add_argument("--cluster", choices=("auto", "slurm", "local"), help="[launch.cluster]")
+    # one task per job, at most one GPU each
+    add_launch_flags(parser, [f for f in FLAGS if f not in ("nodes", "tasks_per_node")])
     parser.add_argument("--wait", action="store_true", help="follow the jobs to the end; non-zero if one failed")
     parser.set_defaults(nodes=None, tasks_per_node=None)
     return parser
@@ -293,21 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__, usage=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file of settings (as for train)")
-    parser.add_argument("--nodes", type=int, help="SLURM nodes [launch.nodes]")
-    parser.add_argument("--gpus-per-node", type=int, help="GPUs per node, a process each; 0: CPU processes [launch.gpus_per_node]")
-    parser.add_argument("--tasks-per-node", type=int, help="processes per node when --gpus-per-node is 0 [launch.tasks_per_node]")
-    parser.add_argument("--cpus-per-task", type=int, help="CPU cores per process [launch.cpus_per_task]")
-    parser.add_argument("--partition", help="SLURM partition [launch.partition]")
-    parser.add_argument("--account", help="SLURM account [launch.account]")
-    parser.add_argument("--time", help=f"time limit per job, in SLURM's formats ({TIME_FORMATS}) [launch.time]")
-    parser.add_argument("--qos", help="SLURM quality of service [launch.qos]")
-    parser.add_argument("--constraint", help="SLURM node constraint [launch.constraint]")
-    parser.add_argument("--mem", help="memory per node, e.g. 64G [launch.mem]")
-    parser.add_argument("--cluster", choices=("auto", "slurm", "local"),
-                        help="auto: SLURM when sbatch is on the PATH, else local processes [launch.cluster]")
+    add_launch_flags(parser)
     parser.add_argument("--bands", nargs="+", choices=("NIR", "RED"), help="a job array over these bands (x --seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, help="a job array over these seeds (x --bands)")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the job's SLURM request; submit nothing")
     parser.add_argument("--wait", action="store_true", help="follow the job(s) to the end; non-zero if one failed")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings, as for train")
     return parser
