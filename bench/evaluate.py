@@ -25,7 +25,7 @@ import oracles
 from reference_piunet import RefPIUNet
 from piunet_dist.data.pipeline import EvalScenes
 from piunet_dist.data.shards import pack, shard_paths
-from piunet_dist.data.synthetic import synthesise
+from piunet_dist.synthetic import synthesise
 from piunet_dist.inference import predict
 from piunet_dist.metrics import cpsnr
 from piunet_dist.model import PIUNet, denormalise, normalise, scale_dn

@@ -317,7 +317,7 @@ def work_dir(args) -> Path:
 def shards(args) -> Path:
     """Synthetic NIR scenes packed once for the train and evaluate sections."""
     from piunet_dist.data.shards import pack
-    from piunet_dist.data.synthetic import synthesise
+    from piunet_dist.synthetic import synthesise
     out = work_dir(args) / "shards"
     if not (out / "manifest.json").is_file():
         scenes = 12 if args.quick else 48

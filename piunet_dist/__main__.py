@@ -11,7 +11,7 @@ from .files import disk_error, disk_failure
 
 # command -> (module with add_arguments(parser) and run(args), one line of help)
 COMMANDS = {
-    "synth": ("piunet_dist.data.synthetic", "write synthetic scenes in the PROBA-V layout"),
+    "synth": ("piunet_dist.synthetic", "write synthetic scenes in the PROBA-V layout"),
     "pack": ("piunet_dist.data.shards", "pack PROBA-V scenes into WebDataset shards, or verify them"),
     "train": ("piunet_dist.train", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
     "evaluate": ("piunet_dist.evaluate", "predict and score a split with one or more runs, and their ensembles"),

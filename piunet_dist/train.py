@@ -41,7 +41,7 @@ from .files import append_line, repair_lines, write_text
 from .losses import registered_l1, registered_laplace
 from .inference import predict, scenes_per_batch
 from .metrics import CPSNR, CSSIM, UncertaintyCalibration
-from .model import PIUNet
+from .model import PIUNet, normalise
 from .run_dir import RunDir
 from .stop import Interrupted, StopRequest, ignore_interrupts_in_worker
 
@@ -178,6 +178,7 @@ class Trainer:
         total = torch.zeros((), device=self.acc.device)
         for micro in range(cfg.grad_accum):
             lr, hr, sm = (t.to(self.acc.device, non_blocking=True) for t in self._next(batches))
+            lr, hr = normalise(lr), normalise(hr)  # the data is in DN; the network and its loss are not
             sync = micro == cfg.grad_accum - 1
             with nullcontext() if sync else self.acc.no_sync(self.model):
                 mu, s = self.model(lr)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from piunet_dist.__main__ import main
 from piunet_dist.data.shards import pack, scene_names, shard_paths
-from piunet_dist.data.synthetic import synthesise
+from piunet_dist.synthetic import synthesise
 from faults import fill
 
 ROOT = Path(__file__).parent.parent

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from piunet_dist.data.shards import pack, scene_names, shard_paths
-from piunet_dist.data.synthetic import synthesise
+from piunet_dist.synthetic import synthesise
 from faults import fill, flip_bytes
 
 ROOT = Path(__file__).parent.parent

@@ -19,10 +19,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..baselines import challenge_baseline
 from ..config import DataConfig
 from ..errors import UserError
-from ..model import NORM_MEAN, NORM_STD
+from .baselines import challenge_baseline
 from .probav import MIN_CLEARANCE, Scene, select_frames
 from .registration import register_frames
 from .shards import decode_sample
@@ -95,10 +94,6 @@ def prepare_frames(scene: Scene, n_frames: int, policy: str, rng: np.random.Gene
     return lr, qm
 
 
-def normalise(dn: np.ndarray) -> np.ndarray:
-    return ((dn - NORM_MEAN) / NORM_STD).astype(np.float32)
-
-
 @dataclass
 class PatchSettings:
     n_frames: int = 9
@@ -120,7 +115,7 @@ class PatchSettings:
 
 
 class TrainPatches(IterableDataset):
-    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P), skipped) patches, normalised, shuffled;
+    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P), skipped) patches in DN, shuffled;
     skipped is (worker, corrupt samples it skipped so far), for the trainer's count."""
 
     def __init__(self, shards: list[str], settings: PatchSettings, seed: int, rank: int, segment: int = 0):
@@ -178,7 +173,8 @@ class TrainPatches(IterableDataset):
                 if flip:
                     arrays = [a[:, :, ::-1] for a in arrays]
             lr_p, hr_p, sm_p = arrays
-            yield normalise(lr_p), normalise(hr_p.astype(np.float32)), np.ascontiguousarray(sm_p)
+            yield (np.ascontiguousarray(lr_p, dtype=np.float32), np.ascontiguousarray(hr_p, dtype=np.float32),
+                   np.ascontiguousarray(sm_p))
 
 
 class EvalScenes(IterableDataset):

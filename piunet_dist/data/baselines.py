@@ -10,7 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import SCALE
+from .probav import HR_SIZE, LR_SIZE
+
+SCALE = HR_SIZE // LR_SIZE
 
 
 def bicubic(frames: torch.Tensor) -> torch.Tensor:
