@@ -349,7 +349,10 @@ def status(dirs: list[Path]) -> list[dict]:
     """A row per member: its newest job, SLURM's state (and pending reason), progress and ETA."""
     rows = []
     for run_dir in member_dirs(dirs):
-        job = _jobs(run_dir)[-1]
+        jobs = _jobs(run_dir)
+        if not jobs:
+            raise UserError(f"{RunDir(run_dir).jobs}: no whole record of a job in it")
+        job = jobs[-1]
         row = {"run": str(run_dir), "job": job["job_id"], "state": job["cluster"], "step": "-", "val_cpsnr": "-",
                "samples_s": "-", "eta": "-"}
         if job["cluster"] == "slurm":

@@ -121,7 +121,9 @@ class JobState:
 def job_state(job_id: str) -> JobState | None:
     """The job's state now: squeue while SLURM holds it, sacct once it has ended; None when
     neither knows it (yet)."""
-    row = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"]).strip().splitlines() if _known(job_id) else []
+    # squeue fails on an id it no longer holds: sacct then has the answer
+    queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True, timeout=60)
+    row = queued.stdout.strip().splitlines() if queued.returncode == 0 else []
     if row:
         state, reason = row[0].split("|", 1)
         return JobState(state, reason)
@@ -131,11 +133,6 @@ def job_state(job_id: str) -> JobState | None:
         return None
     _, state, reason = rows[-1].split("|")
     return JobState(state.split()[0], reason)
-
-
-def _known(job_id: str) -> bool:
-    """squeue fails on an id it no longer holds; asking sacct then is the answer."""
-    return subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, timeout=60).returncode == 0
 
 
 def hopeless(state: JobState, partition: str) -> bool:

@@ -193,9 +193,8 @@ class Trainer:
         # every rank takes the same decisions, or DDP's next all-reduce would mix states; reading
         # them is the step's one host synchronisation, the price of skipping a bad update exactly
         # (Adam's moments, the schedule and the step count untouched) and of stopping together
-        stop = float(bool(self.stop and self.stop.signal))
-        summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num(),
-                                              torch.tensor(stop, device=self.acc.device)]), "sum")
+        stop = total.new_full((), float(bool(self.stop and self.stop.signal)))  # a fill, no copy from the host
+        summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num(), stop]), "sum")
         finite = bool(summed[0].item() == self.acc.num_processes)
         if finite:
             self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -164,13 +164,10 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
                         sink.write(next(samples))
                         bar.update(1)
                 shards.append({"path": rel, "band": band, "split": split, "samples": count, "sha256": sha256(path)})
-    except OSError as e:
+    except BaseException as e:  # an interrupted or failed pack leaves no staged shard behind
         remove(staging)
         if disk_failure(e):
             raise disk_error(out, e) from None
-        raise
-    except BaseException:
-        remove(staging)
         raise
 
     summary = {band: {split: len(groups.get((band, split), [])) for split in splits} for band in bands}
