@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .data.baselines import bicubic_mean
+from .baselines import bicubic_mean
 from .config import Config, EvalConfig, count_or_auto, load_config
 from .data.pipeline import EvalScenes
 from .data.probav import LR_SIZE

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .data.baselines import bicubic_mean  # noqa: E402
+from .baselines import bicubic_mean  # noqa: E402
 from .data.pipeline import EvalScenes  # noqa: E402
 from .data.shards import shard_paths  # noqa: E402
 from .errors import UserError  # noqa: E402

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data.baselines import challenge_baseline
+from .baselines import challenge_baseline
 from .data.probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
 from .errors import UserError
 from .files import replacing

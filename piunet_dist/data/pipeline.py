@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from ..errors import UserError
-from .baselines import challenge_baseline
+from ..baselines import challenge_baseline
 from .probav import MIN_CLEARANCE, Scene, select_frames
 from .registration import register_frames
 from .shards import decode_sample
