@@ -7,6 +7,7 @@ impossible value.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import hashlib
@@ -90,8 +91,14 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     split: str = setting("val", "split to evaluate: val or test")
+    shards: str = setting("", "shards to read instead of those each run trained on (empty: each run's data.shards)")
     self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)")
     checkpoint: str = setting("best", "which weights of a run: best or last")
+    ensemble: str = setting("mean", "how members combine into the ensemble that is written and submitted: mean, "
+                                    "median, val_weighted (by each member's validation cPSNR), inverse_variance "
+                                    "(per pixel, 1/b^2) or inverse_total_variance (per pixel, with the members' "
+                                    "spread); every one is scored")
+    out: str = setting("runs/eval", "output directory")
     batch_size: str = setting("auto", "scenes per prediction batch and process, each with its self-ensemble's "
                                       "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number")
     precision: str = setting("auto", "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the "
@@ -133,6 +140,7 @@ CHOICES = {
     "eval.self_ensemble": (1, 4, 8),
     "eval.checkpoint": ("best", "last"),
     "eval.precision": ("auto", "no", "bf16"),
+    "eval.ensemble": ("mean", "median", "val_weighted", "inverse_variance", "inverse_total_variance"),
     "model.attention": ("auto", "sdpa", "matmul", "triton"),
     "launch.cluster": ("auto", "slurm", "local"),
 }
@@ -319,6 +327,35 @@ def count_or_auto(what: str, value: str) -> int | None:
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise UserError(f"{what}: expected auto or a positive whole number, got {value!r}")
+
+
+def add_setting_flags(parser, section: str, names: tuple[str, ...] | None = None) -> None:
+    """A flag (--self-ensemble, --cpus-per-task, ...) for each setting of a section, or of those
+    named: its type, choices and meaning from the dataclass. A flag left out leaves the setting
+    to the YAML file or its default (see flag_overrides)."""
+    section_type = type(getattr(Config(), section))
+    hints = typing.get_type_hints(section_type)
+    for f in dataclasses.fields(section_type):
+        if names is not None and f.name not in names:
+            continue
+        key, flag = f"{section}.{f.name}", f"--{f.name.replace('_', '-')}"
+        kind = _auto_or_count if key in AUTO_OR_COUNT else hints[f.name]
+        parser.add_argument(flag, type=kind, choices=CHOICES.get(key), help=f"{f.metadata['help']} [{key}]")
+
+
+def _auto_or_count(text: str) -> str:
+    """The type of a batch-size flag: checked as it is read, so that argparse names the flag."""
+    try:
+        count_or_auto("", text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+    return text
+
+
+def flag_overrides(args, section: str) -> list[str]:
+    """The setting flags given on the command line as section.key=value overrides."""
+    return [f"{section}.{f.name}={getattr(args, f.name)}" for f in dataclasses.fields(type(getattr(Config(), section)))
+            if getattr(args, f.name, None) is not None]
 
 
 def check_world(cfg: Config, world_size: int) -> int:

@@ -6,6 +6,7 @@ UserError naming the path, and what was half written is removed.
 """
 from __future__ import annotations
 
+import datetime
 import errno
 import hashlib
 import json
@@ -82,13 +83,18 @@ def write_json(path: Path | str, data) -> None:
     write_text(path, json.dumps(data, indent=1))
 
 
-def append_line(path: Path | str, line: str) -> None:
-    """Append one line to a log. A line torn by a kill during an earlier write is dropped
-    first (see repair_lines), so every line of the log stays whole."""
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def append_record(path: Path | str, record: dict) -> None:
+    """Append a record, stamped with the time, as one JSON line of a log (its folder made if
+    need be). A line torn by a kill during an earlier write is cut off by repair_lines."""
     path = Path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:
-            f.write(line.rstrip("\n") + "\n")
+            f.write(json.dumps({**record, "time": utc_now()}) + "\n")
     except OSError as e:
         if disk_failure(e):
             raise disk_error(path, e) from None

@@ -18,28 +18,24 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import typing
 from pathlib import Path
 
 import submitit
 
 from . import checkpoint
-from .config import CHOICES, Config, LaunchConfig, check_world, count_or_auto, load_config
+from .config import Config, EvalConfig, LaunchConfig, add_setting_flags, check_world, flag_overrides, load_config
 from .errors import UserError
-from .evaluate import add_evaluation_arguments, check_runs, evaluate
-from .files import append_line, read_json_lines
+from .evaluate import add_evaluation_arguments, evaluate
+from .files import append_record, read_json_lines
+from .members import check_runs
 from .run_dir import RunDir
 from .slurm import ENDED, cancel, check_request, hopeless, job_state, minutes
-
-FLAGS = tuple(f.name for f in dataclasses.fields(LaunchConfig))  # each launch setting is also a flag
-
 
 class TrainJob(submitit.helpers.Checkpointable):
     """One training run as a SLURM (or local) job; every task of the job calls it. It carries
@@ -63,7 +59,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         limit = self.cfg.launch.max_requeues
         requeue = count < limit
-        _append_event(RunDir(self.cfg.run_dir).metrics, {"event": "requeue" if requeue else "requeue_refused",
+        append_record(RunDir(self.cfg.run_dir).metrics, {"event": "requeue" if requeue else "requeue_refused",
                                                "restart_count": count, "max_requeues": limit,
                                                "job_id": os.environ.get("SLURM_JOB_ID")})
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg)) if requeue else None
@@ -73,19 +69,13 @@ class EvaluateTask(submitit.helpers.Checkpointable):
     """One phase of an evaluation as a job (a predict task of the array, or the scoring);
     predictions are deterministic and resumable, so a preempted task simply runs again."""
 
-    def __init__(self, settings: dict, threads: int):
-        self.settings, self.threads = dict(settings), threads
+    def __init__(self, runs: list[Path], settings: EvalConfig, phase: str, member: int | None, threads: int):
+        self.runs, self.settings, self.phase, self.member, self.threads = runs, settings, phase, member, threads
 
     def __call__(self) -> None:
         import torch
         torch.set_num_threads(self.threads)
-        evaluate(**self.settings)
-
-
-def _append_event(log: Path, record: dict) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    append_line(log, json.dumps({**record, "time": stamp}))
+        evaluate(self.runs, self.settings, self.phase, self.member)
 
 
 def cluster_kind(choice: str) -> str:
@@ -166,7 +156,7 @@ def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
 
 
 def submit_training(args) -> int:
-    overrides = list(args.overrides) + [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
+    overrides = list(args.overrides) + flag_overrides(args, "launch")
     cfg = load_config(args.config, overrides)
     launch = cfg.launch
     minutes(launch.time)
@@ -194,7 +184,7 @@ def submit_training(args) -> int:
     with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
         jobs = [executor.submit(TrainJob(member)) for _, member in runs]
     for job, (run_dir, _) in zip(jobs, runs):
-        _append_event(RunDir(run_dir).jobs, {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
+        append_record(RunDir(run_dir).jobs, {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
                                              "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
         print(f"job {job.job_id} ({kind}): run dir {run_dir}")
         print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
@@ -261,44 +251,30 @@ def _job_error(job, error: Exception) -> str:
 
 def submit_evaluation(args) -> int:
     """An array of predict tasks, one per run (a band x member), then the scoring job after them."""
-    count_or_auto("--batch-size", args.batch_size)  # refused before anything is sent
-    flags = [f"launch.{k}={getattr(args, k)}" for k in FLAGS if getattr(args, k) is not None]
-    cfg = load_config(None, flags + ["launch.nodes=1", "launch.tasks_per_node=1"])
+    cfg = load_config(args.config, flag_overrides(args, "eval") + flag_overrides(args, "launch")
+                      + ["launch.nodes=1", "launch.tasks_per_node=1"])
     cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
     check_runs(args.runs)
-    common = {"runs": list(args.runs), "split": args.split, "shards": args.shards, "self_ensemble": args.self_ensemble,
-              "which": args.checkpoint, "out": Path(args.out), "batch_size": str(args.batch_size),
-              "precision": args.precision}
-    folder = Path(args.out) / "slurm"
-    kind = cluster_kind(cfg.launch.cluster)
-    launch = cfg.launch
+    runs, settings, launch = list(args.runs), cfg.eval, cfg.launch
+    folder = Path(settings.out) / "slurm"
+    kind = cluster_kind(launch.cluster)
     if kind == "slurm":
         check_request(launch.partition, 1, 1, launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
     executor = make_executor(cfg, folder, "piunet-predict", kind)
     with executor.batch():
-        tasks = [executor.submit(EvaluateTask({**common, "phase": "predict", "member": i}, cfg.launch.cpus_per_task))
-                 for i in range(len(args.runs))]
-    for task, run_dir in zip(tasks, args.runs):
+        tasks = [executor.submit(EvaluateTask(runs, settings, "predict", i, launch.cpus_per_task))
+                 for i in range(len(runs))]
+    for task, run_dir in zip(tasks, runs):
         print(f"job {task.job_id} ({kind}): predict with {run_dir}")
     scorer = make_executor(cfg, folder, "piunet-score", kind)
     if kind == "slurm":
         scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
     elif wait_for(tasks, launch.partition):  # local processes: no scheduler to hold the scoring back
         return 1
-    score = scorer.submit(EvaluateTask({**common, "phase": "score"}, cfg.launch.cpus_per_task))
-    print(f"job {score.job_id} ({kind}): ensembles and scores -> {args.out}/summary.json")
+    score = scorer.submit(EvaluateTask(runs, settings, "score", None, launch.cpus_per_task))
+    print(f"job {score.job_id} ({kind}): ensembles and scores -> {settings.out}/summary.json")
     print(f"  logs: {folder}")
     return wait_for([*tasks, score] if kind == "slurm" else [score], launch.partition) if args.wait else 0
-
-
-def add_launch_flags(parser: argparse.ArgumentParser, names=FLAGS) -> None:
-    """--nodes, --cpus-per-task, ...: a flag for each of these launch settings, its type, choices
-    and meaning taken from LaunchConfig."""
-    hints = typing.get_type_hints(LaunchConfig)
-    for f in dataclasses.fields(LaunchConfig):
-        if f.name in names:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=hints[f.name],
-                                choices=CHOICES.get(f"launch.{f.name}"), help=f"{f.metadata['help']} [launch.{f.name}]")
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
@@ -307,9 +283,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                                                  "run) and, after them, the job that scores and writes summary.json.")
     add_evaluation_arguments(parser)
     # one task per job, at most one GPU each
-    add_launch_flags(parser, [f for f in FLAGS if f not in ("nodes", "tasks_per_node")])
+    add_setting_flags(parser, "launch", tuple(f.name for f in dataclasses.fields(LaunchConfig)
+                                              if f.name not in ("nodes", "tasks_per_node")))
     parser.add_argument("--wait", action="store_true", help="follow the jobs to the end; non-zero if one failed")
-    parser.set_defaults(nodes=None, tasks_per_node=None)
     return parser
 
 
@@ -317,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__, usage=USAGE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML file of settings (as for train)")
-    add_launch_flags(parser)
+    add_setting_flags(parser, "launch")
     parser.add_argument("--bands", nargs="+", choices=("NIR", "RED"), help="a job array over these bands (x --seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, help="a job array over these seeds (x --bands)")
     parser.add_argument("--dry-run", action="store_true", help="print the job's SLURM request; submit nothing")

@@ -14,8 +14,6 @@ the run stops with one line; the same command resumes it.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
 import os
 import sys
@@ -30,14 +28,14 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint
+from . import __version__, checkpoint
 from .attention import resolve
 from .config import Config, check_world, config_hash, load_config, run_differences, settings_help, to_yaml
 from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
 from .data.probav import LR_SIZE
 from .data.shards import shard_paths
 from .errors import UserError
-from .files import append_line, repair_lines, write_text
+from .files import append_record, repair_lines, utc_now, write_text
 from .losses import registered_l1, registered_laplace
 from .inference import predict, scenes_per_batch
 from .metrics import CPSNR, CSSIM, UncertaintyCalibration
@@ -271,7 +269,8 @@ class Trainer:
         if cpsnr > self.state["best_val_cpsnr"]:
             self.state["best_val_cpsnr"] = cpsnr
             checkpoint.save_best(self.acc, self.model, self.run_dir,
-                                 {"step": step, "val_cpsnr": cpsnr, "val_cssim": cssim, "val_nll": nll})
+                                 {"step": step, "val_cpsnr": cpsnr, "val_cssim": cssim, "val_nll": nll,
+                                  "version": __version__, "time": utc_now()})
 
     # --- state and logs -------------------------------------------------------------
 
@@ -306,6 +305,7 @@ class Trainer:
 
     def save(self) -> Path:
         self.state["skipped_samples"] = self._skipped_samples()
+        self.state["version"], self.state["time"] = __version__, utc_now()
         return checkpoint.save(self.acc, self.run_dir, self.state["step"], self.state, self.cfg.train.keep_last)
 
     def _memory(self) -> dict:
@@ -316,9 +316,7 @@ class Trainer:
     def _log(self, event: str, **fields) -> None:
         if not self.acc.is_main_process:
             return
-        record = {"event": event, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  **fields}
-        append_line(self.run_dir.metrics, json.dumps(record))
+        append_record(self.run_dir.metrics, {"event": event, **fields})
         numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
         if numbers and event != "start":
             self.acc.log(numbers, step=fields["step"])

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from piunet_dist import __version__
 from piunet_dist.__main__ import main
+from piunet_dist.ensembles import METHODS
+from piunet_dist.submission import write_submission
 from piunet_dist.data.shards import pack, scene_names, shard_paths
 from piunet_dist.synthetic import synthesise
 from faults import fill
@@ -50,7 +53,7 @@ def test_two_members_write_every_promised_file_once_per_scene(members, tmp_path)
     evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "4", "--out", out)
     val = scene_names(shard_paths(root / "shards", "NIR", "val"))
     assert len(val) == 2
-    for method in ("nir-seed0", "nir-seed1", "ensemble", "weighted_ensemble"):
+    for method in ("nir-seed0", "nir-seed1", "ensemble"):
         for name in val:
             png = np.asarray(Image.open(out / "NIR" / method / f"{name}.png"))
             assert png.shape == (384, 384) and png.dtype == np.uint16
@@ -60,10 +63,23 @@ def test_two_members_write_every_promised_file_once_per_scene(members, tmp_path)
     assert len(rows) == 1 + len(val) and sorted(r.split(",")[0] for r in rows[1:]) == sorted(val)
     summary = json.loads((out / "summary.json").read_text())["bands"]["NIR"]
     assert set(summary["members"]) == {"nir-seed0", "nir-seed1"} and summary["scenes"] == 2
-    for key in ("baseline_cpsnr", "bicubic_mean_cpsnr", "ensemble_cpsnr", "weighted_ensemble_cpsnr", "score"):
+    for key in ("baseline_cpsnr", "bicubic_mean_cpsnr", "ensemble_cpsnr", "score"):
         assert 20 < summary[key] < 80 or key == "score"
+    best = max(summary["members"].values())
+    assert set(summary["ensembles"]) == set(METHODS) and summary["ensemble_method"] == "mean"
+    for method, entry in summary["ensembles"].items():
+        assert entry["gain_over_best_member_db"] == pytest.approx(entry["cpsnr"] - best), method
+    assert summary["ensemble_cpsnr"] == summary["ensembles"]["mean"]["cpsnr"]
     assert set(summary["calibration"]) == {"nll", "coverage50", "coverage90", "scale_error_corr"}
-    assert summary["epistemic_dn"] > 0
+    coverage = {c["nominal"]: c["observed"] for c in summary["coverage"]}
+    assert len(coverage) == 9 and coverage[0.5] == pytest.approx(summary["calibration"]["coverage50"], abs=0.05)
+    assert list(coverage.values()) == sorted(coverage.values())  # wider intervals hold more pixels
+    assert summary["epistemic_dn"] > 0 and 0 < summary["epistemic_share"] < 1
+    assert summary["left_out"] == []
+    member = json.loads((out / "summary.json").read_text())["members"]["nir-seed0"]
+    assert member["weights"] == "best" and member["weights_step"] == 2 and member["trained_steps"] == 2
+    assert member["max_steps"] == 2 and len(member["config_hash"]) == 12 and member["version"] == __version__
+    assert member["date"].startswith("20") and member["val_cpsnr"] > 0
 
 
 def test_ensemble_of_identical_members_equals_the_member(members, tmp_path):
@@ -72,16 +88,33 @@ def test_ensemble_of_identical_members_equals_the_member(members, tmp_path):
     shutil.copytree(runs[0], twin)
     out = tmp_path / "out"
     evaluate("--runs", runs[0], twin, "--split", "val", "--self-ensemble", "1", "--out", out)
-    for method, tolerance in (("ensemble", 0), ("weighted_ensemble", 1)):  # weighting rounds: (wx + wx)/2w
-        for png in (out / "NIR" / "nir-seed0").glob("*.png"):
-            member = np.asarray(Image.open(png)).astype(int)
-            combined = np.asarray(Image.open(out / "NIR" / method / png.name)).astype(int)
-            assert np.abs(member - combined).max() <= tolerance
-            scale = np.load(png.with_name(png.stem + "_scale.npy"))
-            np.testing.assert_allclose(np.load(out / "NIR" / method / f"{png.stem}_scale.npy"), scale, rtol=1e-5)
+    for png in (out / "NIR" / "nir-seed0").glob("*.png"):
+        member = np.asarray(Image.open(png))
+        assert np.array_equal(np.asarray(Image.open(out / "NIR" / "ensemble" / png.name)), member)
+        scale = np.load(png.with_name(png.stem + "_scale.npy"))
+        np.testing.assert_allclose(np.load(out / "NIR" / "ensemble" / f"{png.stem}_scale.npy"), scale, rtol=1e-5)
     band = json.loads((out / "summary.json").read_text())["bands"]["NIR"]
+    for method, entry in band["ensembles"].items():  # weighting rounds: (wx + wx)/2w
+        assert entry["cpsnr"] == pytest.approx(band["members"]["nir-seed0"], abs=1e-4), method
     assert band["ensemble_cpsnr"] == pytest.approx(band["members"]["nir-seed0"], abs=1e-6)
-    assert band["epistemic_dn"] == 0
+    assert band["epistemic_dn"] == 0 and band["epistemic_share"] == 0
+
+
+def assert_close(a, b, where="summary"):
+    """Equal structure, equal text and counts, numbers equal to a float32 rounding."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-6), where
+    else:
+        assert a == b, where
 
 
 def test_two_processes_give_the_summary_of_one(members, tmp_path):
@@ -92,15 +125,8 @@ def test_two_processes_give_the_summary_of_one(members, tmp_path):
                     "--out", str(tmp_path / "two")], cwd=ROOT, check=True, capture_output=True)
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert one.keys() == two.keys() and one["bands"]["NIR"].keys() == two["bands"]["NIR"].keys()
-    for key, value in one["bands"]["NIR"].items():  # batches differ, so float32 rounding may
-        other = two["bands"]["NIR"][key]
-        if key == "calibration_curve":
-            assert [b["pixels"] for b in value] == [b["pixels"] for b in other]
-            for a, b in zip(value, other):
-                assert a == pytest.approx(b, rel=1e-6), key
-        else:
-            assert value == pytest.approx(other, rel=1e-6, abs=1e-6), key
+    assert one.keys() == two.keys()
+    assert_close(one["bands"], two["bands"])  # batches differ, so float32 rounding may
     assert (tmp_path / "one" / "scenes.csv").read_text().splitlines()[0] == \
         (tmp_path / "two" / "scenes.csv").read_text().splitlines()[0]
 
@@ -115,12 +141,10 @@ def test_test_split_writes_a_complete_submission_or_none(members, tmp_path, caps
         image = np.asarray(Image.open(z.open(z.namelist()[0])))
         assert image.shape == (384, 384) and image.dtype == np.uint16
 
-    from piunet_dist.evaluate import load_members, write_submission
     (out / "NIR" / "ensemble" / f"{names[0]}.png").unlink()
     (out / "submission.zip").unlink()
-    members_by_band = {"NIR": load_members([runs[0]], "best", "cpu", predicting=set())}
     with pytest.raises(Exception, match=rf"1 test scene\(s\) have no prediction \(NIR/{names[0]}\)"):
-        write_submission(out, members_by_band, {"NIR": root / "shards"})
+        write_submission(out, {"NIR": root / "shards"})
     assert not (out / "submission.zip").exists()
 
 
@@ -183,7 +207,16 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
     for name in ("index.html", "report.md", "curves.png", "scenes_NIR.png", "calibration_NIR.png", "panels_NIR.png"):
         assert (report / name).is_file(), name
     md = (report / "report.md").read_text()
-    assert "| ensemble (mean) |" in md and "![scene panels](panels_NIR.png)" in md
+    assert "| ensemble (mean) * |" in md and "![scene panels](panels_NIR.png)" in md
+    assert "### Members" in md and "### Uncertainty" in md and "n/a (no norm.csv)" not in md
+    assert "| nir-seed0 | best (2) | 2 / 2 |" in md
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    summary["bands"]["NIR"]["score"] = None  # scenes without norm.csv
+    summary["bands"]["NIR"]["left_out"] = ["imgset0999"]
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(tmp_path / "eval"), "--out", str(tmp_path / "again"), "--scenes", "0"]) == 0
+    md = (tmp_path / "again" / "report.md").read_text()
+    assert "Challenge score: n/a (no norm.csv)." in md and "no frame is clear enough (data.min_clearance): imgset0999" in md
     browser = chromium()
     if browser is None:
         assert os.environ.get("CI") != "true", "CI must check the report page in Chromium"
@@ -196,6 +229,7 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
                          text=True, timeout=120)
     assert 'data-loaded="yes"' in dom.stdout, dom.stderr[-2000:]  # every image decoded
     assert "PIUnet report" in dom.stdout and "ensemble (inverse-variance)" in dom.stdout
+    assert dom.stdout.count("<h3>") == 2 and "Coverage of the ensemble" in dom.stdout
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
     shot = subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={tmp_path / 'page.png'}", page],
