@@ -133,3 +133,17 @@ def test_cli_reports_one_line_and_exit_code_2(capsys):
     assert main(["train", "--config", str(CONFIGS / "demo.yaml"), "train.max_step=5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["piunet-dist train: error: override: unknown setting train.max_step; did you mean train.max_steps?"]
+
+
+def test_evaluate_reads_its_settings_from_the_eval_section_and_the_flags_win(tmp_path):
+    from piunet_dist.__main__ import build_command_parser
+    from piunet_dist.evaluate import eval_settings
+    yaml_file = tmp_path / "eval.yaml"
+    yaml_file.write_text("eval:\n  ensemble: median\n  split: test\n  batch_size: 3\n")
+    parser = build_command_parser("evaluate")
+    settings = eval_settings(parser.parse_args(["--runs", "r", "--config", str(yaml_file), "--split", "val"]))
+    assert (settings.ensemble, settings.split, settings.batch_size, settings.out) == ("median", "val", "3", "runs/eval")
+    defaults = eval_settings(parser.parse_args(["--runs", "r"]))
+    assert defaults == Config().eval
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--runs", "r", "--ensemble", "vote"])
