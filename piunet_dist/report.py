@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -139,6 +140,10 @@ def calibration_figure(entry: dict, band: str, out: Path) -> Path | None:
     left.set_ylabel("mean observed |error| (DN)")
     left.set_title(f"{band}: |error| against predicted scale")
     left.grid(alpha=0.3, which="both")
+    for axis in (left.xaxis, left.yaxis):  # 100, 200, 500, 1000: log's own minor labels collide
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
     left.legend(fontsize=8)
     nominal = [c["nominal"] for c in coverage]
     observed = [c["observed"] for c in coverage]
@@ -239,7 +244,7 @@ def members_table(summary: dict, band: str) -> tuple[list[str], list[list[str]]]
     head = ["member", "weights (step)", "trained / planned steps", "val cPSNR (dB)", "config hash", "date", "version"]
     rows = []
     for name, m in summary.get("members", {}).items():
-        if m["band"] == band:
+        if m.get("band") == band:
             rows.append([name, f"{m['weights']} ({m['weights_step']})", f"{m['trained_steps']} / {m['max_steps']}",
                          _fmt(m["val_cpsnr"]), m["config_hash"], m["date"], m["version"]])
     return head, rows
@@ -300,8 +305,10 @@ def band_section(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: P
         parts.append("<h3>Uncertainty</h3>")
         md.append("\n### Uncertainty\n")
         share = entry.get("epistemic_share")
-        say(f"Coverage of the ensemble's predicted intervals on clear pixels: 50% interval {_pct(cal['coverage50'])} "
-            f"(nominal 50%), 90% interval {_pct(cal['coverage90'])} (nominal 90%); above nominal the scale is too "
+        pooled = {c["nominal"]: c["observed"] for c in entry.get("coverage", [])}  # over all clear pixels, as drawn
+        say(f"Coverage of the ensemble's predicted intervals on clear pixels: 50% interval "
+            f"{_pct(pooled.get(0.5, cal['coverage50']))} (nominal 50%), 90% interval "
+            f"{_pct(pooled.get(0.9, cal['coverage90']))} (nominal 90%); above nominal the scale is too "
             "cautious, below it too confident.",
             f"Mean predicted scale: aleatoric {_fmt(entry['aleatoric_dn'], 1)} DN, epistemic (the members' spread) "
             f"{_fmt(entry['epistemic_dn'], 1)} DN, total {_fmt(entry['total_dn'], 1)} DN; the epistemic share of the "
@@ -350,6 +357,9 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
 
     for eval_dir in evals:
         summary = json.loads((eval_dir / "summary.json").read_text())
+        if any("ensemble_cpsnr" in e and "ensembles" not in e for e in summary["bands"].values()):
+            raise UserError(f"{eval_dir / 'summary.json'}: written by an earlier version of evaluate; run the "
+                            "evaluation again (the members' predictions are kept, only the scoring runs)")
         for band in summary["bands"]:
             section_html, section_md, table = band_section(eval_dir, summary, band, n_scenes, out)
             sections_html.append(section_html)
