@@ -355,6 +355,7 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_checkpoint(
 
 def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_trainer():
     from piunet_dist.stop import StopRequest
+    before = signal.getsignal(signal.SIGINT)  # Python's handler, or SIG_IGN in a job started in the background
     stop = StopRequest()
     stop.install()
     try:
@@ -363,8 +364,9 @@ def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_
         assert stop.signal == "SIGINT"
     finally:
         stop.uninstall()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     child = subprocess.run([sys.executable, "-c", "import os, signal, time\n"
+                            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                             "from piunet_dist.stop import ignore_interrupts_in_worker\n"
                             "ignore_interrupts_in_worker(0)\nos.kill(os.getpid(), signal.SIGINT)\n"
                             "time.sleep(0.05)\nprint('still here')"], cwd=ROOT, capture_output=True, text=True)
