@@ -7,11 +7,10 @@ predictions (epistemic).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-
-from .config import CHOICES
 
 
 def mean(srs: torch.Tensor, scales: torch.Tensor, val_cpsnr: torch.Tensor) -> torch.Tensor:
@@ -47,7 +46,6 @@ def inverse_total_variance(srs: torch.Tensor, scales: torch.Tensor, val_cpsnr: t
 
 
 METHODS = {f.__name__: f for f in (mean, median, val_weighted, inverse_variance, inverse_total_variance)}
-assert tuple(METHODS) == CHOICES["eval.ensemble"], "eval.ensemble's choices are the methods"
 
 
 @dataclass
@@ -57,6 +55,13 @@ class Uncertainty:
     aleatoric: torch.Tensor
     epistemic: torch.Tensor
     total: torch.Tensor
+
+    def means(self, region: torch.Tensor) -> tuple[float, float, float, float]:
+        """Over the (H,W) pixels of `region`: the mean of each scale, and the share of the total
+        variance (2 total^2) that is epistemic (nan where there is no variance)."""
+        total_var = (2 * self.total[0] ** 2)[region].mean()
+        share = float((self.epistemic[0] ** 2)[region].mean() / total_var) if total_var > 0 else math.nan
+        return (*(float(u[0][region].mean()) for u in (self.aleatoric, self.epistemic, self.total)), share)
 
 
 def uncertainty(srs: torch.Tensor, scales: torch.Tensor) -> Uncertainty:

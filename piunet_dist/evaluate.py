@@ -144,10 +144,7 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
         write_outputs(out / band / ENSEMBLE, name, ensembles[settings.ensemble], u.total)
         # over the clear pixels of the target where there is one: clouds would swamp the means
         region = batch["sm"][0] if has_target else torch.ones(srs.shape[-2:], dtype=torch.bool)
-        total_var = (2 * u.total[0] ** 2)[region].mean()
-        result = SceneResult(name, band, float(u.aleatoric[0][region].mean()), float(u.epistemic[0][region].mean()),
-                             float(u.total[0][region].mean()),
-                             float((u.epistemic[0] ** 2)[region].mean() / total_var) if total_var > 0 else math.nan)
+        result = SceneResult(name, band, *u.means(region))
         if has_target:
             hr, sm, norm = batch["hr"][None], batch["sm"][None], float(batch["norm"][0])
             result.baseline_cpsnr = float(cpsnr(batch["baseline"][None], hr, sm)[0])

@@ -96,6 +96,9 @@ def find_members(runs: list[Path], which: str) -> list[Member]:
     members, names = [], {"ensemble", *CHOICES["eval.ensemble"]}  # the names of scenes.csv's other columns
     for run_dir in map(Path, runs):
         name = run_dir.name if run_dir.name not in names else f"{run_dir.parent.name}-{run_dir.name}"
+        taken = name
+        while name in names:  # a/x/run, b/x/run, c/x/run: still one column each in scenes.csv
+            name = f"{taken}-{len(names)}"
         names.add(name)
         members.append(Member(name, run_dir, load_config(RunDir(run_dir).config), weights_path(run_dir, which)))
     return members

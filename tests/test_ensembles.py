@@ -59,6 +59,8 @@ def test_uncertainty_splits_the_total_variance():
     assert float(u.aleatoric[0, 0, 0]) == pytest.approx(4.0)
     assert float(u.epistemic[0, 0, 0]) == pytest.approx(2.0)
     assert float(u.total[0, 0, 0]) ** 2 * 2 == pytest.approx((2 * 9 + 2 * 25) / 2 + 4)
+    aleatoric, epistemic, total, share = u.means(torch.ones(4, 4, dtype=torch.bool))
+    assert (aleatoric, epistemic) == pytest.approx((4.0, 2.0)) and share == pytest.approx(4 / (34 + 4))
 
 
 def test_calibration_of_errors_drawn_from_the_predicted_laplace_matches_the_nominal_coverage():

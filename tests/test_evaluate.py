@@ -355,3 +355,14 @@ def test_the_report_leaves_out_a_torn_line_of_metrics_jsonl(members, tmp_path, c
     assert main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     assert f"{run_dir / 'metrics.jsonl'}: 1 line(s) that are not whole records left out" in capsys.readouterr().err
     assert (tmp_path / "report" / "curves.png").is_file()
+
+
+def test_members_with_the_same_names_get_a_column_each(members, tmp_path):
+    from piunet_dist.members import find_members
+    _, runs = members
+    dirs = []
+    for where in ("a/x/nir", "b/x/nir", "c/x/nir", "d/mean"):  # "mean" is also an ensemble method's column
+        shutil.copytree(runs[0], tmp_path / where, ignore=shutil.ignore_patterns("checkpoints"))
+        dirs.append(tmp_path / where)
+    names = [m.name for m in find_members(dirs, "best")]
+    assert len(set(names)) == 4 and names[:2] == ["nir", "x-nir"] and "mean" not in names
