@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from common import report, seconds  # noqa: E402  (sets up the path to the references)
 import oracles
+import torch
+from common import report, seconds  # noqa: E402  (sets up the path to the references)
 from reference_piunet import RefPIUNet
-from piunet_dist.losses import registered_laplace
-from piunet_dist.metrics import cpsnr
-from piunet_dist.model import PIUNet
+
+from piunet_dist.network.losses import registered_laplace
+from piunet_dist.network.metrics import cpsnr
+from piunet_dist.network.model import PIUNet
 
 
 def loss_case(device):

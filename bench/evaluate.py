@@ -17,18 +17,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import oracles
 import torch
+from common import report  # noqa: E402  (sets up the path to the references)
+from reference_piunet import RefPIUNet
 from torch.utils.data import DataLoader
 
-from common import report  # noqa: E402  (sets up the path to the references)
-import oracles
-from reference_piunet import RefPIUNet
+from piunet_dist.data.packing import pack
 from piunet_dist.data.pipeline import EvalScenes
-from piunet_dist.data.shards import pack, shard_paths
-from piunet_dist.synthetic import synthesise
-from piunet_dist.inference import predict
-from piunet_dist.metrics import cpsnr
-from piunet_dist.model import PIUNet, denormalise, normalise, scale_dn
+from piunet_dist.data.shards import shard_paths
+from piunet_dist.data.synthetic import synthesise
+from piunet_dist.evaluation.inference import predict
+from piunet_dist.network.metrics import cpsnr
+from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
 
 
 @torch.no_grad()

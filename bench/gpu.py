@@ -39,7 +39,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-
 from common import RESULTS, ROOT, fmt, machine, sync, table  # noqa: E402  (sets up the path to the references)
 
 SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")
@@ -99,7 +98,7 @@ def published(directory: str | None):
 # --- attention -----------------------------------------------------------------------
 
 def section_attention(args) -> None:
-    from piunet_dist.attention import attend
+    from piunet_dist.network.attention import attend
     dev = device()
     b, t, p, f = (2, 5, 40, 12) if args.quick else (24, 9, 1024, 42)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -160,12 +159,12 @@ def section_attention(args) -> None:
 
 
 def gpu_impls() -> list[str]:
-    from piunet_dist.attention import IMPLEMENTATIONS
+    from piunet_dist.network.attention import IMPLEMENTATIONS
     return [i for i in IMPLEMENTATIONS if i != "auto" and (device() == "cuda" or not i.startswith("triton"))]
 
 
 def _attention_grads(q, x, d, impl):
-    from piunet_dist.attention import attend
+    from piunet_dist.network.attention import attend
     q, x = q.clone().requires_grad_(), x.clone().requires_grad_()
     out = attend(q, x, q.shape[-1] ** -0.5, impl)
     out.backward(d)
@@ -177,8 +176,8 @@ def _attention_grads(q, x, d, impl):
 def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, batch: int, model_cfg: dict,
               side: int, pub=None):
     """One optimizer step as the trainer takes it, and the model it trains."""
-    from piunet_dist.losses import registered_laplace
-    from piunet_dist.model import PIUNet
+    from piunet_dist.network.losses import registered_laplace
+    from piunet_dist.network.model import PIUNet
     dev = device()
     torch.manual_seed(0)
     if kind == "reference":
@@ -316,8 +315,8 @@ def work_dir(args) -> Path:
 
 def shards(args) -> Path:
     """Synthetic NIR scenes packed once for the train and evaluate sections."""
-    from piunet_dist.data.shards import pack
-    from piunet_dist.synthetic import synthesise
+    from piunet_dist.data.packing import pack
+    from piunet_dist.data.synthetic import synthesise
     out = work_dir(args) / "shards"
     if not (out / "manifest.json").is_file():
         scenes = 12 if args.quick else 48
@@ -389,16 +388,16 @@ def section_two(args) -> None:
 # --- evaluation ----------------------------------------------------------------------
 
 def section_evaluate(args) -> None:
+    import oracles
+    from reference_piunet import RefPIUNet
     from torch.utils.data import DataLoader
 
-    import oracles
     from piunet_dist.data.pipeline import EvalScenes
     from piunet_dist.data.shards import shard_paths
-    from piunet_dist.inference import predict
-    from piunet_dist.metrics import cpsnr
-    from piunet_dist.model import PIUNet, denormalise, normalise
-    from piunet_dist.weights import load_weights
-    from reference_piunet import RefPIUNet
+    from piunet_dist.evaluation.inference import predict
+    from piunet_dist.network.metrics import cpsnr
+    from piunet_dist.network.model import PIUNet, denormalise, normalise
+    from piunet_dist.network.weights import load_weights
     dev = device()
     size = TOY if args.quick else PAPER
     data = shards(args)

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import report  # noqa: E402
 from torch.utils.data import DataLoader
 
-from common import report  # noqa: E402
+from piunet_dist.data.packing import pack
 from piunet_dist.data.pipeline import PatchSettings, TrainPatches
 from piunet_dist.data.probav import find_scenes, load_scene
-from piunet_dist.data.shards import pack, shard_paths
-from piunet_dist.synthetic import synthesise
+from piunet_dist.data.shards import shard_paths
+from piunet_dist.data.synthetic import synthesise
 
 BATCH = 24  # the paper's batch: 24 patches of 9 x 32 x 32
 

@@ -18,7 +18,6 @@ import sys
 from contextlib import nullcontext
 
 import torch
-
 from common import report, seconds  # noqa: E402  (sets up the path to the references)
 
 CONFIGS = {  # model settings, batch, frames, LR patch side
@@ -32,8 +31,8 @@ def make_step(name: str, precision: str, mode: str, device: str):
     import oracles
     from reference_piunet import RefPIUNet
 
-    from piunet_dist.losses import registered_laplace
-    from piunet_dist.model import PIUNet
+    from piunet_dist.network.losses import registered_laplace
+    from piunet_dist.network.model import PIUNet
 
     model_cfg, batch, frames, side = CONFIGS[name]
     torch.manual_seed(0)

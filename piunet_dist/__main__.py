@@ -6,17 +6,17 @@ import importlib
 import os
 import sys
 
-from .errors import UserError
-from .files import disk_error, disk_failure
+from .core.errors import UserError
+from .core.files import disk_error, disk_failure
 
 # command -> (module with add_arguments(parser) and run(args), one line of help)
 COMMANDS = {
-    "synth": ("piunet_dist.synthetic", "write synthetic scenes in the PROBA-V layout"),
-    "pack": ("piunet_dist.data.shards", "pack PROBA-V scenes into WebDataset shards, or verify them"),
-    "train": ("piunet_dist.train", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
-    "evaluate": ("piunet_dist.evaluate", "predict and score a split with one or more runs, and their ensembles"),
-    "predict": ("piunet_dist.predict", "super-resolve one scene directory with published or trained weights"),
-    "report": ("piunet_dist.report", "figures, index.html and report.md of runs and evaluations"),
+    "synth": ("piunet_dist.data.synthetic", "write synthetic scenes in the PROBA-V layout"),
+    "pack": ("piunet_dist.data.packing", "pack PROBA-V scenes into WebDataset shards, or verify them"),
+    "train": ("piunet_dist.training.trainer", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
+    "evaluate": ("piunet_dist.evaluation.evaluate", "predict and score a split with one or more runs, and their ensembles"),
+    "predict": ("piunet_dist.evaluation.scene", "super-resolve one scene directory with published or trained weights"),
+    "report": ("piunet_dist.report.pages", "figures, index.html and report.md of runs and evaluations"),
 }
 
 
@@ -47,7 +47,7 @@ def build_command_parser(command: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:
-        from .launch import main as launch
+        from .launch.cli import main as launch
         return launch(argv[1:])
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv)  # the overview, or the error that names the commands

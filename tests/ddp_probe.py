@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from piunet_dist.config import load_config
-from piunet_dist.train import Trainer
+from piunet_dist.core.config import load_config
+from piunet_dist.training.trainer import Trainer
 
 if __name__ == "__main__":
     cfg = load_config(sys.argv[1], sys.argv[2:])

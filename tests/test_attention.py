@@ -6,9 +6,9 @@ bench/gpu.py's attention section."""
 import pytest
 import torch
 
-from piunet_dist.attention import attend, resolve
-from piunet_dist.errors import UserError
-from piunet_dist.model import PIUNet
+from piunet_dist.core.errors import UserError
+from piunet_dist.network.attention import attend, resolve
+from piunet_dist.network.model import PIUNet
 
 
 def einsum_attention(q, x, scale):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from piunet_dist.baselines import bicubic_mean, challenge_baseline
+from piunet_dist.network.baselines import bicubic_mean, challenge_baseline
 
 
 def scene(rng, n=5, size=16):

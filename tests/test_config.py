@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from piunet_dist.__main__ import main
-from piunet_dist.config import Config, check_world, config_hash, load_config, reference, to_yaml
-from piunet_dist.errors import UserError
+from piunet_dist.core.config import Config, check_world, config_hash, load_config, reference, to_yaml
+from piunet_dist.core.errors import UserError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -137,7 +137,7 @@ def test_cli_reports_one_line_and_exit_code_2(capsys):
 
 def test_evaluate_reads_its_settings_from_the_eval_section_and_the_flags_win(tmp_path):
     from piunet_dist.__main__ import build_command_parser
-    from piunet_dist.evaluate import eval_settings
+    from piunet_dist.evaluation.evaluate import eval_settings
     yaml_file = tmp_path / "eval.yaml"
     yaml_file.write_text("eval:\n  ensemble: median\n  split: test\n  batch_size: 3\n")
     parser = build_command_parser("evaluate")

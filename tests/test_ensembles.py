@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from piunet_dist.config import CHOICES
-from piunet_dist.ensembles import METHODS, combine, median, uncertainty, val_weighted
-from piunet_dist.metrics import shift_search
-from piunet_dist.scoring import LEVELS, Calibration
+from piunet_dist.core.config import CHOICES
+from piunet_dist.evaluation.ensembles import METHODS, combine, median, uncertainty, val_weighted
+from piunet_dist.evaluation.scoring import LEVELS, Calibration
+from piunet_dist.network.metrics import shift_search
 
 
 def members(values, scales=None):

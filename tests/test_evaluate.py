@@ -11,15 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faults import fill
 from PIL import Image
 
 from piunet_dist import __version__
 from piunet_dist.__main__ import main
-from piunet_dist.ensembles import METHODS
-from piunet_dist.submission import write_submission
-from piunet_dist.data.shards import pack, scene_names, shard_paths
-from piunet_dist.synthetic import synthesise
-from faults import fill
+from piunet_dist.data.packing import pack
+from piunet_dist.data.shards import scene_names, shard_paths
+from piunet_dist.data.synthetic import synthesise
+from piunet_dist.evaluation.ensembles import METHODS
+from piunet_dist.evaluation.submission import write_submission
 
 ROOT = Path(__file__).parent.parent
 TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
@@ -358,7 +359,7 @@ def test_the_report_leaves_out_a_torn_line_of_metrics_jsonl(members, tmp_path, c
 
 
 def test_members_with_the_same_names_get_a_column_each(members, tmp_path):
-    from piunet_dist.members import find_members
+    from piunet_dist.evaluation.members import find_members
     _, runs = members
     dirs = []
     for where in ("a/x/nir", "b/x/nir", "c/x/nir", "d/mean"):  # "mean" is also an ensemble method's column

@@ -2,11 +2,11 @@
 batch give what one view at a time gives; batch sizes and precision resolve per device."""
 import pytest
 import torch
-
-from piunet_dist.errors import UserError
-from piunet_dist.inference import predict, resolve_precision, scenes_per_batch, transforms
-from piunet_dist.model import PIUNet, denormalise, normalise, scale_dn
 from test_model import randomise_norm_stats
+
+from piunet_dist.core.errors import UserError
+from piunet_dist.evaluation.inference import predict, resolve_precision, scenes_per_batch, transforms
+from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
 
 
 def view_by_view(model, lr_dn, n):

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from piunet_dist.data.shards import pack, scene_names, shard_paths
-from piunet_dist.synthetic import synthesise
+from piunet_dist.data.packing import pack
+from piunet_dist.data.shards import scene_names, shard_paths
+from piunet_dist.data.synthetic import synthesise
 
 ROOT = Path(__file__).parent.parent
 TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
@@ -354,13 +355,13 @@ def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
 @pytest.mark.parametrize("text, minutes", [("30", 30), ("30:00", 30), ("30:01", 31), ("1:30:00", 90),
                                            ("2-0", 2880), ("1-12:30", 2190), ("1-00:00:30", 1441)])
 def test_time_limits_in_every_format_slurm_reads(text, minutes):
-    from piunet_dist.slurm import minutes as read
+    from piunet_dist.launch.slurm import minutes as read
     assert read(text) == minutes
 
 
 def test_flags_and_settings_mix_in_any_order():
     from piunet_dist.__main__ import build_command_parser
-    from piunet_dist.launch import build_parser
+    from piunet_dist.launch.cli import build_parser
     args = build_parser().parse_intermixed_args(["--config", "x.yaml", "data.band=NIR", "--nodes", "2",
                                                  "train.lr=1e-3", "--wait"])
     assert (args.nodes, args.wait, args.overrides) == (2, True, ["data.band=NIR", "train.lr=1e-3"])
@@ -392,9 +393,10 @@ def test_a_request_no_node_can_run_is_refused_before_it_is_sent(shards, tmp_path
 @needs_slurm
 @pytest.mark.slurm
 def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, capsys):
-    from piunet_dist.config import load_config
-    from piunet_dist.launch import make_executor, wait_for
-    from piunet_dist.slurm import job_state
+    from piunet_dist.core.config import load_config
+    from piunet_dist.launch.following import wait_for
+    from piunet_dist.launch.slurm import job_state
+    from piunet_dist.launch.submitting import make_executor
     # the partition's limit drops below the job's time after the launcher's check: SLURM
     # queues the job, which would then wait for ever
     subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=1"], check=True)

@@ -1,8 +1,8 @@
+import oracles
 import pytest
 import torch
 
-import oracles
-from piunet_dist.losses import registered_l1, registered_laplace
+from piunet_dist.network.losses import registered_l1, registered_laplace
 
 
 def batch(seed, b=4, size=48, clear=0.7):
@@ -92,7 +92,7 @@ def test_a_loss_search_that_cannot_compile_says_so_and_runs_eagerly(tmp_path):
     import sys
     script = (
         "import torch\n"
-        "from piunet_dist.losses import registered_l1\n"
+        "from piunet_dist.network.losses import registered_l1\n"
         "g = torch.Generator().manual_seed(0)\n"
         "y, p = torch.rand(2, 1, 24, 24, generator=g), torch.rand(2, 1, 24, 24, generator=g)\n"
         "m = torch.rand(2, 1, 24, 24, generator=g) > 0.2\n"

@@ -1,12 +1,21 @@
 import math
 
+import oracles
 import pytest
 import torch
-
-import oracles
 from distributed import run_group
-from piunet_dist.metrics import (CPSNR, CSSIM, ChallengeScore, UncertaintyCalibration,
-                                 challenge_score, cpsnr, cssim, shift_search, uncertainty_stats)
+
+from piunet_dist.network.metrics import (
+    CPSNR,
+    CSSIM,
+    ChallengeScore,
+    UncertaintyCalibration,
+    challenge_score,
+    cpsnr,
+    cssim,
+    shift_search,
+    uncertainty_stats,
+)
 
 
 def scenes(seed, b=3, size=60, noise=20.0, clear=0.8):

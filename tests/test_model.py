@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_piunet import RefPIUNet
 from torch import nn
 
-from piunet_dist.errors import UserError
-from piunet_dist.model import PIUNet, TemporalAttention, filter_frames
-from piunet_dist.weights import load_weights, model_from_weights
-from reference_piunet import RefPIUNet
+from piunet_dist.core.errors import UserError
+from piunet_dist.network.model import PIUNet, TemporalAttention, filter_frames
+from piunet_dist.network.weights import load_weights, model_from_weights
 
 TSV = Path(__file__).with_name("piunet_state_dict.tsv")
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import webdataset as wds
+from distributed import run_group
 from torch.utils.data import DataLoader
 
-from distributed import run_group
 from piunet_dist.data.pipeline import CorruptData, EvalScenes, PatchSettings, TrainPatches
 from piunet_dist.data.probav import Scene
 from piunet_dist.data.shards import encode_scene

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 from PIL import Image
+from scene_tree import write_norm, write_scene
 
 from piunet_dist.data.probav import find_scenes, load_scene, read_norm, select_frames, validate_scene
 from piunet_dist.data.registration import estimate_shift, register_frames, shift_frame
-from scene_tree import write_norm, write_scene
 
 
 @pytest.fixture

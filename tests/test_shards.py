@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scene_tree import write_norm, write_scene
 
 from piunet_dist.__main__ import main
+from piunet_dist.core.errors import UserError
+from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene
-from piunet_dist.data.shards import decode_sample, load_manifest, pack, shard_paths, verify
-from piunet_dist.errors import UserError
-from scene_tree import write_norm, write_scene
+from piunet_dist.data.shards import decode_sample, load_manifest, shard_paths, verify
 
 
 def small_tree(root, n_train=10, n_test=2):
@@ -193,7 +194,7 @@ def test_merge_refuses_parts_that_disagree(packed, tmp_path):
     pack(src, out, ["NIR"], 0.3, None, 7, 1, 4, False, splits=("train",), part=True)
     pack(src, out, ["RED"], 0.3, None, 8, 1, 4, False, splits=("train",), part=True)
     with pytest.raises(UserError, match="with other parameters"):
-        from piunet_dist.data.shards import merge
+        from piunet_dist.data.packing import merge
         merge(out)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from piunet_dist.__main__ import main
 from piunet_dist.data.probav import find_scenes, load_scene, read_norm, validate_scene
-from piunet_dist.synthetic import make_scene
+from piunet_dist.data.synthetic import make_scene
 
 
 def digest(root):

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import fill, flip_bytes
 from safetensors.torch import load_file
 
-from piunet_dist.data.shards import pack, scene_names, shard_paths
-from piunet_dist.synthetic import synthesise
-from faults import fill, flip_bytes
+from piunet_dist.data.packing import pack
+from piunet_dist.data.shards import scene_names, shard_paths
+from piunet_dist.data.synthetic import synthesise
 
 ROOT = Path(__file__).parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -160,7 +161,7 @@ def test_resuming_with_settings_that_define_another_run_is_refused_before_writin
 
 
 def test_the_demo_bands_have_run_dirs_of_their_own():
-    from piunet_dist.config import load_config
+    from piunet_dist.core.config import load_config
     nir, red = (load_config(ROOT / "configs" / name) for name in ("demo.yaml", "demo-red.yaml"))
     assert (nir.data.band, red.data.band) == ("NIR", "RED") and nir.run_dir != red.run_dir
 
@@ -222,8 +223,9 @@ def test_a_world_size_without_a_process_group_is_refused(shards, tmp_path):
 
 def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path):
     import torch.nn.functional as F
+
     from piunet_dist.data.pipeline import EvalScenes
-    from piunet_dist.metrics import cpsnr
+    from piunet_dist.network.metrics import cpsnr
 
     synthesise(tmp_path / "scenes", 24, 0, ["NIR"], seed=11, workers=2)
     pack(tmp_path / "scenes", tmp_path / "shards", ["NIR"], 0.3, None, 0, 2, 8, False)
@@ -258,7 +260,7 @@ def test_sync_batchnorm_on_without_gpus_is_refused(shards, tmp_path):
 
 def test_sync_batchnorm_conversion_keeps_the_published_names():
     # SyncBatchNorm itself runs only on GPUs (none here); its conversion must not rename a thing
-    from piunet_dist.model import PIUNet
+    from piunet_dist.network.model import PIUNet
     model = PIUNet(n_feat=8, r_bneck=4, n_tefa=2)
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(PIUNet(n_feat=8, r_bneck=4, n_tefa=2))
     assert [(k, v.shape) for k, v in synced.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
@@ -354,7 +356,7 @@ def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_checkpoint(
 
 
 def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_trainer():
-    from piunet_dist.stop import StopRequest
+    from piunet_dist.core.stop import StopRequest
     before = signal.getsignal(signal.SIGINT)  # Python's handler, or SIG_IGN in a job started in the background
     stop = StopRequest()
     stop.install()
@@ -367,7 +369,7 @@ def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_
     assert signal.getsignal(signal.SIGINT) is before
     child = subprocess.run([sys.executable, "-c", "import os, signal, time\n"
                             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-                            "from piunet_dist.stop import ignore_interrupts_in_worker\n"
+                            "from piunet_dist.core.stop import ignore_interrupts_in_worker\n"
                             "ignore_interrupts_in_worker(0)\nos.kill(os.getpid(), signal.SIGINT)\n"
                             "time.sleep(0.05)\nprint('still here')"], cwd=ROOT, capture_output=True, text=True)
     assert child.stdout == "still here\n"

@@ -19,9 +19,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..config import DataConfig
-from ..errors import UserError
-from ..baselines import challenge_baseline
+from ..core.config import DataConfig
+from ..core.errors import UserError
+from ..network.baselines import challenge_baseline
 from .probav import MIN_CLEARANCE, Scene, select_frames
 from .registration import register_frames
 from .shards import decode_sample

@@ -15,10 +15,10 @@ import html
 import json
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
+from ..core.files import disk_error, write_text
+from ..core.run_dir import RunDir
 from .figures import calibration_figure, curves_figure, panels_figure, scatter_figure
-from .files import disk_error, write_text
-from .run_dir import RunDir
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#1d2330}

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..core.config import ModelConfig
 from .attention import TemporalAttention
-from .config import ModelConfig
 
 # Fixed normalisation of LR and HR digital numbers (PIUNET.md section 2), both bands.
 NORM_MEAN = 7433.6436

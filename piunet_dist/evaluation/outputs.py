@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import UserError
-from .files import replacing
-from .metrics import PEAK
+from ..core.errors import UserError
+from ..core.files import replacing
+from ..network.metrics import PEAK
 
 
 def write_outputs(folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor) -> None:

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.pipeline import prepare_frames
-from .data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
-from .errors import UserError
+from ..core.errors import UserError
+from ..data.pipeline import prepare_frames
+from ..data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
+from ..network.weights import model_from_weights
 from .inference import predict, resolve_precision
 from .outputs import write_outputs
-from .weights import model_from_weights
 
 
 def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int, n_frames: int,

@@ -23,17 +23,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .baselines import bicubic_mean
-from .config import EvalConfig, add_setting_flags, flag_overrides, load_config
-from .data.pipeline import EvalScenes
-from .data.probav import LR_SIZE
-from .data.shards import scene_count, scene_names, shard_paths
+from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config
+from ..core.errors import UserError
+from ..core.files import write_json
+from ..data.pipeline import EvalScenes
+from ..data.probav import LR_SIZE
+from ..data.shards import scene_count, scene_names, shard_paths
+from ..network.baselines import bicubic_mean
+from ..network.metrics import cpsnr, shift_search
 from .ensembles import METHODS, combine, uncertainty
-from .errors import UserError
-from .files import write_json
 from .inference import predict, resolve_precision, scenes_per_batch, transforms
 from .members import Member, by_band, find_members
-from .metrics import cpsnr, shift_search
 from .outputs import predicted, read_outputs, write_outputs
 from .scoring import Calibration, SceneResult, score, summarise_band, write_csv
 from .submission import ENSEMBLE, write_submission

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from ..core.errors import UserError
 
 IMPLEMENTATIONS = ("auto", "sdpa", "matmul", "triton")
 MAX_SEQUENCES = 65_535  # per launch of SDPA on CUDA: batch x heads on one grid axis

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .baselines import challenge_baseline
-from .data.probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
-from .errors import UserError
-from .files import replacing
-from .metrics import cpsnr
-from .stop import process_pool, raising_on_signals
+from ..core.errors import UserError
+from ..core.files import replacing
+from ..core.stop import process_pool, raising_on_signals
+from ..network.baselines import challenge_baseline
+from ..network.metrics import cpsnr
+from .probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
 
 PAD = 24                      # HR margin that shifted views draw from
 MAX_SHIFT = 4.5               # HR pixels, each axis (1.5 LR pixels)

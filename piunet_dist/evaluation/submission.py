@@ -6,9 +6,9 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from .data.shards import scene_names, shard_paths
-from .errors import UserError
-from .files import replacing
+from ..core.errors import UserError
+from ..core.files import replacing
+from ..data.shards import scene_names, shard_paths
 
 ENSEMBLE = "ensemble"  # OUT/<band>/ensemble/: the predictions of eval.ensemble's method
 

@@ -9,7 +9,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..core.errors import UserError
 
 TIME_FORMATS = "M, M:S, H:M:S, D-H, D-H:M or D-H:M:S"
 # a job that waits for one of these waits forever: the request does not fit what the

@@ -28,20 +28,21 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import __version__, checkpoint
-from .attention import resolve
-from .config import Config, check_world, config_hash, load_config, run_differences, settings_help, to_yaml
-from .data.pipeline import EvalScenes, PatchSettings, TrainPatches
-from .data.probav import LR_SIZE
-from .data.shards import shard_paths
-from .errors import UserError
-from .files import append_record, repair_lines, utc_now, write_text
-from .losses import registered_l1, registered_laplace
-from .inference import predict, scenes_per_batch
-from .metrics import CPSNR, CSSIM, UncertaintyCalibration
-from .model import PIUNet, normalise
-from .run_dir import RunDir
-from .stop import Interrupted, StopRequest, ignore_interrupts_in_worker
+from ..core import checkpoint
+from ..core.config import Config, check_world, config_hash, load_config, run_differences, settings_help, to_yaml
+from ..core.errors import UserError
+from ..core.files import append_record, repair_lines, utc_now, write_text
+from ..core.run_dir import RunDir
+from ..core.stop import Interrupted, StopRequest, ignore_interrupts_in_worker
+from ..core.version import VERSION
+from ..data.pipeline import EvalScenes, PatchSettings, TrainPatches
+from ..data.probav import LR_SIZE
+from ..data.shards import shard_paths
+from ..evaluation.inference import predict, scenes_per_batch
+from ..network.attention import resolve
+from ..network.losses import registered_l1, registered_laplace
+from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
+from ..network.model import PIUNet, normalise
 
 
 class Trainer:
@@ -270,7 +271,7 @@ class Trainer:
             self.state["best_val_cpsnr"] = cpsnr
             checkpoint.save_best(self.acc, self.model, self.run_dir,
                                  {"step": step, "val_cpsnr": cpsnr, "val_cssim": cssim, "val_nll": nll,
-                                  "version": __version__, "time": utc_now()})
+                                  "version": VERSION, "time": utc_now()})
 
     # --- state and logs -------------------------------------------------------------
 
@@ -305,7 +306,7 @@ class Trainer:
 
     def save(self) -> Path:
         self.state["skipped_samples"] = self._skipped_samples()
-        self.state["version"], self.state["time"] = __version__, utc_now()
+        self.state["version"], self.state["time"] = VERSION, utc_now()
         return checkpoint.save(self.acc, self.run_dir, self.state["step"], self.state, self.cfg.train.keep_last)
 
     def _memory(self) -> dict:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import replacing
-from .metrics import ShiftSearch, challenge_score, cssim, psnr_db, shift_search, uncertainty_stats
-from .shifts import aligned, crop
+from ..core.files import replacing
+from ..network.metrics import ShiftSearch, challenge_score, cssim, psnr_db, shift_search, uncertainty_stats
+from ..network.shifts import aligned, crop
 
 SCALE_BINS = np.geomspace(1.0, 1e4, 25)  # DN: edges of the calibration curve's bins
 LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)  # nominal coverages of the Laplace's central intervals

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from .config import CHOICES, Config, config_hash, load_config
-from .errors import UserError
-from .files import read_json_lines, sha256
-from .model import PIUNet
-from .run_dir import RunDir
-from .weights import load_weights
+from ..core import checkpoint
+from ..core.config import CHOICES, Config, config_hash, load_config
+from ..core.errors import UserError
+from ..core.files import read_json_lines, sha256
+from ..core.run_dir import RunDir
+from ..network.model import PIUNet
+from ..network.weights import load_weights
 
 
 @dataclass

@@ -17,15 +17,15 @@ import torch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .baselines import bicubic_mean  # noqa: E402
-from .config import load_config  # noqa: E402
-from .data.pipeline import EvalScenes  # noqa: E402
-from .data.shards import shard_paths  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .files import read_json_lines, replacing  # noqa: E402
-from .metrics import shift_search  # noqa: E402
-from .run_dir import RunDir  # noqa: E402
-from .shifts import aligned, crop  # noqa: E402
+from ..core.config import load_config  # noqa: E402
+from ..core.errors import UserError  # noqa: E402
+from ..core.files import read_json_lines, replacing  # noqa: E402
+from ..core.run_dir import RunDir  # noqa: E402
+from ..data.pipeline import EvalScenes  # noqa: E402
+from ..data.shards import shard_paths  # noqa: E402
+from ..network.baselines import bicubic_mean  # noqa: E402
+from ..network.metrics import shift_search  # noqa: E402
+from ..network.shifts import aligned, crop  # noqa: E402
 
 MASKED = "#3b8eea"  # cloud-masked pixels: a colour magma, the error and scale map, never takes
 

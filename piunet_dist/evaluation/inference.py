@@ -9,9 +9,9 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import count_or_auto
-from .errors import UserError
-from .model import PIUNet, denormalise, normalise, scale_dn
+from ..core.config import count_or_auto
+from ..core.errors import UserError
+from ..network.model import PIUNet, denormalise, normalise, scale_dn
 
 MAX_AUTO_SCENES = 32  # past this a GPU is full of work; larger batches only hold more memory
 # peak bytes per feature channel and LR pixel of one view, per frame and for the output

@@ -14,9 +14,9 @@ import torch
 import yaml
 from torch import nn
 
-from .errors import UserError
+from ..core.errors import UserError
+from ..core.run_dir import RunDir
 from .model import PIUNet
-from .run_dir import RunDir
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")

@@ -1,0 +1,154 @@
+"""Submitting: the SLURM request of a launch, its checks, and the jobs sent (or local processes)."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import submitit
+
+from ..core import checkpoint
+from ..core.config import Config, LaunchConfig, check_world, flag_overrides, load_config
+from ..core.errors import UserError
+from ..core.files import append_record
+from ..core.run_dir import RunDir
+from ..evaluation.members import check_runs
+from .following import wait_for
+from .jobs import EvaluateTask, TrainJob
+from .slurm import check_request, minutes
+
+
+def cluster_kind(choice: str) -> str:
+    """slurm or local. auto: SLURM where sbatch is on the PATH and a controller answers."""
+    if choice == "local":
+        return "local"
+    if not shutil.which("sbatch"):
+        if choice == "slurm":
+            raise UserError("--cluster slurm: sbatch is not on the PATH (use --cluster local, or run on a login node)")
+        return "local"
+    if choice == "slurm":
+        return "slurm"
+    # SLURM's client tools without a cluster to talk to (installed, but no slurm.conf or
+    # controller) must not stop a laptop run; a cluster that does not answer is said aloud
+    try:
+        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+        answer = probe.stderr.strip().splitlines()[-1] if probe.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        answer = str(e) or type(e).__name__
+    if not answer:
+        return "slurm"
+    print(f"launch: sbatch is here but no SLURM controller answers ({answer}); running local processes "
+          "(--cluster slurm insists on SLURM)", file=sys.stderr)
+    return "local"
+
+def slurm_request(launch: LaunchConfig) -> dict[str, object]:
+    """The job's request, by the names sbatch gives its options: what the executor is given and
+    what --dry-run prints."""
+    request = {"nodes": launch.nodes, "ntasks-per-node": launch.gpus_per_node or launch.tasks_per_node,
+               "cpus-per-task": launch.cpus_per_task, "time": minutes(launch.time)}
+    if launch.gpus_per_node:
+        request["gpus-per-node"] = launch.gpus_per_node
+    return request | {k: getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem")
+                      if getattr(launch, k)}
+
+# sbatch's option -> submitit's parameter; those not here are SLURM's alone (slurm_<option>)
+SUBMITIT = {"nodes": "nodes", "ntasks-per-node": "tasks_per_node", "cpus-per-task": "cpus_per_task",
+            "time": "timeout_min", "gpus-per-node": "gpus_per_node"}
+
+def make_executor(cfg: Config, folder: Path, name: str, kind: str):
+    """A submitit executor for cfg.launch on `kind` (cluster_kind): SLURM, or local processes."""
+    launch = cfg.launch
+    if kind == "local" and launch.nodes > 1:
+        raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind,
+                                     **{f"{kind}_max_num_timeout": launch.max_requeues})
+    params = {"name": name}
+    for option, value in slurm_request(launch).items():
+        if option in SUBMITIT:
+            params[SUBMITIT[option]] = value
+        elif kind == "slurm":
+            params[f"slurm_{option}"] = value
+    executor.update_parameters(**params)
+    return executor
+
+def sbatch_request(cfg: Config, name: str) -> str:
+    """The job's SLURM request as #SBATCH lines (for --dry-run); submitit adds its own lines for
+    logs, the signal before the time limit and requeueing."""
+    if cluster_kind(cfg.launch.cluster) != "slurm":
+        raise UserError("--dry-run prints a SLURM request: it needs SLURM (sbatch on the PATH) or --cluster slurm")
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}"]
+    lines += [f"#SBATCH --{option}={value}" for option, value in slurm_request(cfg.launch).items()]
+    return "\n".join(lines + ["# then srun, one task per process, runs the training (submitit)"])
+
+def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
+    """(run dir, overrides) of every run: one, or one per band x seed under run_dir."""
+    bands, seeds = args.bands or [cfg.data.band], args.seeds or [cfg.train.seed]
+    if not args.bands and not args.seeds:
+        return [(cfg.run_dir, [])]
+    return [(str(Path(cfg.run_dir) / f"{band.lower()}-seed{seed}"),
+             [f"data.band={band}", f"train.seed={seed}", f"run_dir={Path(cfg.run_dir) / f'{band.lower()}-seed{seed}'}"])
+            for band in bands for seed in seeds]
+
+def submit_training(args) -> int:
+    overrides = list(args.overrides) + flag_overrides(args, "launch")
+    cfg = load_config(args.config, overrides)
+    launch = cfg.launch
+    minutes(launch.time)
+    world = launch.nodes * (launch.gpus_per_node or launch.tasks_per_node)
+    folder = RunDir(cfg.run_dir).slurm
+    name = f"piunet-{Path(cfg.run_dir).name}"
+    runs = []
+    for run_dir, extra in members(args, cfg):
+        member = load_config(args.config, overrides + extra)  # every member is valid before anything is sent
+        check_world(member, world)
+        if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:
+            print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
+        else:
+            runs.append((run_dir, member))
+    if args.dry_run:
+        print(sbatch_request(cfg, name))
+        return 0
+    if not runs:
+        return 0
+    kind = cluster_kind(launch.cluster)
+    if kind == "slurm":
+        check_request(launch.partition, launch.nodes, launch.gpus_per_node or launch.tasks_per_node,
+                      launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
+    executor = make_executor(cfg, folder, name, kind)
+    with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
+        jobs = [executor.submit(TrainJob(member)) for _, member in runs]
+    for job, (run_dir, _) in zip(jobs, runs):
+        append_record(RunDir(run_dir).jobs, {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
+                                             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+        print(f"job {job.job_id} ({kind}): run dir {run_dir}")
+        print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
+    return wait_for(jobs, launch.partition) if args.wait else 0
+
+def submit_evaluation(args) -> int:
+    """An array of predict tasks, one per run (a band x member), then the scoring job after them."""
+    cfg = load_config(args.config, flag_overrides(args, "eval") + flag_overrides(args, "launch")
+                      + ["launch.nodes=1", "launch.tasks_per_node=1"])
+    cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
+    check_runs(args.runs)
+    runs, settings, launch = list(args.runs), cfg.eval, cfg.launch
+    folder = Path(settings.out) / "slurm"
+    kind = cluster_kind(launch.cluster)
+    if kind == "slurm":
+        check_request(launch.partition, 1, 1, launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
+    executor = make_executor(cfg, folder, "piunet-predict", kind)
+    with executor.batch():
+        tasks = [executor.submit(EvaluateTask(runs, settings, "predict", i, launch.cpus_per_task))
+                 for i in range(len(runs))]
+    for task, run_dir in zip(tasks, runs):
+        print(f"job {task.job_id} ({kind}): predict with {run_dir}")
+    scorer = make_executor(cfg, folder, "piunet-score", kind)
+    if kind == "slurm":
+        scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
+    elif wait_for(tasks, launch.partition):  # local processes: no scheduler to hold the scoring back
+        return 1
+    score = scorer.submit(EvaluateTask(runs, settings, "score", None, launch.cpus_per_task))
+    print(f"job {score.job_id} ({kind}): ensembles and scores -> {settings.out}/summary.json")
+    print(f"  logs: {folder}")
+    return wait_for([*tasks, score] if kind == "slurm" else [score], launch.partition) if args.wait else 0
