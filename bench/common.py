@@ -71,3 +71,38 @@ def fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def trainer_step(model_cfg: dict, batch: int, frames: int, side: int, precision: str, compiled: bool = False,
+                 checkpointed: bool = False, attention: str = "auto"):
+    """The trainer's own step (training/step.py) on one fixed batch of DN patches, built as the
+    trainer builds it: (a function that takes one step, the model). Accelerate fixes the
+    precision once per process, so one precision per process."""
+    from accelerate import Accelerator
+
+    from piunet_dist.core.config import Config
+    from piunet_dist.training.step import prepare_step
+    from piunet_dist.network.model import PIUNet
+
+    cfg = Config()
+    for key, value in model_cfg.items():
+        setattr(cfg.model, key, value)
+    cfg.model.attention = attention
+    cfg.train.activation_checkpointing = checkpointed
+    cfg.train.compile_loss = compiled or torch.cuda.is_available()
+    torch.manual_seed(0)
+    model = PIUNet.from_config(cfg.model, checkpoint_blocks=checkpointed)
+    if compiled:
+        model.compile_blocks()
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision={"fp32": "no"}.get(precision, precision))
+    step = prepare_step(model, cfg.train, acc)
+    g = torch.Generator().manual_seed(0)
+    lr = (7000 + 2000 * torch.rand(batch, frames, side, side, generator=g)).to(acc.device)
+    hr = (7000 + 2000 * torch.rand(batch, 1, 3 * side, 3 * side, generator=g)).to(acc.device)
+    mask = (torch.rand(hr.shape, generator=g) > 0.1).to(acc.device)
+
+    def one():
+        loss, _ = step(lambda: (lr, hr, mask), laplace=True)
+        if loss is None:
+            raise RuntimeError("non-finite loss")
+    return one, step.model

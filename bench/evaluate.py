@@ -27,7 +27,7 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.pipeline import EvalScenes
 from piunet_dist.data.shards import shard_paths
 from piunet_dist.data.synthetic import synthesise
-from piunet_dist.evaluation.inference import predict
+from piunet_dist.evaluation.inference import super_resolve
 from piunet_dist.network.metrics import cpsnr
 from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
 
@@ -36,7 +36,7 @@ from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
 def band(model: PIUNet, shards: list[str], batch_size: int, device: str) -> float:
     scores = []
     for batch in DataLoader(EvalScenes(shards), batch_size=batch_size, num_workers=2):
-        sr, _ = predict(model, batch["lr"].to(device), 4)
+        sr, _ = super_resolve(model, batch["lr"].to(device), 4)
         scores.append(cpsnr(sr, batch["hr"][:, None].to(device), batch["sm"][:, None].to(device)))
     return torch.cat(scores).mean().item()
 

@@ -8,9 +8,8 @@ rewritten after every section, so a run cut short keeps what it measured:
 - attention: each implementation of the attention's core (attention.py) against a
   float64 one, forward and gradients, at the training shape and past SDPA's 65,535
   sequences; its time, forward and backward.
-- step: one optimizer step of the paper configuration at batch 24 and 96 (forward,
-  registered Laplace loss, backward, the trainer's finiteness check, clipping, fused
-  Adam): samples/s and peak memory, against the straightforward reference in references/ and,
+- step: the trainer's own optimizer step (training/step.py) of the paper configuration at
+  batch 24 and 96, each in a process of its own: samples/s and peak memory, against the straightforward reference in references/ and,
   with --published DIR (the published code's model.py and losses.py), against that.
 - train: `python -m piunet_dist train` end to end on synthetic shards, its samples/s from
   metrics.jsonl against the step alone.
@@ -39,9 +38,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, fmt, machine, sync, table  # noqa: E402  (sets up the path to the references)
+from common import RESULTS, ROOT, fmt, machine, sync, table, trainer_step  # noqa: E402  (sets up the path to the references)
 
-SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")
+SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")  # SECTION_RUNS runs them
 PAPER = {"n_feat": 42, "r_bneck": 8, "n_tefa": 16, "n_heads": 1}
 TOY = {"n_feat": 8, "r_bneck": 4, "n_tefa": 1, "n_heads": 1}
 
@@ -175,9 +174,11 @@ def _attention_grads(q, x, d, impl):
 
 def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, batch: int, model_cfg: dict,
               side: int, pub=None):
-    """One optimizer step as the trainer takes it, and the model it trains."""
-    from piunet_dist.network.losses import registered_laplace
-    from piunet_dist.network.model import PIUNet
+    """One optimizer step and the model it trains: this project's is the trainer's own
+    (training/step.py, through common.trainer_step); the reference's and the published code's
+    are the same sequence written plainly around their model and loss."""
+    if kind == "this":
+        return trainer_step(model_cfg, batch, 9, side, precision, compiled, ckpt, impl)
     dev = device()
     torch.manual_seed(0)
     if kind == "reference":
@@ -187,22 +188,15 @@ def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, 
 
         def loss_fn(y, mu, s, m):
             return oracles.registered_laplace(y, mu, s, m)
-    elif kind == "published":
+    else:
         cfg = types.SimpleNamespace(N_feat=model_cfg["n_feat"], R_bneck=model_cfg["r_bneck"],
                                     N_tefa=model_cfg["n_tefa"], N_heads=model_cfg["n_heads"])
         model = pub.model.PIUNET(cfg)
 
         def loss_fn(y, mu, s, m):
             return pub.losses.l1_registered_uncertainty_loss(y, mu, s, m, y.shape[-1])
-    else:
-        model = PIUNet(**model_cfg, checkpoint_blocks=ckpt, attention=impl)
-        if compiled:
-            model.compile_blocks()
-
-        def loss_fn(y, mu, s, m):
-            return registered_laplace(y, mu, s, m, compiled=dev == "cuda" or compiled)
     model = model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=dev == "cuda" and kind == "this")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 9, side, side, generator=g).to(dev)
     y = torch.randn(batch, 1, 3 * side, 3 * side, generator=g).to(dev)
@@ -212,11 +206,7 @@ def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, 
     def step():
         with autocast:
             mu, s = model(x)
-        loss = loss_fn(y, mu.float(), s.float(), m)
-        loss.backward()
-        if kind == "this":  # the trainer's one host read: skip a non-finite update exactly
-            if not torch.isfinite(loss).item():
-                raise RuntimeError("non-finite loss")
+        loss_fn(y, mu.float(), s.float(), m).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -225,6 +215,25 @@ def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, 
 
 def step_row(section: str, kind: str, impl: str = "-", precision: str = "fp32", compiled: bool = False,
              ckpt: bool = False, batch: int = 24, quick: bool = False, pub=None) -> dict | None:
+    """One step's figures, emitted as a row. This project's steps each run in a process of their
+    own: Accelerate fixes the precision once per process, and the peak memory is the row's own."""
+    if kind == "this":
+        spec = {"section": section, "kind": kind, "impl": impl, "precision": precision, "compiled": compiled,
+                "ckpt": ckpt, "batch": batch, "quick": quick}
+        done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True,
+                              cwd=ROOT)
+        rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        if rows:
+            print("ROW " + json.dumps(rows[-1]), flush=True)
+            return rows[-1]
+        error = " | ".join(done.stderr.strip().splitlines()[-2:])[:300]
+        emit(section=section, kind=kind, impl=impl, precision=precision, batch=batch, error=f"exit {done.returncode}: {error}")
+        return None
+    return measure_step(section, kind, impl, precision, compiled, ckpt, batch, quick, pub)
+
+
+def measure_step(section: str, kind: str, impl: str = "-", precision: str = "fp32", compiled: bool = False,
+                 ckpt: bool = False, batch: int = 24, quick: bool = False, pub=None) -> dict | None:
     mode = ("compiled" if compiled else "eager") + ("+checkpointed" if ckpt else "")
     batch = min(batch, 4) if quick else batch
     row = {"section": section, "kind": kind, "impl": impl, "precision": precision, "mode": mode, "batch": batch}
@@ -394,7 +403,7 @@ def section_evaluate(args) -> None:
 
     from piunet_dist.data.pipeline import EvalScenes
     from piunet_dist.data.shards import shard_paths
-    from piunet_dist.evaluation.inference import predict
+    from piunet_dist.evaluation.inference import super_resolve
     from piunet_dist.network.metrics import cpsnr
     from piunet_dist.network.model import PIUNet, denormalise, normalise
     from piunet_dist.network.weights import load_weights
@@ -414,7 +423,7 @@ def section_evaluate(args) -> None:
     def ours(batch_size, precision):
         scores = []
         for batch in DataLoader(scenes, batch_size=batch_size, collate_fn=_collate):
-            sr, _ = predict(model, batch["lr"].to(dev), 4, precision)
+            sr, _ = super_resolve(model, batch["lr"].to(dev), 4, precision)
             scores.append(cpsnr(sr, batch["hr"][:, None].to(dev), batch["sm"][:, None].to(dev)))
         return torch.cat(scores).cpu()
 
@@ -476,6 +485,9 @@ def _collate(items):
 
 # --- the parent ----------------------------------------------------------------------
 
+SECTION_RUNS = {"attention": section_attention, "step": section_step, "train": section_train, "two": section_two,
+                "evaluate": section_evaluate, "profile": section_profile, "matrix": section_matrix}
+
 COLUMNS = ("kind", "case", "impl", "precision", "mode", "batch", "variant", "kernel", "step_ms",
            "samples_per_s", "scenes_per_s", "peak_gib", "ms", "ms_per_step", "calls_per_step", "share",
            "rel_err_out", "rel_err_dq", "rel_err_dx", "max_abs_dcpsnr_vs_fp32", "vs reference", "vs published",
@@ -491,9 +503,13 @@ def main():
                         help="scratch folder for shards and runs")
     parser.add_argument("--quick", action="store_true", help="toy sizes: a check of this script")
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # one step of this project's, in a process of its own
     args = parser.parse_args()
+    if args.row:
+        measure_step(**json.loads(args.row))
+        return
     if args.section:
-        globals()[f"section_{args.section}"](args)
+        SECTION_RUNS[args.section](args)
         return
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows, started = [], time.perf_counter()

@@ -15,7 +15,8 @@ from common import report  # noqa: E402
 from torch.utils.data import DataLoader
 
 from piunet_dist.data.packing import pack
-from piunet_dist.data.pipeline import PatchSettings, TrainPatches
+from piunet_dist.core.config import DataConfig
+from piunet_dist.data.pipeline import TrainPatches
 from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.shards import shard_paths
 from piunet_dist.data.synthetic import synthesise
@@ -26,7 +27,7 @@ BATCH = 24  # the paper's batch: 24 patches of 9 x 32 x 32
 class PatchesFromPNG(TrainPatches):
     """The same patches, but every scene decoded from its PNG files each time it is drawn."""
 
-    def __init__(self, tree: Path, settings: PatchSettings):
+    def __init__(self, tree: Path, settings: DataConfig):
         super().__init__(["unused"], settings, seed=0, rank=0)
         self.refs = [r for r in find_scenes(tree) if r.split == "train" and r.band == "NIR"]
 
@@ -54,7 +55,7 @@ def main():
         tree, out = Path(tmp) / "tree", Path(tmp) / "shards"
         synthesise(tree, args.scenes, 0, ["NIR"], seed=0, workers=2)
         pack(tree, out, ["NIR"], 0.0, None, 0, 2, 8, False)
-        settings = PatchSettings()
+        settings = DataConfig()
         rows = []
         for workers in (1, 2, 4):
             dataset = TrainPatches(shard_paths(out, "NIR", "train"), settings, seed=0, rank=0)

@@ -1,5 +1,6 @@
-"""Training-step benchmark: samples/s and peak memory of one optimizer step (forward,
-registered Laplace loss, backward, clipping, Adam) for the paper and demo configurations,
+"""Training-step benchmark: samples/s and peak memory of the trainer's own optimizer step
+(training/step.py: forward, registered Laplace loss, backward, the agreed finiteness check,
+clipping, Adam) for the paper and demo configurations,
 against the straightforward reference (references/reference_piunet.py with the loss looped over
 the 49 shifts), in fp32 and bf16, eager, compiled and with activation checkpointing.
 
@@ -15,10 +16,9 @@ import json
 import resource
 import subprocess
 import sys
-from contextlib import nullcontext
 
 import torch
-from common import report, seconds  # noqa: E402  (sets up the path to the references)
+from common import report, seconds, trainer_step  # noqa: E402  (sets up the path to the references)
 
 CONFIGS = {  # model settings, batch, frames, LR patch side
     "paper": ({"n_feat": 42, "r_bneck": 8, "n_tefa": 16, "n_heads": 1}, 24, 9, 32),
@@ -28,36 +28,27 @@ MODES = ("reference", "eager", "compiled", "checkpointed", "compiled+checkpointe
 
 
 def make_step(name: str, precision: str, mode: str, device: str):
+    """The trainer's own step, or the straightforward reference's (the model of references/
+    with the loss looped over the 49 shifts, plain Adam)."""
+    model_cfg, batch, frames, side = CONFIGS[name]
+    if mode != "reference":
+        step, _ = trainer_step(model_cfg, batch, frames, side, precision, compiled="compiled" in mode,
+                               checkpointed="checkpointed" in mode)
+        return step, batch
     import oracles
     from reference_piunet import RefPIUNet
 
-    from piunet_dist.network.losses import registered_laplace
-    from piunet_dist.network.model import PIUNet
-
-    model_cfg, batch, frames, side = CONFIGS[name]
     torch.manual_seed(0)
-    if mode == "reference":
-        model, loss = RefPIUNet(**model_cfg), oracles.registered_laplace
-    else:
-        model = PIUNet(**model_cfg, checkpoint_blocks="checkpointed" in mode)
-        compiled = "compiled" in mode
-        if compiled:
-            model.compile_blocks()
-
-        def loss(y, mu, s, mask):
-            return registered_laplace(y, mu, s, mask, compiled=compiled)
-    model = model.to(device).train()
+    model = RefPIUNet(**model_cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, frames, side, side, generator=g).to(device)
     y = torch.randn(batch, 1, 3 * side, 3 * side, generator=g).to(device)
     mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
     def step():
-        with autocast:
-            mu, s = model(x)
-        loss(y, mu.float(), s.float(), mask).backward()
+        mu, s = model(x)
+        oracles.registered_laplace(y, mu, s, mask).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

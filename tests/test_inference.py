@@ -5,7 +5,7 @@ import torch
 from test_model import randomise_norm_stats
 
 from piunet_dist.core.errors import UserError
-from piunet_dist.evaluation.inference import predict, resolve_precision, scenes_per_batch, transforms
+from piunet_dist.evaluation.inference import resolve_precision, scenes_per_batch, super_resolve, transforms
 from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
 
 
@@ -30,7 +30,7 @@ def test_views_in_one_batch_equal_views_one_by_one(n, side):
     lr = 7000 + 500 * torch.rand(3, 4, *side)
     with torch.no_grad():
         want = view_by_view(model, lr, n)
-    got = predict(model, lr, n)
+    got = super_resolve(model, lr, n)
     for a, b in zip(got, want):
         assert a.dtype == torch.float32 and a.shape == (3, 1, 3 * side[0], 3 * side[1])
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
@@ -40,8 +40,8 @@ def test_bf16_inference_stays_near_float32():
     torch.manual_seed(0)
     model = randomise_norm_stats(PIUNet(n_feat=8, r_bneck=4, n_tefa=1)).eval()
     lr = 7000 + 500 * torch.rand(2, 4, 8, 8)
-    sr, scale = predict(model, lr, 4, "no")
-    sr16, scale16 = predict(model, lr, 4, "bf16")
+    sr, scale = super_resolve(model, lr, 4, "no")
+    sr16, scale16 = super_resolve(model, lr, 4, "bf16")
     assert sr16.dtype == torch.float32
     assert (sr16 - sr).abs().max() < 0.01 * sr.std() + 5  # DN: bf16 inside, float32 output layers
     assert ((scale16 - scale).abs() / scale).max() < 0.05

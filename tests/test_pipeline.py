@@ -8,7 +8,8 @@ import webdataset as wds
 from distributed import run_group
 from torch.utils.data import DataLoader
 
-from piunet_dist.data.pipeline import CorruptData, EvalScenes, PatchSettings, TrainPatches
+from piunet_dist.core.config import DataConfig
+from piunet_dist.data.pipeline import CorruptData, EvalScenes, TrainPatches
 from piunet_dist.data.probav import Scene
 from piunet_dist.data.shards import encode_scene
 
@@ -45,7 +46,7 @@ def shards(tmp_path_factory):
 
 
 def settings(**kw):
-    return PatchSettings(**{"shuffle_buffer": 8, "patches_per_scene": 4, **kw})
+    return DataConfig(**{"shuffle_buffer": 8, "patches_per_scene": 4, **kw})
 
 
 def test_train_patches_are_consistent_after_augmentation(shards):

@@ -22,136 +22,160 @@ import yaml
 from .errors import UserError
 
 
-def setting(default, meaning: str):
-    """A dataclass field with its one-line meaning (the configuration reference reads it)."""
+def setting(default, meaning: str, *, choices: tuple = (), positive: bool = False, finite: bool = False,
+            share: bool = False, auto_or_count: bool = False, resumable: bool = False):
+    """A dataclass field with its one-line meaning (the configuration reference reads it) and
+    its rules: the values it takes (`choices`), its bounds (`positive`, `finite`, a `share` in
+    [0, 1), `auto_or_count`: "auto" or a positive whole number), and whether a resumed run may
+    change it (`resumable`: how long, how often, where and how it is computed, never what)."""
+    rules = {"help": meaning, "choices": tuple(choices), "positive": positive, "finite": finite, "share": share,
+             "auto_or_count": auto_or_count, "resumable": resumable}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": meaning})
-    return field(default=default, metadata={"help": meaning})
+        return field(default_factory=lambda: list(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+def section(kind, resumable: bool = False):
+    """A section of settings; a `resumable` one (eval, launch) may change as a whole on resume."""
+    return field(default_factory=kind, metadata={"resumable": resumable})
+
+
+BANDS = ("NIR", "RED")
 
 
 @dataclass
 class ModelConfig:
-    n_feat: int = setting(42, "feature channels (paper: 42)")
-    r_bneck: int = setting(8, "squeeze-excite reduction ratio (paper: 8)")
-    n_tefa: int = setting(16, "TEFA blocks (paper: 16)")
-    n_heads: int = setting(1, "temporal attention heads (paper: 1)")
+    n_feat: int = setting(42, "feature channels (paper: 42)", positive=True)
+    r_bneck: int = setting(8, "squeeze-excite reduction ratio (paper: 8)", positive=True)
+    n_tefa: int = setting(16, "TEFA blocks (paper: 16)", positive=True)
+    n_heads: int = setting(1, "temporal attention heads (paper: 1)", positive=True)
     attention: str = setting("auto", "temporal attention core: auto (triton on a GPU, sdpa on a CPU), sdpa, matmul "
-                                     "or triton; the same function and parameters")
+                                     "or triton; the same function and parameters",
+                             choices=("auto", "sdpa", "matmul", "triton"), resumable=True)
 
 
 @dataclass
 class DataConfig:
-    shards: str = setting("shards/probav", "directory holding manifest.json and the band folders")
-    band: str = setting("NIR", "band to train on: NIR or RED")
-    n_frames: int = setting(9, "frames per scene, T (paper: 9)")
-    policy: str = setting("paper", "frame selection in training: paper (clearest first) or random")
-    min_clearance: float = setting(0.85, "a frame is usable when more than this share is clear")
+    shards: str = setting("shards/probav", "directory holding manifest.json and the band folders", resumable=True)
+    band: str = setting("NIR", "band to train on: NIR or RED", choices=BANDS)
+    n_frames: int = setting(9, "frames per scene, T (paper: 9)", positive=True)
+    policy: str = setting("paper", "frame selection in training: paper (clearest first) or random",
+                          choices=("paper", "random"))
+    min_clearance: float = setting(0.85, "a frame is usable when more than this share is clear", share=True)
     register: bool = setting(False, "align frames to the clearest one by phase correlation first")
-    patch: int = setting(32, "LR patch side in training; the HR patch is 3x (paper: 32)")
-    min_clear: float = setting(0.1, "a patch is kept when more than this share of its HR is clear")
-    patches_per_scene: int = setting(16, "patches cut from a scene each time it is read")
+    patch: int = setting(32, "LR patch side in training; the HR patch is 3x (paper: 32)", positive=True)
+    min_clear: float = setting(0.1, "a patch is kept when more than this share of its HR is clear", share=True)
+    patches_per_scene: int = setting(16, "patches cut from a scene each time it is read", positive=True)
     augment: bool = setting(True, "random 90-degree rotations and flips of training patches")
-    shuffle_buffer: int = setting(512, "patches mixed across scenes in each loader worker")
-    workers: int = setting(4, "loader worker processes per training process")
-    skip_corrupt: bool = setting(False, "skip (count and log) unreadable training samples instead of stopping")
+    shuffle_buffer: int = setting(512, "patches mixed across scenes in each loader worker", positive=True)
+    workers: int = setting(4, "loader worker processes per training process", resumable=True)
+    skip_corrupt: bool = setting(False, "skip (count and log) unreadable training samples instead of stopping",
+                                 resumable=True)
     max_skipped_share: float = setting(0.05, "with skip_corrupt: stop when more than this share of the training "
-                                             "samples a loader worker read was corrupt")
+                                             "samples a loader worker read was corrupt", share=True, resumable=True)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = setting(300_000, "optimizer steps in all")
-    batch_size: int = setting(24, "global batch: patches per optimizer step over all processes (paper: 24)")
-    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step")
-    lr: float = setting(1e-4, "Adam learning rate (paper: 1e-4)")
-    weight_decay: float = setting(0.0, "Adam weight decay (paper: 0)")
+    max_steps: int = setting(300_000, "optimizer steps in all", positive=True, resumable=True)
+    batch_size: int = setting(24, "global batch: patches per optimizer step over all processes (paper: 24)",
+                              positive=True)
+    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", positive=True)
+    lr: float = setting(1e-4, "Adam learning rate (paper: 1e-4)", positive=True, finite=True)
+    weight_decay: float = setting(0.0, "Adam weight decay (paper: 0)", finite=True)
     lr_milestones: list = setting([150_000], "steps at which the learning rate is multiplied by lr_gamma")
-    lr_gamma: float = setting(0.2, "learning-rate factor at each milestone (paper: 0.2)")
-    grad_clip: float = setting(15.0, "gradient-norm clipping threshold (paper: 15)")
+    lr_gamma: float = setting(0.2, "learning-rate factor at each milestone (paper: 0.2)", finite=True)
+    grad_clip: float = setting(15.0, "gradient-norm clipping threshold (paper: 15)", positive=True, finite=True)
     l1_warmup_steps: int = setting(260, "steps trained with the registered L1 loss before the Laplace loss (paper: one epoch)")
     legacy_sigma_bias: bool = setting(False, "add the brightness bias to the log-scale, as the published code did")
-    precision: str = setting("no", "mixed precision: no, bf16 or fp16 (the loss is always float32)")
+    precision: str = setting("no", "mixed precision: no, bf16 or fp16 (the loss is always float32)",
+                             choices=("no", "bf16", "fp16"))
     seed: int = setting(0, "seed of the initial weights and of the data streams")
-    sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off")
-    compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)")
+    sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off",
+                           choices=("auto", "on", "off"))
+    compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)",
+                                 resumable=True)
     compile_model: bool = setting(False, "compile each TEFA block with torch.compile (one compile, reused by all): "
-                                         "faster steps after a compile of a minute or two")
-    activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps")
-    val_every: int = setting(5000, "steps between validations on the val shards")
+                                         "faster steps after a compile of a minute or two", resumable=True)
+    activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps",
+                                             resumable=True)
+    val_every: int = setting(5000, "steps between validations on the val shards", positive=True, resumable=True)
     val_batch_size: str = setting("auto", "whole scenes per validation batch and process: auto (1 on a CPU, as many "
-                                          "as fit on a GPU, at most 32) or a number")
-    val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)")
-    ckpt_every: int = setting(5000, "steps between checkpoints")
-    keep_last: int = setting(3, "complete checkpoints kept besides best/")
-    log_every: int = setting(50, "steps between training log events")
-    max_bad_steps: int = setting(5, "consecutive non-finite losses that stop the run")
-    resume: bool = setting(True, "continue from the newest complete checkpoint in run_dir")
+                                          "as fit on a GPU, at most 32) or a number", auto_or_count=True,
+                                  resumable=True)
+    val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)", resumable=True)
+    ckpt_every: int = setting(5000, "steps between checkpoints", positive=True, resumable=True)
+    keep_last: int = setting(3, "complete checkpoints kept besides best/", positive=True, resumable=True)
+    log_every: int = setting(50, "steps between training log events", positive=True, resumable=True)
+    max_bad_steps: int = setting(5, "consecutive non-finite losses that stop the run", positive=True, resumable=True)
+    resume: bool = setting(True, "continue from the newest complete checkpoint in run_dir", resumable=True)
+
+
+ENSEMBLE_METHODS = ("mean", "median", "val_weighted", "inverse_variance", "inverse_total_variance")
 
 
 @dataclass
 class EvalConfig:
-    split: str = setting("val", "split to evaluate: val or test")
+    split: str = setting("val", "split to evaluate: val or test", choices=("val", "test"))
     shards: str = setting("", "shards to read instead of those each run trained on (empty: each run's data.shards)")
-    self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)")
-    checkpoint: str = setting("best", "which weights of a run: best or last")
+    self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)",
+                                 choices=(1, 4, 8))
+    checkpoint: str = setting("best", "which weights of a run: best or last", choices=("best", "last"))
     ensemble: str = setting("mean", "how members combine into the ensemble that is written and submitted: mean, "
                                     "median, val_weighted (by each member's validation cPSNR), inverse_variance "
                                     "(per pixel, 1/b^2) or inverse_total_variance (per pixel, with the members' "
-                                    "spread); every one is scored")
+                                    "spread); every one is scored", choices=ENSEMBLE_METHODS)
     out: str = setting("runs/eval", "output directory")
     batch_size: str = setting("auto", "scenes per prediction batch and process, each with its self-ensemble's "
-                                      "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number")
+                                      "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number",
+                              auto_or_count=True)
     precision: str = setting("auto", "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the "
-                                     "output layers always run in float32")
+                                     "output layers always run in float32", choices=("auto", "no", "bf16"))
 
 
 @dataclass
 class LaunchConfig:
-    nodes: int = setting(1, "SLURM nodes")
+    nodes: int = setting(1, "SLURM nodes", positive=True)
     gpus_per_node: int = setting(0, "GPUs per node, one process each; 0 runs tasks_per_node CPU processes")
-    tasks_per_node: int = setting(1, "processes per node when gpus_per_node is 0")
-    cpus_per_task: int = setting(4, "CPU cores per process")
+    tasks_per_node: int = setting(1, "processes per node when gpus_per_node is 0", positive=True)
+    cpus_per_task: int = setting(4, "CPU cores per process", positive=True)
     partition: str = setting("", "SLURM partition (empty: the cluster's default)")
     account: str = setting("", "SLURM account")
     time: str = setting("24:00:00", "time limit per job in SLURM's formats: M, M:S, H:M:S, D-H, D-H:M or D-H:M:S")
     qos: str = setting("", "SLURM quality of service")
     constraint: str = setting("", "SLURM node constraint")
     mem: str = setting("", "memory per node, e.g. 64G (empty: the cluster's default)")
-    cluster: str = setting("auto", "auto (SLURM when sbatch is on the PATH), slurm or local")
+    cluster: str = setting("auto", "auto (SLURM when sbatch is on the PATH), slurm or local",
+                           choices=("auto", "slurm", "local"))
     max_requeues: int = setting(5, "times a preempted or timed-out job requeues itself")
 
 
 @dataclass
 class Config:
-    run_dir: str = setting("runs/piunet", "where checkpoints, logs and metrics of the run go")
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    run_dir: str = setting("runs/piunet", "where checkpoints, logs and metrics of the run go", resumable=True)
+    model: ModelConfig = section(ModelConfig)
+    data: DataConfig = section(DataConfig)
+    train: TrainConfig = section(TrainConfig)
+    eval: EvalConfig = section(EvalConfig, resumable=True)
+    launch: LaunchConfig = section(LaunchConfig, resumable=True)
 
 
-CHOICES = {
-    "data.band": ("NIR", "RED"),
-    "data.policy": ("paper", "random"),
-    "train.precision": ("no", "bf16", "fp16"),
-    "train.sync_bn": ("auto", "on", "off"),
-    "eval.split": ("val", "test"),
-    "eval.self_ensemble": (1, 4, 8),
-    "eval.checkpoint": ("best", "last"),
-    "eval.precision": ("auto", "no", "bf16"),
-    "eval.ensemble": ("mean", "median", "val_weighted", "inverse_variance", "inverse_total_variance"),
-    "model.attention": ("auto", "sdpa", "matmul", "triton"),
-    "launch.cluster": ("auto", "slurm", "local"),
-}
-POSITIVE = ("model.n_feat", "model.r_bneck", "model.n_tefa", "model.n_heads", "data.n_frames", "data.patch",
-            "data.patches_per_scene", "data.shuffle_buffer", "train.max_steps", "train.batch_size",
-            "train.grad_accum", "train.val_every", "train.ckpt_every",
-            "train.keep_last", "train.log_every", "train.max_bad_steps",
-            "launch.nodes", "launch.tasks_per_node", "launch.cpus_per_task", "train.lr", "train.grad_clip")
-FINITE = ("train.lr", "train.weight_decay", "train.lr_gamma", "train.grad_clip")
-SHARES = ("data.min_clearance", "data.min_clear", "data.max_skipped_share")
-AUTO_OR_COUNT = ("train.val_batch_size", "eval.batch_size")  # "auto" or a positive whole number
+def rules() -> dict[str, dict]:
+    """Every setting's rules (setting()'s metadata) by its dotted key, in declaration order;
+    a setting of a resumable section is resumable."""
+    found = {}
+    for top in dataclasses.fields(Config):
+        if top.metadata.get("help") is not None:
+            found[top.name] = dict(top.metadata)
+            continue
+        for f in dataclasses.fields(top.default_factory):
+            found[f"{top.name}.{f.name}"] = {**f.metadata, "resumable": f.metadata["resumable"] or
+                                             top.metadata["resumable"]}
+    return found
+
+
+RULES = rules()
+CHOICES = {key: r["choices"] for key, r in RULES.items() if r["choices"]}
 
 
 def _sections(cfg) -> dict[str, dataclasses.Field]:
@@ -224,8 +248,9 @@ def _apply(obj, values: dict, where: str, problems: list[str], prefix: str = "")
             else:
                 _apply(current, value, where, problems, f"{key}.")
             continue
-        if key in AUTO_OR_COUNT and type(value) is int:  # YAML's 4 for the text setting "4"
-            value = str(value)
+        rule = RULES.get(key, {})
+        if type(value) is int and (rule.get("auto_or_count") or str(value) in rule.get("choices", ())):
+            value = str(value)  # YAML's 4 for the text setting "4"
         try:
             setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name], CHOICES.get(key, ())))
         except UserError as e:
@@ -288,23 +313,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def validate(cfg: Config) -> None:
-    for key, allowed in CHOICES.items():
-        if get(cfg, key) not in allowed:
-            raise UserError(f"{key}: {get(cfg, key)!r} is not one of {', '.join(map(str, allowed))}")
-    for key in POSITIVE:
-        if not get(cfg, key) > 0:
-            raise UserError(f"{key}: must be positive, got {get(cfg, key)}")
-    for key in FINITE:
-        if not math.isfinite(get(cfg, key)):
-            raise UserError(f"{key}: must be a finite number, got {get(cfg, key)}")
+    for rule, broken, message in (
+        ("choices", lambda v, r: v not in r["choices"],
+         lambda k, v, r: f"{k}: {v!r} is not one of {', '.join(map(str, r['choices']))}"),
+        ("positive", lambda v, r: not v > 0, lambda k, v, r: f"{k}: must be positive, got {v}"),
+        ("finite", lambda v, r: not math.isfinite(v), lambda k, v, r: f"{k}: must be a finite number, got {v}"),
+    ):
+        for key, r in RULES.items():
+            if r[rule] and broken(get(cfg, key), r):
+                raise UserError(message(key, get(cfg, key), r))
     if not cfg.train.lr_gamma > 0 or cfg.train.weight_decay < 0:
         raise UserError(f"train.lr_gamma and train.weight_decay: the factor must be positive and the decay not "
                         f"negative, got {cfg.train.lr_gamma} and {cfg.train.weight_decay}")
-    for key in SHARES:
-        if not 0 <= get(cfg, key) < 1:
+    for key, r in RULES.items():
+        if r["share"] and not 0 <= get(cfg, key) < 1:
             raise UserError(f"{key}: must be in [0, 1), got {get(cfg, key)}")
-    for key in AUTO_OR_COUNT:
-        count_or_auto(key, get(cfg, key))
+        if r["auto_or_count"]:
+            count_or_auto(key, get(cfg, key))
     if cfg.model.n_feat % cfg.model.n_heads:
         raise UserError(f"model.n_feat: {cfg.model.n_feat} is not divisible by model.n_heads={cfg.model.n_heads}")
     if cfg.model.n_feat // cfg.model.r_bneck < 1:
@@ -339,8 +364,9 @@ def add_setting_flags(parser, section: str, names: tuple[str, ...] | None = None
         if names is not None and f.name not in names:
             continue
         key, flag = f"{section}.{f.name}", f"--{f.name.replace('_', '-')}"
-        kind = _auto_or_count if key in AUTO_OR_COUNT else hints[f.name]
-        parser.add_argument(flag, type=kind, choices=CHOICES.get(key), help=f"{f.metadata['help']} [{key}]")
+        kind = _auto_or_count if RULES[key]["auto_or_count"] else hints[f.name]
+        choices = [c for c in RULES[key]["choices"] if c != ""] or None  # "" is the flag left out
+        parser.add_argument(flag, type=kind, choices=choices, help=f"{f.metadata['help']} [{key}]")
 
 
 def _auto_or_count(text: str) -> str:
@@ -382,15 +408,6 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-# what may differ when a run resumes: its length, its cadences, where its shards lie, how it is
-# computed and launched; everything else defines the run
-RESUMABLE = ("run_dir", "data.shards", "data.workers", "data.skip_corrupt", "data.max_skipped_share",
-             "train.max_steps", "train.val_every", "train.ckpt_every", "train.keep_last", "train.log_every",
-             "train.val_batch_size", "train.val_cssim", "train.max_bad_steps", "train.resume",
-             "train.compile_model", "train.compile_loss", "train.activation_checkpointing", "model.attention",
-             "eval.", "launch.")
-
-
 def flat(cfg: Config) -> dict:
     """Every setting of cfg by its dotted key."""
     def walk(d, prefix):
@@ -405,8 +422,7 @@ def flat(cfg: Config) -> dict:
 def run_differences(run: Config, new: Config) -> list[str]:
     """The settings that define a run in which `new` differs from `run`, as 'key: old -> new'."""
     old, now = flat(run), flat(new)
-    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in old
-            if old[k] != now[k] and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE)]
+    return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in old if old[k] != now[k] and not RULES[k]["resumable"]]
 
 
 def config_hash(cfg: Config) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -94,31 +94,12 @@ def prepare_frames(scene: Scene, n_frames: int, policy: str, rng: np.random.Gene
     return lr, qm
 
 
-@dataclass
-class PatchSettings:
-    n_frames: int = 9
-    policy: str = "paper"           # frame selection: paper | random
-    patch: int = 32                 # LR patch side; the HR patch is 3x
-    min_clear: float = 0.1          # keep a patch only if more of its HR is clear
-    patches_per_scene: int = 16
-    augment: bool = True            # random 90-degree rotations and flips
-    shuffle_buffer: int = 512       # patches mixed across scenes
-    register: bool = False          # align frames to the clearest one first
-    min_clearance: float = MIN_CLEARANCE
-    skip_corrupt: bool = False
-    max_skipped_share: float = 0.05  # with skip_corrupt: stop when more of what is read is corrupt
-
-    @classmethod
-    def from_config(cls, data: DataConfig) -> PatchSettings:
-        """The data section's settings that shape the patches."""
-        return cls(**{f.name: getattr(data, f.name) for f in fields(cls)})
-
-
 class TrainPatches(IterableDataset):
-    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P), skipped) patches in DN, shuffled;
-    skipped is (worker, corrupt samples it skipped so far), for the trainer's count."""
+    """Endless (lr (T,P,P), hr (1,3P,3P), sm (1,3P,3P), skipped) patches in DN, shuffled, cut
+    as the data section says (frames, patch size, augmentation, shuffle buffer, corrupt
+    samples); skipped is (worker, corrupt samples it skipped so far), for the trainer's count."""
 
-    def __init__(self, shards: list[str], settings: PatchSettings, seed: int, rank: int, segment: int = 0):
+    def __init__(self, shards: list[str], settings: DataConfig, seed: int, rank: int, segment: int = 0):
         super().__init__()
         if not shards:
             raise UserError("no training shards")

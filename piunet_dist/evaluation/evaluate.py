@@ -32,7 +32,7 @@ from ..data.shards import scene_count, scene_names, shard_paths
 from ..network.baselines import bicubic_mean
 from ..network.metrics import cpsnr, shift_search
 from .ensembles import METHODS, combine, uncertainty
-from .inference import predict, resolve_precision, scenes_per_batch, transforms
+from .inference import resolve_precision, scenes_per_batch, super_resolve, transforms
 from .members import Member, by_band, find_members
 from .outputs import predicted, read_outputs, write_outputs
 from .scoring import Calibration, SceneResult, score, summarise_band, write_csv
@@ -56,7 +56,7 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
         for band, ms in bands.items():
             predicting = [m.load(acc.device) for m in ms if m.name in chosen]
             if predicting:
-                predict_band(ms, predicting, shards[band], settings, acc)
+                write_predictions(ms, predicting, shards[band], settings, acc)
         acc.wait_for_everyone()
     if phase == "predict":
         return None
@@ -85,7 +85,7 @@ def scenes(members: list[Member], shards: Path, split: str, rank: int, world: in
                       register=data.register, rank=rank, world_size=world, seed=0, min_clearance=data.min_clearance)
 
 
-def predict_band(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig, acc) -> None:
+def write_predictions(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig, acc) -> None:
     """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/.
     A scene already predicted by the same weights and settings is not predicted again."""
     band, out = members[0].band, Path(settings.out)
@@ -107,7 +107,7 @@ def predict_band(members: list[Member], predicting: list[Member], shards: Path, 
                 missing = [j for j, name in enumerate(batch["name"]) if not predicted(folders[m.name], name)]
                 if not missing:
                     continue
-                sr, scale = predict(m.model, batch["lr"][missing].to(acc.device), settings.self_ensemble, precision)
+                sr, scale = super_resolve(m.model, batch["lr"][missing].to(acc.device), settings.self_ensemble, precision)
                 for i, j in enumerate(missing):
                     write_outputs(folders[m.name], batch["name"][j], sr[i], scale[i])
             bar.update(len(batch["name"]) * acc.num_processes)

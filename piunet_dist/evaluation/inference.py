@@ -1,7 +1,7 @@
 """Whole scenes through a trained PIUnet: every view of the self-ensemble in one batch, in
 the precision asked for, in batches as large as the device holds.
 
-Used by validation (train.py), evaluate.py and predict.py alike.
+Used by validation (training/trainer.py), evaluate.py and scene.py (predict) alike.
 """
 from __future__ import annotations
 
@@ -38,26 +38,33 @@ def _unview(img: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: PIUNet, lr_dn: torch.Tensor, self_ensemble: int = 1,
-            precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
+def super_resolve(model: PIUNet, lr_dn: torch.Tensor, views: int = 1,
+                  precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
     """(B,T,X,Y) frames in DN -> SR and Laplace scale, both (B,1,3X,3Y) float32 in DN, averaged
-    over the self-ensemble's views. The views of all B scenes go through the model as one
-    batch (two where rotated frames are not square)."""
-    views = transforms(self_ensemble)
-    by_shape: dict[tuple, list[tuple[int, bool]]] = {}
-    for k, flip in views:
-        by_shape.setdefault(tuple(_view(lr_dn[:1, :1], k, flip).shape), []).append((k, flip))
+    over the self-ensemble's `views`."""
+    srs, scales = super_resolve_views(model, lr_dn, views, precision)
+    return srs.mean(dim=0), scales.mean(dim=0)
+
+
+@torch.no_grad()
+def super_resolve_views(model: PIUNet, lr_dn: torch.Tensor, views: int = 1,
+                        precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each view's SR and scale, turned back: (V,B,1,3X,3Y) each. The views of all B scenes go
+    through the model as one batch (two where rotated frames are not square)."""
+    chosen = transforms(views)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, (k, flip) in enumerate(chosen):
+        by_shape.setdefault(tuple(_view(lr_dn[:1, :1], k, flip).shape), []).append(i)
     autocast = (torch.autocast(lr_dn.device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else nullcontext())
-    sr = scale = 0
+    srs, scales = [None] * len(chosen), [None] * len(chosen)
     for group in by_shape.values():
-        x = torch.cat([_view(lr_dn, k, flip) for k, flip in group])
+        x = torch.cat([_view(lr_dn, *chosen[i]) for i in group])
         with autocast:
             mu, s = model(normalise(x))
-        for (k, flip), mu_v, s_v in zip(group, mu.float().chunk(len(group)), s.float().chunk(len(group))):
-            sr = sr + _unview(denormalise(mu_v), k, flip)
-            scale = scale + _unview(scale_dn(s_v), k, flip)
-    return sr / len(views), scale / len(views)
+        for i, mu_v, s_v in zip(group, mu.float().chunk(len(group)), s.float().chunk(len(group))):
+            srs[i], scales[i] = _unview(denormalise(mu_v), *chosen[i]), _unview(scale_dn(s_v), *chosen[i])
+    return torch.stack(srs), torch.stack(scales)
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

@@ -19,7 +19,7 @@ from ..core.errors import UserError
 from ..data.pipeline import prepare_frames
 from ..data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
 from ..network.weights import model_from_weights
-from .inference import predict, resolve_precision
+from .inference import resolve_precision, super_resolve
 from .outputs import write_outputs
 
 
@@ -41,7 +41,7 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int,
                            min_clearance=MIN_CLEARANCE)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_weights(weights, n_heads).to(device).eval()
-    sr, scale = predict(model, torch.from_numpy(lr)[None].to(device), self_ensemble, resolve_precision(precision, device))
+    sr, scale = super_resolve(model, torch.from_numpy(lr)[None].to(device), self_ensemble, resolve_precision(precision, device))
     write_outputs(out, scene.name, sr[0], scale[0])
     return out / f"{scene.name}.png"
 

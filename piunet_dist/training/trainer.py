@@ -3,10 +3,10 @@
     python -m piunet_dist train --config configs/nir.yaml [section.key=value ...]
     accelerate launch --multi_gpu --num_processes 2 train.py --config ...
 
-Exact resume: the training stream is restarted at every multiple of train.ckpt_every with
-that step as its segment (pipeline.TrainPatches); a checkpoint records its segment and the
-batches drawn from it, and a resumed run draws those again before its first step, so it
-reads the same batches as one that never stopped (with the same ckpt_every and workers).
+A checkpoint holds Accelerate's state, the TrainerState and the position of the data stream
+(stream.py), so a resumed run reads the same batches as one that never stopped (with the
+same ckpt_every and workers); on another number of processes its stream restarts a segment
+at the checkpoint's step.
 
 Ctrl-C or SIGTERM: the step under way finishes, every process writes the checkpoint, and
 the run stops with one line; the same command resumes it.
@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -33,16 +33,31 @@ from ..core.config import Config, check_world, config_hash, load_config, run_dif
 from ..core.errors import UserError
 from ..core.files import append_record, repair_lines, utc_now, write_text
 from ..core.run_dir import RunDir
-from ..core.stop import Interrupted, StopRequest, ignore_interrupts_in_worker
+from ..core.stop import Interrupted, StopRequest
 from ..core.version import VERSION
-from ..data.pipeline import EvalScenes, PatchSettings, TrainPatches
+from ..data.pipeline import EvalScenes
 from ..data.probav import LR_SIZE
 from ..data.shards import shard_paths
-from ..evaluation.inference import predict, scenes_per_batch
+from ..evaluation.inference import super_resolve, scenes_per_batch
 from ..network.attention import resolve
-from ..network.losses import registered_l1, registered_laplace
 from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
-from ..network.model import PIUNet, normalise
+from ..network.model import PIUNet
+from .step import prepare_step
+from .stream import StreamPosition, TrainStream
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint's trainer_state.json holds besides the stream's position."""
+    step: int = 0
+    best_val_cpsnr: float = -math.inf
+    skipped_steps: int = 0    # steps whose loss was not finite: nothing was updated
+    skipped_samples: int = 0  # corrupt training samples skipped, over all processes
+    seed: int = 0
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> TrainerState:
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 class Trainer:
@@ -61,9 +76,9 @@ class Trainer:
         if self.acc.num_processes != expected:
             raise UserError(f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
                             "start with accelerate launch, torchrun or srun so that all join one group")
-        self.micro_batch = check_world(cfg, self.acc.num_processes)
+        micro_batch = check_world(cfg, self.acc.num_processes)
         resolve(cfg.model.attention, self.acc.device)  # refused here, not at the first step
-        self.train_shards, self.val_shards = self._shards()
+        train_shards, self.val_shards = self._shards()
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
         model = PIUNet.from_config(cfg.model, checkpoint_blocks=cfg.train.activation_checkpointing)
@@ -72,16 +87,12 @@ class Trainer:
         if cfg.train.compile_model:
             model.compile_blocks()
         set_seed(cfg.train.seed + self.acc.process_index)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                     fused=on_gpu)
-        # stepped once per optimizer step by the loop, so not handed to prepare()
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.train.lr_milestones, cfg.train.lr_gamma)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.step = prepare_step(model, cfg.train, self.acc)
+        self.model, self.scheduler = self.step.model, self.step.scheduler
         self.acc.register_for_checkpointing(self.scheduler)
-        self.state = {"step": 0, "best_val_cpsnr": -math.inf, "skipped_steps": 0, "seed": cfg.train.seed,
-                      "segment": 0, "segment_batches": 0, "skipped_samples": 0}
-        self.skipped_before = 0  # corrupt samples skipped before the current stream began
-        self.skipped_by_worker: dict[int, int] = {}
+        self.state = TrainerState(seed=cfg.train.seed)
+        self.stream = TrainStream(train_shards, cfg.data, cfg.train.seed, self.acc.process_index, micro_batch,
+                                  pin_memory=on_gpu, position=StreamPosition(world_size=self.acc.num_processes))
 
     def _shards(self) -> tuple[list[str], list[str]]:
         """The shards the run reads, checked before the first step: every one present, and the
@@ -107,132 +118,71 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------
 
-    def train(self) -> dict:
-        cfg = self.cfg.train
+    def train(self) -> TrainerState:
         if self.stop:  # from here on a signal waits for the end of a step
             self.stop.install()
         try:
             self._start()
-            batches = self._batches()
-            with tqdm(total=cfg.max_steps, initial=self.state["step"], disable=not self.acc.is_main_process,
+            self.stream.start()
+            with tqdm(total=self.cfg.train.max_steps, initial=self.state.step, disable=not self.acc.is_main_process,
                       desc="train", unit="step", dynamic_ncols=True) as bar:
-                self._loop(batches, bar)
+                self._loop(bar)
         finally:
             if self.stop:
                 self.stop.uninstall()
         self.acc.end_training()
         return self.state
 
-    def _loop(self, batches, bar) -> None:
-        cfg = self.cfg.train
-        bad_in_a_row, seen, clock = 0, 0, time.perf_counter()
-        saved = None
-        while self.state["step"] < cfg.max_steps:
-            loss, stop = self._step(batches)
+    def _loop(self, bar) -> None:
+        cfg, state = self.cfg.train, self.state
+        bad_in_a_row, seen, clock, saved = 0, 0, time.perf_counter(), None
+        while state.step < cfg.max_steps:
+            loss, stop = self.step(self.stream.next, laplace=state.step >= cfg.l1_warmup_steps,
+                                   stop_requested=bool(self.stop and self.stop.signal))
             if loss is None:
                 bad_in_a_row += 1
-                self.state["skipped_steps"] += 1
+                state.skipped_steps += 1
                 if bad_in_a_row >= cfg.max_bad_steps:
-                    raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {self.state['step']}: "
+                    raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {state.step}: "
                                     "lower train.lr, use train.precision=bf16 instead of fp16, or check the data")
             else:
                 bad_in_a_row = 0
-                self.state["step"] += 1
-                step = self.state["step"]
+                state.step += 1
                 seen += cfg.batch_size
                 bar.update(1)
-                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
                     rate = seen / (time.perf_counter() - clock)
-                    self._log("train", step=step, loss=loss.item(), lr=self.scheduler.get_last_lr()[0],
-                              samples_per_s=rate, skipped_steps=self.state["skipped_steps"],
-                              skipped_samples=self._skipped_samples(), **self._memory())
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2g}",
-                                    samples_s=f"{rate:.1f}")
+                    self._log_step(loss.item(), rate, bar)
                     seen, clock = 0, time.perf_counter()
                 # the checkpoint first: a validation that fails loses no step
-                if step % cfg.ckpt_every == 0:
-                    self._new_segment()  # what a resumed run reads from here
+                if state.step % cfg.ckpt_every == 0:
+                    self.stream.restart_at(state.step)  # what a run resumed here reads
                     saved = self.save()
-                    batches = self._batches()
-                elif step == cfg.max_steps:
+                elif state.step == cfg.max_steps:
                     saved = self.save()  # the stream goes on: extending the run continues it
-                if step % cfg.val_every == 0 or step == cfg.max_steps:
+                if state.step % cfg.val_every == 0 or state.step == cfg.max_steps:
                     self._validate()
             if stop:
                 self._stopped(saved)
 
+    def _log_step(self, loss: float, rate: float, bar) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        self._log("train", step=self.state.step, loss=loss, lr=lr, samples_per_s=rate,
+                  skipped_steps=self.state.skipped_steps, skipped_samples=self._skipped_samples(), **self._memory())
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", samples_s=f"{rate:.1f}")
+
     def _stopped(self, saved: Path | None) -> None:
         """A signal arrived: every process checkpoints this step (unless just done) and stops."""
-        step = self.state["step"]
+        step = self.state.step
         if saved is None or saved.name != f"step_{step:07d}":
             saved = self.save()
         raise Interrupted(f"stopped by {self.stop.signal or 'a signal to another process'} at step {step}; "
                           f"checkpoint {saved} written: run the same command to resume")
 
-    def _step(self, batches) -> tuple[torch.Tensor | None, bool]:
-        """One optimizer step over grad_accum micro-batches: the loss, None (and no update) if it
-        is not finite; and whether any process was asked to stop."""
-        cfg = self.cfg.train
-        laplace = self.state["step"] >= cfg.l1_warmup_steps
-        total = torch.zeros((), device=self.acc.device)
-        for micro in range(cfg.grad_accum):
-            lr, hr, sm = (t.to(self.acc.device, non_blocking=True) for t in self._next(batches))
-            lr, hr = normalise(lr), normalise(hr)  # the data is in DN; the network and its loss are not
-            sync = micro == cfg.grad_accum - 1
-            with nullcontext() if sync else self.acc.no_sync(self.model):
-                mu, s = self.model(lr)
-                if laplace:
-                    loss = registered_laplace(hr, mu.float(), s.float(), sm, cfg.legacy_sigma_bias, cfg.compile_loss)
-                else:
-                    # the uncertainty branch idles in the L1 warm-up; a zero-weighted term keeps it
-                    # in the graph so DDP gets a (zero) gradient for every parameter on every rank
-                    loss = registered_l1(hr, mu.float(), sm, cfg.compile_loss) + 0.0 * s.float().mean()
-                self.acc.backward(loss / cfg.grad_accum)
-            total += loss.detach() / cfg.grad_accum
-        # every rank takes the same decisions, or DDP's next all-reduce would mix states; reading
-        # them is the step's one host synchronisation, the price of skipping a bad update exactly
-        # (Adam's moments, the schedule and the step count untouched) and of stopping together
-        stop = total.new_full((), float(bool(self.stop and self.stop.signal)))  # a fill, no copy from the host
-        summed = self.acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num(), stop]), "sum")
-        finite = bool(summed[0].item() == self.acc.num_processes)
-        if finite:
-            self.acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return (summed[1] / self.acc.num_processes if finite else None), bool(summed[2].item())
-
-    def _next(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The next micro-batch of the stream, counted (a resumed run draws as many again)."""
-        lr, hr, sm, skipped = next(batches)
-        self.state["segment_batches"] += 1
-        worker, count = skipped[-1].tolist()
-        self.skipped_by_worker[worker] = count
-        return lr, hr, sm
-
     def _skipped_samples(self) -> int:
         """Corrupt training samples skipped since the run began, over all processes."""
-        mine = torch.tensor(float(self.skipped_before + sum(self.skipped_by_worker.values())), device=self.acc.device)
+        mine = torch.tensor(float(self.stream.skipped()), device=self.acc.device)
         return int(self.acc.reduce(mine, "sum").item())
-
-    def _new_segment(self) -> None:
-        self.skipped_before += sum(self.skipped_by_worker.values())
-        self.skipped_by_worker = {}
-        self.state["segment"], self.state["segment_batches"] = self.state["step"], 0
-
-    def _batches(self):
-        """The stream of the current segment, past the batches this segment already gave."""
-        stream = TrainPatches(self.train_shards, PatchSettings.from_config(self.cfg.data), seed=self.cfg.train.seed,
-                              rank=self.acc.process_index, segment=self.state["segment"])
-        loader = DataLoader(stream, batch_size=self.micro_batch, num_workers=self.cfg.data.workers,
-                            pin_memory=self.acc.device.type == "cuda", worker_init_fn=ignore_interrupts_in_worker)
-        batches = iter(loader)
-        drawn, self.state["segment_batches"] = self.state["segment_batches"], 0
-        for _ in range(drawn):
-            self._next(batches)
-        # skips counted again while drawing are in the saved total already
-        self.skipped_before -= sum(self.skipped_by_worker.values())
-        return batches
 
     # --- validation -----------------------------------------------------------------
 
@@ -251,7 +201,7 @@ class Trainer:
         # eagerly: compiled blocks would compile again for whole scenes in eval mode
         with torch.compiler.set_stance("force_eager"):
             for batch in loader:
-                sr, scale = predict(model, batch["lr"].to(self.acc.device))
+                sr, scale = super_resolve(model, batch["lr"].to(self.acc.device))
                 hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
                 metrics[0].update(sr, hr, sm)
                 if cfg.train.val_cssim:
@@ -265,10 +215,10 @@ class Trainer:
         # compute() hands back each rank its own states once it has the global value
         scenes = int(self.acc.reduce(metrics[0].count.clone(), "sum").item())
         model.train()
-        step = self.state["step"]
+        step = self.state.step
         self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll, val_scenes=scenes)
-        if cpsnr > self.state["best_val_cpsnr"]:
-            self.state["best_val_cpsnr"] = cpsnr
+        if cpsnr > self.state.best_val_cpsnr:
+            self.state.best_val_cpsnr = cpsnr
             checkpoint.save_best(self.acc, self.model, self.run_dir,
                                  {"step": step, "val_cpsnr": cpsnr, "val_cssim": cssim, "val_nll": nll,
                                   "version": VERSION, "time": utc_now()})
@@ -284,30 +234,41 @@ class Trainer:
             if cut:
                 print(f"{metrics}: removed a torn last line ({cut} bytes) that a killed run left", file=sys.stderr)
         self.acc.wait_for_everyone()
-        newest = self.resume_from
-        if newest is not None:
-            self.state = {"segment": None, "segment_batches": 0, "skipped_samples": 0, **checkpoint.load(self.acc, newest)}
-            if self.state["segment"] is None:  # written before segments were recorded: one began at its step
-                self.state["segment"] = self.state["step"]
-            if self.acc.is_main_process:
-                self.skipped_before = self.state["skipped_samples"]
-                print(f"{self.run_dir}: resuming from {newest} (step {self.state['step']} of {cfg.train.max_steps}"
-                      + (f"; drawing the {self.state['segment_batches']} batches it had read since step "
-                         f"{self.state['segment']} again" if self.state["segment_batches"] else "") + ")",
-                      file=sys.stderr, flush=True)
-            # a validation runs after the checkpoint of its step, so best/ may know a better score
-            best = checkpoint.best_state(self.run_dir)
-            if best and best["step"] <= self.state["step"]:
-                self.state["best_val_cpsnr"] = max(self.state["best_val_cpsnr"], best["val_cpsnr"])
+        if self.resume_from is not None:
+            self._resume(self.resume_from)
         self.acc.init_trackers("tensorboard")
-        self._log("start", step=self.state["step"], world_size=self.acc.num_processes,
+        self._log("start", step=self.state.step, world_size=self.acc.num_processes,
                   precision=cfg.train.precision, config_hash=config_hash(cfg),
-                  resumed_from=None if newest is None else newest.name)
+                  resumed_from=None if self.resume_from is None else self.resume_from.name)
+
+    def _resume(self, newest: Path) -> None:
+        """Everything as the checkpoint left it, on every process; said on screen."""
+        saved = checkpoint.load(self.acc, newest)
+        self.state = TrainerState.from_saved(saved)
+        world = self.acc.num_processes
+        position = StreamPosition.from_state_dict(saved, self.state.step, world)
+        self.stream.position = position
+        # best/ is written after the checkpoint of its step, so it may know a better score
+        best = checkpoint.best_state(self.run_dir)
+        if best and best["step"] <= self.state.step:
+            self.state.best_val_cpsnr = max(self.state.best_val_cpsnr, best["val_cpsnr"])
+        if not self.acc.is_main_process:
+            return
+        self.stream.skipped_before = self.state.skipped_samples  # the count over all processes, kept by one
+        again = (f"; drawing the {position.drawn} batches it had read since step {position.segment} again"
+                 if position.drawn else "")
+        print(f"{self.run_dir}: resuming from {newest} (step {self.state.step} of {self.cfg.train.max_steps}{again})",
+              file=sys.stderr, flush=True)
+        written_by = saved.get("world_size", world)
+        if written_by != world:
+            print(f"{self.run_dir}: the process count changed from {written_by} to {world}: the global batch stays "
+                  f"{self.cfg.train.batch_size}, and the data stream restarts its segment at step {self.state.step}",
+                  file=sys.stderr, flush=True)
 
     def save(self) -> Path:
-        self.state["skipped_samples"] = self._skipped_samples()
-        self.state["version"], self.state["time"] = VERSION, utc_now()
-        return checkpoint.save(self.acc, self.run_dir, self.state["step"], self.state, self.cfg.train.keep_last)
+        self.state.skipped_samples = self._skipped_samples()
+        record = {**asdict(self.state), **self.stream.position.state_dict(), "version": VERSION, "time": utc_now()}
+        return checkpoint.save(self.acc, self.run_dir, self.state.step, record, self.cfg.train.keep_last)
 
     def _memory(self) -> dict:
         if self.acc.device.type != "cuda":
@@ -380,5 +341,5 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg)
     state = trainer.train()
     if trainer.acc.is_main_process:
-        print(f"{cfg.run_dir}: trained to step {state['step']}, best val cPSNR {state['best_val_cpsnr']:.3f} dB")
+        print(f"{cfg.run_dir}: trained to step {state.step}, best val cPSNR {state.best_val_cpsnr:.3f} dB")
     return 0
