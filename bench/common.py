@@ -82,7 +82,7 @@ def trainer_step(model_cfg: dict, batch: int, frames: int, side: int, precision:
 
     from piunet_dist.core.config import Config
     from piunet_dist.training.step import prepare_step
-    from piunet_dist.network.model import PIUNet
+    from piunet_dist.training.trainer import initial_model
 
     cfg = Config()
     for key, value in model_cfg.items():
@@ -91,7 +91,7 @@ def trainer_step(model_cfg: dict, batch: int, frames: int, side: int, precision:
     cfg.train.activation_checkpointing = checkpointed
     cfg.train.compile_loss = compiled or torch.cuda.is_available()
     torch.manual_seed(0)
-    model = PIUNet.from_config(cfg.model, checkpoint_blocks=checkpointed)
+    model = initial_model(cfg, resuming=False)
     if compiled:
         model.compile_blocks()
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision={"fp32": "no"}.get(precision, precision))

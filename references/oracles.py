@@ -1,4 +1,4 @@
-"""Straightforward losses and metrics, written from PIUNET.md section 4 as loops over the
+"""Straightforward losses and metrics, written from docs/method.md section 4 as loops over the
 49 shifts: the oracles of the tests and the baselines of the benchmarks."""
 import math
 

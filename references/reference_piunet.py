@@ -1,4 +1,4 @@
-"""The straightforward PIUnet, written from PIUNET.md section 1 line by line.
+"""The straightforward PIUnet, written from docs/method.md section 1 line by line.
 
 Oracle for the tests and the baseline of the benchmarks: (B, F, T, X, Y) features,
 Conv3d, torch.nn.MultiheadAttention on sequence-first tokens, and TERN's per-frame

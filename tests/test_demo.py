@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from piunet_dist.core.config import load_config
+
 ROOT = Path(__file__).parent.parent
 TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.max_steps=2", "train.val_every=2",
         "train.ckpt_every=2", "train.l1_warmup_steps=1", "data.workers=0", "train.compile_loss=false"]
@@ -30,7 +32,9 @@ def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
         start = json.loads((demo / member / "metrics.jsonl").read_text().splitlines()[0])
         assert start["event"] == "start" and start["world_size"] == 2
     summary = json.loads((demo / "report" / "summary.json").read_text())
-    assert summary["self_ensemble"] == 4 and set(summary["bands"]) == {"NIR", "RED"}
+    assert summary["self_ensemble"] == "auto" and set(summary["bands"]) == {"NIR", "RED"}
+    rotated = load_config(ROOT / "configs" / "demo.yaml").data.augment  # each member predicts as it was trained
+    assert {m["self_ensemble"] for m in summary["members"].values()} == {4 if rotated else 1}
     for band, entry in summary["bands"].items():
         assert set(entry["members"]) == {m for m in MEMBERS if m.startswith(band.lower())}
         for key in ("baseline_cpsnr", "bicubic_mean_cpsnr", "ensemble_cpsnr", "score"):

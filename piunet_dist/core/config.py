@@ -66,7 +66,7 @@ class DataConfig:
     patch: int = setting(32, "LR patch side in training; the HR patch is 3x (paper: 32)", positive=True)
     min_clear: float = setting(0.1, "a patch is kept when more than this share of its HR is clear", share=True)
     patches_per_scene: int = setting(16, "patches cut from a scene each time it is read", positive=True)
-    augment: bool = setting(True, "random 90-degree rotations and flips of training patches")
+    augment: bool = setting(False, "random 90-degree rotations and flips of training patches (the paper: none)")
     shuffle_buffer: int = setting(512, "patches mixed across scenes in each loader worker", positive=True)
     workers: int = setting(4, "loader worker processes per training process", resumable=True)
     skip_corrupt: bool = setting(False, "skip (count and log) unreadable training samples instead of stopping",
@@ -77,7 +77,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = setting(300_000, "optimizer steps in all", positive=True, resumable=True)
+    max_steps: int = setting(195_000, "optimizer steps in all (paper: 750 epochs, about 195,000 steps on NIR)",
+                             positive=True, resumable=True)
     batch_size: int = setting(24, "global batch: patches per optimizer step over all processes (paper: 24)",
                               positive=True)
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", positive=True)
@@ -91,6 +92,9 @@ class TrainConfig:
     precision: str = setting("no", "mixed precision: no, bf16 or fp16 (the loss is always float32)",
                              choices=("no", "bf16", "fp16"))
     seed: int = setting(0, "seed of the initial weights and of the data streams")
+    init_weights: str = setting("", "start a new run from these weights (fine-tuning): a weights file (.pt, .pth, "
+                                    ".safetensors) or a run's best/ or checkpoint directory; the step, optimizer and "
+                                    "schedule start fresh, and a resumed run continues from its own checkpoint")
     sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off",
                            choices=("auto", "on", "off"))
     compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)",
@@ -99,7 +103,8 @@ class TrainConfig:
                                          "faster steps after a compile of a minute or two", resumable=True)
     activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps",
                                              resumable=True)
-    val_every: int = setting(5000, "steps between validations on the val shards", positive=True, resumable=True)
+    val_every: int = setting(1000, "steps between validations on the val shards (paper: every epoch)", positive=True,
+                             resumable=True)
     val_batch_size: str = setting("auto", "whole scenes per validation batch and process: auto (1 on a CPU, as many "
                                           "as fit on a GPU, at most 32) or a number", auto_or_count=True,
                                   resumable=True)
@@ -117,9 +122,16 @@ ENSEMBLE_METHODS = ("mean", "median", "val_weighted", "inverse_variance", "inver
 @dataclass
 class EvalConfig:
     split: str = setting("val", "split to evaluate: val or test", choices=("val", "test"))
-    shards: str = setting("", "shards to read instead of those each run trained on (empty: each run's data.shards)")
-    self_ensemble: int = setting(4, "predictions averaged per scene: 1, 4 (rotations) or 8 (rotations and flips)",
-                                 choices=(1, 4, 8))
+    shards: str = setting("", "shards to read instead of those each run trained on (empty: each run's data.shards; "
+                              "weights files need it unless a run of their band gives it)")
+    band: str = setting("", "band of the weights files among the members: NIR or RED (a run's own is in its "
+                            "config.yaml)", choices=("", *BANDS))
+    heads: int = setting(1, "attention heads of the weights files among the members (the published have 1)",
+                         positive=True)
+    self_ensemble: str = setting("auto", "views averaged per scene: auto (the views a member was trained to expect: 1 "
+                                         "for weights files and runs trained without data.augment, the rotations for "
+                                         "runs trained with it), 1, 4 (rotations) or 8 (rotations and flips)",
+                                 choices=("auto", "1", "4", "8"))
     checkpoint: str = setting("best", "which weights of a run: best or last", choices=("best", "last"))
     ensemble: str = setting("mean", "how members combine into the ensemble that is written and submitted: mean, "
                                     "median, val_weighted (by each member's validation cPSNR), inverse_variance "

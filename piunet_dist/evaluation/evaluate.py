@@ -1,10 +1,11 @@
-"""Evaluate trained runs (the members of an ensemble) on a split, per band.
+"""Evaluate trained runs and weights files (the members of an ensemble) on a split, per band.
 
     python -m piunet_dist evaluate --runs runs/nir-seed0 runs/nir-seed1 --split val --out runs/eval
+    python -m piunet_dist evaluate --runs nir_model_checkpoint.pt --band NIR --shards shards/probav
 
-Two phases. predict: each member predicts every scene with its self-ensemble over rotations
-(and flips) and writes OUT/<band>/<member>/ (outputs.py); an interrupted evaluation resumes
-where it stopped. score: the members' predictions are read back (the SR as delivered, a
+Two phases. predict: each member predicts every scene with its self-ensemble (by default
+the views its training showed it: inference.views_for) and writes OUT/<band>/<member>/
+(outputs.py); an interrupted evaluation resumes where it stopped. score: the members' predictions are read back (the SR as delivered, a
 16-bit PNG), combined by every ensemble method (ensembles.py) and scored (scoring.py); the
 method eval.ensemble names is written to OUT/<band>/ensemble/. Then OUT/scenes.csv,
 OUT/summary.json and, for the test split, the submission (submission.py). The launcher runs
@@ -19,6 +20,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -32,9 +34,9 @@ from ..data.shards import scene_count, scene_names, shard_paths
 from ..network.baselines import bicubic_mean
 from ..network.metrics import cpsnr, shift_search
 from .ensembles import METHODS, combine, uncertainty
-from .inference import resolve_precision, scenes_per_batch, super_resolve, transforms
+from .inference import resolve_precision, scenes_per_batch, super_resolve_views, view_names, views_for
 from .members import Member, by_band, find_members
-from .outputs import predicted, read_outputs, write_outputs
+from .outputs import predicted, read_outputs, read_view_cpsnr, write_outputs
 from .scoring import Calibration, SceneResult, score, summarise_band, write_csv
 from .submission import ENSEMBLE, write_submission
 
@@ -48,9 +50,7 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if member is not None and (phase != "predict" or not 0 <= member < len(runs)):
         raise UserError(f"--member: {member} must go with --phase predict and index one of the {len(runs)} runs")
-    members = find_members(runs, settings.checkpoint)
-    bands = by_band(members)
-    shards = {band: Path(settings.shards or ms[0].cfg.data.shards) for band, ms in bands.items()}
+    members, bands, shards = plan(runs, settings)
     if phase in ("all", "predict"):
         chosen = {m.name for m in (members if member is None else [members[member]])}
         for band, ms in bands.items():
@@ -72,6 +72,25 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
     return write_results(results, members, shards, settings)
 
 
+def plan(runs: list[Path], settings: EvalConfig) -> tuple[list[Member], dict[str, list[Member]], dict[str, Path]]:
+    """The members, by band, and where each band's scenes are; every mistake refused here,
+    before anything is written (the launcher asks it before it submits)."""
+    members = find_members(runs, settings.checkpoint, settings.band, settings.heads)
+    bands = by_band(members)
+    return members, bands, {band: band_shards(ms, settings) for band, ms in bands.items()}
+
+
+def band_shards(members: list[Member], settings: EvalConfig) -> Path:
+    """Where a band's scenes are: eval.shards, else where its first run trained."""
+    if settings.shards:
+        return Path(settings.shards)
+    runs = [m for m in members if not m.is_file]
+    if not runs:
+        raise UserError(f"--shards: {members[0].source} is a weights file, which does not say where its scenes are; "
+                        "give --shards DIR (a directory that pack wrote)")
+    return Path(runs[0].cfg.data.shards)
+
+
 def scenes(members: list[Member], shards: Path, split: str, rank: int, world: int) -> EvalScenes:
     """The scenes of the members' band, read as they read them (the same frames, registration
     and clearance), this process's share of them."""
@@ -79,26 +98,28 @@ def scenes(members: list[Member], shards: Path, split: str, rank: int, world: in
     for m in members[1:]:
         d = m.cfg.data
         if (d.n_frames, d.register, d.min_clearance) != (data.n_frames, data.register, data.min_clearance):
-            raise UserError(f"{m.run_dir}: reads scenes unlike {members[0].run_dir} (data.n_frames, "
+            raise UserError(f"{m.source}: reads scenes unlike {members[0].source} (data.n_frames, "
                             "data.register or data.min_clearance differ); evaluate them apart")
     return EvalScenes(shard_paths(shards, data.band, split), data.n_frames, keep_unclear=split == "test",
                       register=data.register, rank=rank, world_size=world, seed=0, min_clearance=data.min_clearance)
 
 
-def write_predictions(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig, acc) -> None:
-    """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/.
-    A scene already predicted by the same weights and settings is not predicted again."""
+def write_predictions(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig,
+                      acc) -> None:
+    """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/,
+    with each view's cPSNR where it averages several and the scene has a target. A scene
+    already predicted by the same weights and settings is not predicted again."""
     band, out = members[0].band, Path(settings.out)
     precision = resolve_precision(settings.precision, acc.device)
     folders = {m.name: out / band / m.name for m in predicting}
+    views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in predicting}
     if acc.is_main_process:
         for m in predicting:
-            _keep_if_same(folders[m.name], {"weights_sha256": m.weights_sha256(), "self_ensemble": settings.self_ensemble,
+            _keep_if_same(folders[m.name], {"weights_sha256": m.weights_sha256(), "self_ensemble": views[m.name],
                                             "precision": precision, "n_frames": m.cfg.data.n_frames})
     acc.wait_for_everyone()
     batch_size = scenes_per_batch(settings.batch_size, "eval.batch_size", acc.device, members[0].cfg.data.n_frames,
-                                  LR_SIZE, max(m.cfg.model.n_feat for m in predicting),
-                                  len(transforms(settings.self_ensemble)))
+                                  LR_SIZE, max(m.cfg.model.n_feat for m in predicting), max(views.values()))
     todo = scenes(members, shards, settings.split, acc.process_index, acc.num_processes)
     with tqdm(total=scene_count(shards, band, settings.split), desc=f"predict {band}", unit="scene",
               disable=not acc.is_main_process, dynamic_ncols=True) as bar:
@@ -107,9 +128,15 @@ def write_predictions(members: list[Member], predicting: list[Member], shards: P
                 missing = [j for j, name in enumerate(batch["name"]) if not predicted(folders[m.name], name)]
                 if not missing:
                     continue
-                sr, scale = super_resolve(m.model, batch["lr"][missing].to(acc.device), settings.self_ensemble, precision)
+                srs, scales = super_resolve_views(m.model, batch["lr"][missing].to(acc.device), views[m.name],
+                                                  precision)
+                sr, scale = srs.mean(dim=0), scales.mean(dim=0)
                 for i, j in enumerate(missing):
-                    write_outputs(folders[m.name], batch["name"][j], sr[i], scale[i])
+                    each = None
+                    if views[m.name] > 1 and batch["has_target"][j]:
+                        hr, sm = batch["hr"][j][None, None].to(acc.device), batch["sm"][j][None, None].to(acc.device)
+                        each = [float(cpsnr(v[i][None], hr, sm)[0]) for v in srs]
+                    write_outputs(folders[m.name], batch["name"][j], sr[i], scale[i], each)
             bar.update(len(batch["name"]) * acc.num_processes)
 
 
@@ -124,7 +151,7 @@ def _keep_if_same(folder: Path, stamp: dict) -> None:
         return
     if folder.is_dir():
         for path in folder.iterdir():
-            if path.suffix in (".png", ".npy", ".partial") and path.name.startswith("imgset"):
+            if path.suffix in (".png", ".npy", ".json", ".partial") and path.name.startswith("imgset"):
                 path.unlink()
     write_json(folder / STAMP, stamp)
 
@@ -134,6 +161,7 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
     score every member and method where the scene has a target."""
     band, out = members[0].band, Path(settings.out)
     val_cpsnr = torch.tensor([math.nan if (v := m.val_cpsnr()) is None else v for m in members])
+    views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in members}
     results = []
     for batch in DataLoader(scenes(members, shards, settings.split, rank, world), batch_size=1, num_workers=2):
         name, has_target = batch["name"][0], bool(batch["has_target"][0])
@@ -144,7 +172,7 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
         write_outputs(out / band / ENSEMBLE, name, ensembles[settings.ensemble], u.total)
         # over the clear pixels of the target where there is one: clouds would swamp the means
         region = batch["sm"][0] if has_target else torch.ones(srs.shape[-2:], dtype=torch.bool)
-        result = SceneResult(name, band, *u.means(region))
+        result = SceneResult(name, band, *u.means(region), views={m.name: views[m.name] for m in members})
         if has_target:
             hr, sm, norm = batch["hr"][None], batch["sm"][None], float(batch["norm"][0])
             result.baseline_cpsnr = float(cpsnr(batch["baseline"][None], hr, sm)[0])
@@ -165,14 +193,18 @@ def write_results(results: list[SceneResult], members: list[Member], shards: dic
                   settings: EvalConfig) -> dict:
     """scenes.csv, summary.json and, for the test split, the submission; returns the summary."""
     out = Path(settings.out)
-    summary = {"split": settings.split, "self_ensemble": settings.self_ensemble, "ensemble": settings.ensemble,
-               "runs": {m.name: str(m.run_dir) for m in members}, "shards": {b: str(p) for b, p in shards.items()},
-               "members": {m.name: m.describe() for m in members}, "bands": {}}
+    setting = settings.self_ensemble
+    summary = {"split": settings.split, "self_ensemble": int(setting) if setting.isdigit() else setting,
+               "ensemble": settings.ensemble, "runs": {m.name: str(m.source) for m in members},
+               "shards": {b: str(p) for b, p in shards.items()},
+               "members": {m.name: m.describe(views_for(setting, m.trained_with_rotations)) for m in members},
+               "bands": {}}
     for band, ms in by_band(members).items():
         mine = [r for r in results if r.band == band]
         seen = {r.scene for r in mine}
         left_out = [n for n in scene_names(shard_paths(shards[band], band, settings.split)) if n not in seen]
         summary["bands"][band] = summarise_band(mine, [m.name for m in ms], list(METHODS), settings.ensemble, left_out)
+        summary["bands"][band]["views"] = view_scores(ms, mine, out, summary["members"])
     write_csv(out / "scenes.csv", results)
     write_json(out / "summary.json", summary)
     if settings.split == "test":
@@ -180,10 +212,24 @@ def write_results(results: list[SceneResult], members: list[Member], shards: dic
     return summary
 
 
+def view_scores(members: list[Member], results: list[SceneResult], out: Path, described: dict) -> dict:
+    """Per member that averaged several views: each view's mean cPSNR over the scored scenes,
+    so a user sees whether averaging the views helps their network."""
+    scores = {}
+    for m in members:
+        names = view_names(described[m.name]["self_ensemble"])
+        found = [v for r in results if r.scores and (v := read_view_cpsnr(out / m.band / m.name, r.scene))]
+        if len(names) > 1 and found:
+            scores[m.name] = dict(zip(names, np.mean(found, axis=0).tolist()))
+    return scores
+
+
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """What to evaluate and how: the runs, and a flag for each eval setting (this command's
     and `launch evaluate`'s)."""
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="run directories (the members)")
+    parser.add_argument("--runs", type=Path, nargs="+", required=True,
+                        help="the members: run directories, a run's best/ or checkpoint directories, or weights files "
+                             "(.pt, .pth, .safetensors: give --band, and --shards where no run of their band says)")
     parser.add_argument("--config", type=Path, help="YAML file whose eval section gives the settings the flags do not")
     add_setting_flags(parser, "eval")
 
@@ -215,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
               + f", ensemble ({entry['ensemble_method']}) {entry['ensemble_cpsnr']:.2f}"
               + (f", score {entry['score']:.4f}" if entry["score"] is not None else ", score n/a (no norm.csv)")
               + f"\n  each ensemble method against the best member ({entry['best_member']}), dB: {gains}")
+        for member, views in entry["views"].items():
+            print(f"  {member}, each view alone (cPSNR, dB): " + ", ".join(f"{k} {v:.2f}" for k, v in views.items())
+                  + f"; their average {entry['members'][member]:.2f}")
         if entry["left_out"]:
             print(f"  left out (no clear frame): {', '.join(entry['left_out'])}")
     print(f"{settings.out}/summary.json" + (f", {summary['submission']}" if "submission" in summary else ""))

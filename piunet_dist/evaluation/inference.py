@@ -19,6 +19,7 @@ MAX_AUTO_SCENES = 32  # past this a GPU is full of work; larger batches only hol
 # 42 channels peaked at 17.9 GiB in float32 (11.2 GiB in bf16), 9 x 20 + 36 bytes
 BYTES_PER_FRAME_PIXEL = 20
 BYTES_PER_OUTPUT_PIXEL = 36
+ROTATED_VIEWS = 4  # eval.self_ensemble=auto for a network trained with rotations (BENCHMARKS.md)
 
 
 def transforms(n: int) -> list[tuple[int, bool]]:
@@ -35,6 +36,20 @@ def _view(img: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
 
 def _unview(img: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.rot90(img.flip(-1) if flip else img, -k, dims=(-2, -1))
+
+
+def view_names(n: int) -> list[str]:
+    """How summary.json names the views of a self-ensemble of n."""
+    return [f"{'flip ' if flip else ''}rot{90 * k}" for k, flip in transforms(n)]
+
+
+def views_for(setting: str, trained_with_rotations: bool) -> int:
+    """eval.self_ensemble for one member: a number as given; auto, the views its training
+    showed it: 1 for a network trained without rotations (it has learned the sensor's
+    orientation, docs/method.md section 3), the 4 rotations for one trained with them."""
+    if setting != "auto":
+        return int(setting)
+    return ROTATED_VIEWS if trained_with_rotations else 1
 
 
 @torch.no_grad()

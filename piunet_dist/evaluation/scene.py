@@ -19,11 +19,12 @@ from ..core.errors import UserError
 from ..data.pipeline import prepare_frames
 from ..data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
 from ..network.weights import model_from_weights
-from .inference import resolve_precision, super_resolve
+from .inference import resolve_precision, super_resolve, views_for
+from .members import trained_with_rotations
 from .outputs import write_outputs
 
 
-def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int, n_frames: int,
+def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: str, n_frames: int,
                   n_heads: int | None = None, precision: str = "auto", keep_unclear: bool = False) -> Path:
     if not scene_dir.is_dir():
         raise UserError(f"{scene_dir}: no such scene directory")
@@ -41,7 +42,8 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: int,
                            min_clearance=MIN_CLEARANCE)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_weights(weights, n_heads).to(device).eval()
-    sr, scale = super_resolve(model, torch.from_numpy(lr)[None].to(device), self_ensemble, resolve_precision(precision, device))
+    views = views_for(self_ensemble, trained_with_rotations(weights))
+    sr, scale = super_resolve(model, torch.from_numpy(lr)[None].to(device), views, resolve_precision(precision, device))
     write_outputs(out, scene.name, sr[0], scale[0])
     return out / f"{scene.name}.png"
 
@@ -51,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a published checkpoint file, or a run's best/ or checkpoint directory")
     parser.add_argument("--scene", type=Path, required=True, help="directory with LR000.png, QM000.png, ...")
     parser.add_argument("--out", type=Path, default=Path("."), help="where the SR PNG and scale map go (default .)")
-    parser.add_argument("--self-ensemble", type=int, default=4, choices=(1, 4, 8),
-                        help="predictions averaged: 1, 4 rotations, 8 with flips (default 4)")
+    parser.add_argument("--self-ensemble", default="auto", choices=("auto", "1", "4", "8"),
+                        help="views averaged: auto (the views the weights were trained to expect: 1 for the "
+                             "published files and runs trained without data.augment, the 4 rotations for runs "
+                             "trained with it), 1, 4 (rotations) or 8 (with flips) (default auto)")
     parser.add_argument("--frames", type=int, default=9, help="frames used, T (default 9, as trained in the paper)")
     parser.add_argument("--heads", type=int,
                         help="attention heads of the weights: read from a run's config.yaml, else 1 (the published)")

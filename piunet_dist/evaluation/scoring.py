@@ -97,10 +97,12 @@ class SceneResult:
     bicubic_mean_cpsnr: float | None = None
     scores: dict[str, Scores] = field(default_factory=dict)
     calibration: Calibration | None = None
+    views: dict[str, int] = field(default_factory=dict)  # the self-ensemble's views of each member
 
     def csv_row(self) -> dict:
         row = {k: getattr(self, k) for k in ("scene", "band", "aleatoric_dn", "epistemic_dn", "total_dn",
                                             "epistemic_share", "baseline_cpsnr", "bicubic_mean_cpsnr")}
+        row |= {f"{member}:views": n for member, n in self.views.items()}
         for method, scores in self.scores.items():
             row |= {f"{method}:{k}": v for k, v in dataclasses.asdict(scores).items()}
         return row

@@ -14,7 +14,8 @@ from ..core.config import Config, LaunchConfig, check_world, flag_overrides, loa
 from ..core.errors import UserError
 from ..core.files import append_record
 from ..core.run_dir import RunDir
-from ..evaluation.members import check_runs
+from ..evaluation.evaluate import plan
+from ..training.trainer import initial_model
 from .following import wait_for
 from .jobs import EvaluateTask, TrainJob
 from .slurm import check_request, minutes
@@ -103,6 +104,8 @@ def submit_training(args) -> int:
     for run_dir, extra in members(args, cfg):
         member = load_config(args.config, overrides + extra)  # every member is valid before anything is sent
         check_world(member, world)
+        if member.train.init_weights and checkpoint.latest(Path(run_dir)) is None:
+            initial_model(member, resuming=False)  # weights that are not there, or do not fit, refused now
         if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:
             print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
         else:
@@ -131,8 +134,8 @@ def submit_evaluation(args) -> int:
     cfg = load_config(args.config, flag_overrides(args, "eval") + flag_overrides(args, "launch")
                       + ["launch.nodes=1", "launch.tasks_per_node=1"])
     cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
-    check_runs(args.runs)
     runs, settings, launch = list(args.runs), cfg.eval, cfg.launch
+    plan(runs, settings)  # every member and its scenes found before anything is sent
     folder = Path(settings.out) / "slurm"
     kind = cluster_kind(launch.cluster)
     if kind == "slurm":

@@ -3,7 +3,7 @@
 challenge_baseline: the challenge's own baseline, whose cPSNR norm.csv holds: the frames
 with the most clear pixels, each upscaled x3 by PIL's bicubic resize of the float frame (the
 Keys cubic with a = -0.5), averaged.
-bicubic_mean: torch's bicubic x3 upsampling of the mean of the selected frames (PIUNET.md s. 6).
+bicubic_mean: torch's bicubic x3 upsampling of the mean of the selected frames (docs/method.md section 6).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Registered losses (PIUNET.md section 4): the prediction is cropped by 3 pixels, and
+"""Registered losses (docs/method.md section 4): the prediction is cropped by 3 pixels, and
 the loss is the minimum over the 49 placements of that crop in the target, each with the
 brightness bias that best matches the clear pixels.
 

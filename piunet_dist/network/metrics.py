@@ -1,4 +1,4 @@
-"""Challenge metrics on digital numbers (PIUNET.md section 4), per sample, and
+"""Challenge metrics on digital numbers (docs/method.md section 4), per sample, and
 torchmetrics Metrics that average them over scenes across processes.
 
 The shift search of cPSNR needs no pass per shift: with d = y - p on the clear pixels

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from ..core.config import ModelConfig
 from .attention import TemporalAttention
 
-# Fixed normalisation of LR and HR digital numbers (PIUNET.md section 2), both bands.
+# Fixed normalisation of LR and HR digital numbers (docs/method.md section 2), both bands.
 NORM_MEAN = 7433.6436
 NORM_STD = 2353.0723
 SCALE = 3

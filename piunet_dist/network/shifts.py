@@ -1,4 +1,4 @@
-"""The registration geometry of the losses and metrics (PIUNET.md section 4): the prediction,
+"""The registration geometry of the losses and metrics (docs/method.md section 4): the prediction,
 cropped by BORDER pixels on every side, is placed at each of SIDE x SIDE shifts in the
 target; shift index u*SIDE+v puts its top-left corner at (u, v).
 """

@@ -85,13 +85,7 @@ def model_from_weights(path: str | Path, n_heads: int | None = None) -> PIUNet:
     """Build the PIUnet whose shape the weights describe and load them. The heads cannot be read
     off the weights: a run's weights take them from its config.yaml, where `n_heads` must agree;
     other files (the published ones have 1) take `n_heads`, by default 1."""
-    state = read_state_dict(path)
-    try:
-        n_feat = state["conv_in.weight"].shape[0]
-        n_tefa = len({m.group(1) for k in state if (m := re.match(r"res\.(\d+)\.", k))})
-        r_bneck = n_feat // state["res.0.lin0.weight"].shape[0] if n_tefa else 8
-    except KeyError as e:
-        raise UserError(f"{path}: not a PIUnet checkpoint (no {e.args[0]})") from None
+    n_feat, r_bneck, n_tefa = shape_of(read_state_dict(path), path)
     trained = _run_heads(Path(path))
     if trained is not None and n_heads not in (None, trained):
         raise UserError(f"--heads {n_heads}: {path} was trained with {trained} head(s) (its run's config.yaml)")
@@ -99,6 +93,17 @@ def model_from_weights(path: str | Path, n_heads: int | None = None) -> PIUNet:
     if n_feat % heads:
         raise UserError(f"--heads {heads}: does not divide the {n_feat} feature channels of {path}")
     return load_weights(PIUNet(n_feat, r_bneck, n_tefa, heads), path)
+
+
+def shape_of(state: dict[str, torch.Tensor], path: str | Path) -> tuple[int, int, int]:
+    """(n_feat, r_bneck, n_tefa) of the PIUnet these weights are of."""
+    try:
+        n_feat = state["conv_in.weight"].shape[0]
+        n_tefa = len({m.group(1) for k in state if (m := re.match(r"res\.(\d+)\.", k))})
+        r_bneck = n_feat // state["res.0.lin0.weight"].shape[0] if n_tefa else 8
+    except KeyError as e:
+        raise UserError(f"{path}: not a PIUnet checkpoint (no {e.args[0]})") from None
+    return n_feat, r_bneck, n_tefa
 
 
 def _run_heads(path: Path) -> int | None:

@@ -63,14 +63,33 @@ def text_table(title: str, table: list[tuple[str, float, float | None]], best_me
 
 
 def members_table(summary: dict, band: str) -> tuple[list[str], list[list[str]]]:
-    """What each member of a band is: its weights, how far it trained, its settings, when and by what."""
-    head = ["member", "weights (step)", "trained / planned steps", "val cPSNR (dB)", "config hash", "date", "version"]
+    """What each member of a band is: a run (its weights, how far it trained, its settings) or a
+    weights file (its path and sha256); the views it was predicted with; when and by what."""
+    head = ["member", "what", "weights (step)", "trained / planned steps", "val cPSNR (dB)", "views",
+            "config hash", "date", "version"]
     rows = []
     for name, m in summary.get("members", {}).items():
-        if m.get("band") == band:
-            rows.append([name, f"{m['weights']} ({m['weights_step']})", f"{m['trained_steps']} / {m['max_steps']}",
-                         _fmt(m["val_cpsnr"]), m["config_hash"], m["date"], m["version"]])
+        if m.get("band") != band:
+            continue
+        if m.get("kind") == "weights file":
+            rows.append([name, f"weights file {m['path']} (sha256 {m['sha256'][:12]})", m["weights"], "-", "-",
+                         m["self_ensemble"], "-", m["date"], m["version"]])
+        else:
+            rows.append([name, f"run {m['run']}", f"{m['weights']} ({m['weights_step']})",
+                         f"{m['trained_steps']} / {m['max_steps']}", _fmt(m["val_cpsnr"]), m["self_ensemble"],
+                         m["config_hash"], m["date"], m["version"]])
     return head, rows
+
+
+def views_table(entry: dict) -> tuple[list[str], list[list[str]]]:
+    """Each view's cPSNR of the members that averaged several, beside their average."""
+    views = entry.get("views", {})
+    if not views:
+        return [], []
+    names = list(next(iter(views.values())))
+    rows = [[member, *(_fmt(scores.get(v)) for v in names), _fmt(entry["members"].get(member))]
+            for member, scores in views.items() if list(scores) == names]
+    return ["member", *names, "average of the views"], rows
 
 
 def _html_table(head: list[str], rows: list[list[str]], marked: set[int] = frozenset()) -> str:
@@ -86,7 +105,8 @@ def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
 def band_section(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: Path) -> tuple[str, str, str | None]:
     """One band of an evaluation: HTML, Markdown and the terminal's table (None without targets)."""
     entry = summary["bands"][band]
-    title = f"{band}, {summary.get('split', 'val')} split ({entry['scenes']} scenes, self-ensemble x{summary.get('self_ensemble')})"
+    title = (f"{band}, {summary.get('split', 'val')} split ({entry['scenes']} scenes, self-ensemble "
+             f"{summary.get('self_ensemble')})")
     parts, md, text = [f"<h2>{html.escape(title)}</h2>"], [f"## {title}\n"], None
 
     def say(*paragraphs: str) -> None:
@@ -119,6 +139,13 @@ def band_section(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: P
     if rows:
         parts.append("<h3>Members</h3>")
         md.append("\n### Members\n")
+        show(head, rows)
+        say("views: the predictions averaged per scene (eval.self_ensemble; auto gives a network the views "
+            "its training showed it: 1 without data.augment, the rotations with it).")
+    head, rows = views_table(entry)
+    if rows:
+        parts.append("<h3>Each view alone</h3>")
+        md.append("\n### Each view alone\n")
         show(head, rows)
     if entry.get("left_out"):
         say(f"Left out of this split's scores ({len(entry['left_out'])}): no frame is clear enough "

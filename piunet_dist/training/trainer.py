@@ -6,7 +6,8 @@
 A checkpoint holds Accelerate's state, the TrainerState and the position of the data stream
 (stream.py), so a resumed run reads the same batches as one that never stopped (with the
 same ckpt_every and workers); on another number of processes its stream restarts a segment
-at the checkpoint's step.
+at the checkpoint's step. train.init_weights starts a new run from other weights
+(fine-tuning); a resumed run always continues from its own checkpoint.
 
 Ctrl-C or SIGTERM: the step under way finishes, every process writes the checkpoint, and
 the run stops with one line; the same command resumes it.
@@ -42,6 +43,7 @@ from ..evaluation.inference import super_resolve, scenes_per_batch
 from ..network.attention import resolve
 from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
 from ..network.model import PIUNet
+from ..network.weights import load_weights
 from .step import prepare_step
 from .stream import StreamPosition, TrainStream
 
@@ -81,7 +83,7 @@ class Trainer:
         train_shards, self.val_shards = self._shards()
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
-        model = PIUNet.from_config(cfg.model, checkpoint_blocks=cfg.train.activation_checkpointing)
+        model = initial_model(cfg, resuming=self.resume_from is not None)
         if self._use_sync_bn(on_gpu):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.train.compile_model:
@@ -239,7 +241,8 @@ class Trainer:
         self.acc.init_trackers("tensorboard")
         self._log("start", step=self.state.step, world_size=self.acc.num_processes,
                   precision=cfg.train.precision, config_hash=config_hash(cfg),
-                  resumed_from=None if self.resume_from is None else self.resume_from.name)
+                  resumed_from=None if self.resume_from is None else self.resume_from.name,
+                  init_weights=(cfg.train.init_weights or None) if self.resume_from is None else None)
 
     def _resume(self, newest: Path) -> None:
         """Everything as the checkpoint left it, on every process; said on screen."""
@@ -282,6 +285,16 @@ class Trainer:
         numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
         if numbers and event != "start":
             self.acc.log(numbers, step=fields["step"])
+
+
+def initial_model(cfg: Config, resuming: bool) -> PIUNet:
+    """The network a run starts from: newly initialised, or for a new run with
+    train.init_weights those weights, batch-norm statistics included (a file that does not
+    fit is one line naming its keys and shapes). A resumed run loads its own checkpoint later."""
+    model = PIUNet.from_config(cfg.model, checkpoint_blocks=cfg.train.activation_checkpointing)
+    if cfg.train.init_weights and not resuming:
+        load_weights(model, cfg.train.init_weights)
+    return model
 
 
 def _check_run_dir(cfg: Config) -> Path | None:
