@@ -8,7 +8,7 @@ TORCH_PIP_ARGS ?=
 TRITON_VERSION ?= 3.6.0
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install test demo bench bench-gpu clean
+.PHONY: install lint test test-fast demo bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -27,11 +27,21 @@ endif
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# ruff's checks and its formatting, as pyproject.toml configures them
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
 # the SLURM tests run against slurm/testcluster when it can start here (root, Debian
 # packages reachable); elsewhere they are skipped with the reason, except under CI=true
-test: install
+test: lint
 	@cluster=$$(slurm/testcluster/start.sh --if-possible) || exit 1; eval "$$cluster"; \
 	  $(PY) -m pytest -q
+
+# the edit loop, a few minutes: everything but the tests that start processes, inject
+# faults, need SLURM or run the demo (make test runs them all)
+test-fast: lint
+	$(PY) -m pytest -q -m "not (processes or faults or slurm or demo)"
 
 # The flow on synthetic scenes: two members per band, each trained by two processes
 # through the launcher (SLURM when a cluster answers, local processes otherwise), their

@@ -1,4 +1,5 @@
 """Entry for `accelerate launch train.py --config FILE [section.key=value ...]` (and torchrun, srun)."""
+
 import sys
 
 from piunet_dist.__main__ import main

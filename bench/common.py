@@ -1,4 +1,5 @@
 """Timing, the table and the JSON file shared by the benchmarks."""
+
 from __future__ import annotations
 
 import datetime
@@ -13,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-sys.path.insert(0, str(ROOT / "references"))  # the straightforward references, as the tests use them
+sys.path.insert(0, str(ROOT))  # the straightforward references (references/), as the tests use them
 
 
 def machine() -> str:
@@ -73,8 +74,16 @@ def fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def trainer_step(model_cfg: dict, batch: int, frames: int, side: int, precision: str, compiled: bool = False,
-                 checkpointed: bool = False, attention: str = "auto"):
+def trainer_step(
+    model_cfg: dict,
+    batch: int,
+    frames: int,
+    side: int,
+    precision: str,
+    compiled: bool = False,
+    checkpointed: bool = False,
+    attention: str = "auto",
+):
     """The trainer's own step (training/step.py) on one fixed batch of DN patches, built as the
     trainer builds it: (a function that takes one step, the model). Accelerate fixes the
     precision once per process, so one precision per process."""
@@ -105,4 +114,5 @@ def trainer_step(model_cfg: dict, batch: int, frames: int, side: int, precision:
         loss, _ = step(lambda: (lr, hr, mask), laplace=True)
         if loss is None:
             raise RuntimeError("non-finite loss")
+
     return one, step.model

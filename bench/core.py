@@ -1,19 +1,20 @@
 """Core benchmark: loss, cPSNR and one training step against the straightforward versions.
 
-    python bench/core.py [--repeats N]
+python bench/core.py [--repeats N]
 """
+
 from __future__ import annotations
 
 import argparse
 
-import oracles
 import torch
 from common import report, seconds  # noqa: E402  (sets up the path to the references)
-from reference_piunet import RefPIUNet
 
 from piunet_dist.network.losses import registered_laplace
 from piunet_dist.network.metrics import cpsnr
 from piunet_dist.network.model import PIUNet
+from references import oracles
+from references.reference_piunet import RefPIUNet
 
 
 def loss_case(device):
@@ -26,8 +27,11 @@ def loss_case(device):
     def run(fn, **kw):
         return lambda: fn(y, mu, s, mask, **kw).backward()
 
-    return {"eager": run(registered_laplace), "compiled search": run(registered_laplace, compiled=True),
-            "reference": run(oracles.registered_laplace)}
+    return {
+        "eager": run(registered_laplace),
+        "compiled search": run(registered_laplace, compiled=True),
+        "reference": run(oracles.registered_laplace),
+    }
 
 
 def cpsnr_case(device):
@@ -56,12 +60,15 @@ def step_case(device):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return step
 
-    return {"eager": make(PIUNet, registered_laplace),
-            "compiled search": make(PIUNet, registered_laplace, compiled=True),
-            "compiled model and search": make(PIUNet, registered_laplace, compile_model=True, compiled=True),
-            "reference": make(RefPIUNet, oracles.registered_laplace)}
+    return {
+        "eager": make(PIUNet, registered_laplace),
+        "compiled search": make(PIUNet, registered_laplace, compiled=True),
+        "compiled model and search": make(PIUNet, registered_laplace, compile_model=True, compiled=True),
+        "reference": make(RefPIUNet, oracles.registered_laplace),
+    }
 
 
 CASES = {
@@ -82,8 +89,15 @@ def main():
         t_ref = seconds(variants.pop("reference"), args.repeats)
         for variant, fn in variants.items():
             t = seconds(fn, args.repeats)
-            rows.append({"case": name, "variant": variant, "this_ms": 1000 * t,
-                         "reference_ms": 1000 * t_ref, "speedup": t_ref / t})
+            rows.append(
+                {
+                    "case": name,
+                    "variant": variant,
+                    "this_ms": 1000 * t,
+                    "reference_ms": 1000 * t_ref,
+                    "speedup": t_ref / t,
+                }
+            )
     report("core", rows, ["case", "variant", "this_ms", "reference_ms", "speedup"])
 
 

@@ -10,6 +10,7 @@ On a CPU with glibc, a batch of two scenes (activations of ~50 MB) is slower per
 one: allocations above malloc's 32 MB mmap threshold go back to the kernel when freed, and
 every forward pays page faults for them again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import oracles
 import torch
 from common import report  # noqa: E402  (sets up the path to the references)
-from reference_piunet import RefPIUNet
 from torch.utils.data import DataLoader
 
 from piunet_dist.data.packing import pack
@@ -30,6 +29,8 @@ from piunet_dist.data.synthetic import synthesise
 from piunet_dist.evaluation.inference import super_resolve
 from piunet_dist.network.metrics import cpsnr
 from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
+from references import oracles
+from references.reference_piunet import RefPIUNet
 
 
 @torch.no_grad()
@@ -64,8 +65,13 @@ def timed(fn, *args) -> tuple[float, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=4, help="synthetic validation scenes (default 4)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2],
-                        help="scenes per batch of the evaluation, one row each (default 1 2)")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="scenes per batch of the evaluation, one row each (default 1 2)",
+    )
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -85,8 +91,16 @@ def main():
             t, value = timed(band, fast, shards, batch_size, device)
             assert abs(v_ref - value) < 1e-3, (v_ref, value)  # the same function, to rounding
             rows.append((f"this, batches of {batch_size}", t))
-    rows = [{"case": f"val band of {args.scenes} scenes, self-ensemble x4, paper config", "variant": variant,
-             "seconds": t, "scenes_per_s": args.scenes / t, "speedup": t_ref / t} for variant, t in rows]
+    rows = [
+        {
+            "case": f"val band of {args.scenes} scenes, self-ensemble x4, paper config",
+            "variant": variant,
+            "seconds": t,
+            "scenes_per_s": args.scenes / t,
+            "speedup": t_ref / t,
+        }
+        for variant, t in rows
+    ]
     report("evaluate", rows, ["case", "variant", "seconds", "scenes_per_s", "speedup"])
 
 

@@ -9,8 +9,8 @@ rewritten after every section, so a run cut short keeps what it measured:
   float64 one, forward and gradients, at the training shape and past SDPA's 65,535
   sequences; its time, forward and backward.
 - step: the trainer's own optimizer step (training/step.py) of the paper configuration at
-  batch 24 and 96, each in a process of its own: samples/s and peak memory, against the straightforward reference in references/ and,
-  with --published DIR (the published code's model.py and losses.py), against that.
+  batch 24 and 96, each in a process of its own: samples/s and peak memory, against the straightforward
+  reference in references/ and, with --published DIR (the published code's model.py and losses.py), against that.
 - train: `python -m piunet_dist train` end to end on synthetic shards, its samples/s from
   metrics.jsonl against the step alone.
 - two: two processes sharing the GPU over gloo, compiled and eager (a few steps with
@@ -22,6 +22,7 @@ rewritten after every section, so a run cut short keeps what it measured:
 - matrix: the remaining implementation x precision x eager/compiled steps.
 --quick runs every section at toy sizes (a check of the script itself, CPU or GPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,10 @@ def published(directory: str | None):
 
 # --- attention -----------------------------------------------------------------------
 
+
 def section_attention(args) -> None:
     from piunet_dist.network.attention import attend
+
     dev = device()
     b, t, p, f = (2, 5, 40, 12) if args.quick else (24, 9, 1024, 42)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -109,61 +112,96 @@ def section_attention(args) -> None:
     for impl in impls:
         for dtype in (torch.float32, torch.bfloat16):
             got = _attention_grads(q64.to(dtype), x64.to(dtype), d64.to(dtype), impl)
-            errors = {name: float((a.double() - r).norm() / r.norm()) for name, a, r in zip(("out", "dq", "dx"), got, ref)}
+            errors = {
+                name: float((a.double() - r).norm() / r.norm()) for name, a, r in zip(("out", "dq", "dx"), got, ref)
+            }
             q, x, d = (v.to(dtype).requires_grad_() for v in (q64, x64, d64))
 
-            def fwd_bwd():
+            def fwd_bwd(q=q, x=x, d=d, impl=impl):
                 q.grad = x.grad = None
-                out = attend(q, x, f ** -0.5, impl)
+                out = attend(q, x, f**-0.5, impl)
                 out.backward(d.detach())
+
             fwd_bwd()
             ms = timed_ms(fwd_bwd, 3 if args.quick else 20)
-            emit(section="attention", case=f"core fwd+bwd, {b * p} pixels x {t} frames x {f}", impl=impl,
-                 precision=str(dtype).split(".")[-1], ms=ms, **{f"rel_err_{k}": v for k, v in errors.items()})
+            emit(
+                section="attention",
+                case=f"core fwd+bwd, {b * p} pixels x {t} frames x {f}",
+                impl=impl,
+                precision=str(dtype).split(".")[-1],
+                ms=ms,
+                **{f"rel_err_{k}": v for k, v in errors.items()},
+            )
     # inference: forward alone over 8 scenes x 4 views of 128x128
     b, p = (2, 40) if args.quick else (32, 128 * 128)
     qb = torch.randn(b, t, p, 1, f, device=dev, dtype=torch.bfloat16, generator=g)
     xb = torch.randn(b, t, p, f, device=dev, dtype=torch.bfloat16, generator=g)
     with torch.no_grad():
         for impl in impls:
-            forward = functools.partial(attend, qb, xb, f ** -0.5, impl)
+            forward = functools.partial(attend, qb, xb, f**-0.5, impl)
             forward()
-            emit(section="attention", case=f"core forward, {b * p} pixels x {t} frames x {f}", impl=impl,
-                 precision="bfloat16", ms=timed_ms(forward, 3 if args.quick else 10))
+            emit(
+                section="attention",
+                case=f"core forward, {b * p} pixels x {t} frames x {f}",
+                impl=impl,
+                precision="bfloat16",
+                ms=timed_ms(forward, 3 if args.quick else 10),
+            )
     del qb, xb, forward
     b, p = (2, 40) if args.quick else (24, 1024)
     # what channel padding would buy: a 3x3 convolution of the frames at 42 and 48 channels
     for channels in (42, 48):
         for dtype in (torch.float32, torch.bfloat16):
             w = torch.randn(channels, channels, 3, 3, device=dev, dtype=dtype, requires_grad=True)
-            h = torch.randn(b * t, channels, 8 if args.quick else 32, 8 if args.quick else 32, device=dev,
-                            dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+            h = (
+                torch.randn(b * t, channels, 8 if args.quick else 32, 8 if args.quick else 32, device=dev, dtype=dtype)
+                .contiguous(memory_format=torch.channels_last)
+                .requires_grad_()
+            )
 
-            def conv():
+            def conv(h=h, w=w):
                 torch.nn.functional.conv2d(h, w, padding=1).sum().backward()
+
             conv()
-            emit(section="attention", case=f"conv 3x3 fwd+bwd, {b * t} frames, {channels} channels", impl="-",
-                 precision=str(dtype).split(".")[-1], ms=timed_ms(conv, 3 if args.quick else 20))
+            emit(
+                section="attention",
+                case=f"conv 3x3 fwd+bwd, {b * t} frames, {channels} channels",
+                impl="-",
+                precision=str(dtype).split(".")[-1],
+                ms=timed_ms(conv, 3 if args.quick else 20),
+            )
     # past the 65,535 sequences of one SDPA launch: 5 scenes of 128x128 (4 for --quick: a forced split)
     b, p = (2, 40) if args.quick else (5, 128 * 128)
     q64 = torch.randn(b, t, p, 1, f, device=dev, dtype=torch.float64, generator=g)
     x64 = torch.randn(b, t, p, f, device=dev, dtype=torch.float64, generator=g)
     with torch.no_grad():
-        ref = attend(q64, x64, f ** -0.5, "matmul")
+        ref = attend(q64, x64, f**-0.5, "matmul")
         for impl in impls:
-            out = attend(q64.to(torch.bfloat16), x64.to(torch.bfloat16), f ** -0.5, impl,
-                         **({"max_sequences": 7} if args.quick else {}))
-            emit(section="attention", case=f"forward, {b * p} sequences", impl=impl, precision="bfloat16",
-                 rel_err_out=float((out.double() - ref).norm() / ref.norm()))
+            out = attend(
+                q64.to(torch.bfloat16),
+                x64.to(torch.bfloat16),
+                f**-0.5,
+                impl,
+                **({"max_sequences": 7} if args.quick else {}),
+            )
+            emit(
+                section="attention",
+                case=f"forward, {b * p} sequences",
+                impl=impl,
+                precision="bfloat16",
+                rel_err_out=float((out.double() - ref).norm() / ref.norm()),
+            )
 
 
 def gpu_impls() -> list[str]:
     from piunet_dist.network.attention import IMPLEMENTATIONS
+
     return [i for i in IMPLEMENTATIONS if i != "auto" and (device() == "cuda" or not i.startswith("triton"))]
 
 
 def _attention_grads(q, x, d, impl):
     from piunet_dist.network.attention import attend
+
     q, x = q.clone().requires_grad_(), x.clone().requires_grad_()
     out = attend(q, x, q.shape[-1] ** -0.5, impl)
     out.backward(d)
@@ -172,8 +210,10 @@ def _attention_grads(q, x, d, impl):
 
 # --- training steps ------------------------------------------------------------------
 
-def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, batch: int, model_cfg: dict,
-              side: int, pub=None):
+
+def make_step(
+    kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, batch: int, model_cfg: dict, side: int, pub=None
+):
     """One optimizer step and the model it trains: this project's is the trainer's own
     (training/step.py, through common.trainer_step); the reference's and the published code's
     are the same sequence written plainly around their model and loss."""
@@ -182,19 +222,25 @@ def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, 
     dev = device()
     torch.manual_seed(0)
     if kind == "reference":
-        import oracles
-        from reference_piunet import RefPIUNet
+        from references import oracles
+        from references.reference_piunet import RefPIUNet
+
         model = RefPIUNet(**model_cfg)
 
         def loss_fn(y, mu, s, m):
             return oracles.registered_laplace(y, mu, s, m)
     else:
-        cfg = types.SimpleNamespace(N_feat=model_cfg["n_feat"], R_bneck=model_cfg["r_bneck"],
-                                    N_tefa=model_cfg["n_tefa"], N_heads=model_cfg["n_heads"])
+        cfg = types.SimpleNamespace(
+            N_feat=model_cfg["n_feat"],
+            R_bneck=model_cfg["r_bneck"],
+            N_tefa=model_cfg["n_tefa"],
+            N_heads=model_cfg["n_heads"],
+        )
         model = pub.model.PIUNET(cfg)
 
         def loss_fn(y, mu, s, m):
             return pub.losses.l1_registered_uncertainty_loss(y, mu, s, m, y.shape[-1])
+
     model = model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
@@ -210,30 +256,65 @@ def make_step(kind: str, impl: str, precision: str, compiled: bool, ckpt: bool, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step, model
 
 
-def step_row(section: str, kind: str, impl: str = "-", precision: str = "fp32", compiled: bool = False,
-             ckpt: bool = False, batch: int = 24, quick: bool = False, pub=None) -> dict | None:
+def step_row(
+    section: str,
+    kind: str,
+    impl: str = "-",
+    precision: str = "fp32",
+    compiled: bool = False,
+    ckpt: bool = False,
+    batch: int = 24,
+    quick: bool = False,
+    pub=None,
+) -> dict | None:
     """One step's figures, emitted as a row. This project's steps each run in a process of their
     own: Accelerate fixes the precision once per process, and the peak memory is the row's own."""
     if kind == "this":
-        spec = {"section": section, "kind": kind, "impl": impl, "precision": precision, "compiled": compiled,
-                "ckpt": ckpt, "batch": batch, "quick": quick}
-        done = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True,
-                              cwd=ROOT)
+        spec = {
+            "section": section,
+            "kind": kind,
+            "impl": impl,
+            "precision": precision,
+            "compiled": compiled,
+            "ckpt": ckpt,
+            "batch": batch,
+            "quick": quick,
+        }
+        done = subprocess.run(
+            [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
+        )
         rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
         if rows:
             print("ROW " + json.dumps(rows[-1]), flush=True)
             return rows[-1]
         error = " | ".join(done.stderr.strip().splitlines()[-2:])[:300]
-        emit(section=section, kind=kind, impl=impl, precision=precision, batch=batch, error=f"exit {done.returncode}: {error}")
+        emit(
+            section=section,
+            kind=kind,
+            impl=impl,
+            precision=precision,
+            batch=batch,
+            error=f"exit {done.returncode}: {error}",
+        )
         return None
     return measure_step(section, kind, impl, precision, compiled, ckpt, batch, quick, pub)
 
 
-def measure_step(section: str, kind: str, impl: str = "-", precision: str = "fp32", compiled: bool = False,
-                 ckpt: bool = False, batch: int = 24, quick: bool = False, pub=None) -> dict | None:
+def measure_step(
+    section: str,
+    kind: str,
+    impl: str = "-",
+    precision: str = "fp32",
+    compiled: bool = False,
+    ckpt: bool = False,
+    batch: int = 24,
+    quick: bool = False,
+    pub=None,
+) -> dict | None:
     mode = ("compiled" if compiled else "eager") + ("+checkpointed" if ckpt else "")
     batch = min(batch, 4) if quick else batch
     row = {"section": section, "kind": kind, "impl": impl, "precision": precision, "mode": mode, "batch": batch}
@@ -241,8 +322,9 @@ def measure_step(section: str, kind: str, impl: str = "-", precision: str = "fp3
     reset_memory()
     try:
         started = time.perf_counter()
-        step, model = make_step(kind, impl, precision, compiled, ckpt, batch, TOY if quick else PAPER,
-                                8 if quick else 32, pub)
+        step, model = make_step(
+            kind, impl, precision, compiled, ckpt, batch, TOY if quick else PAPER, 8 if quick else 32, pub
+        )
         for _ in range(3):  # compiles, picks kernels, allocates
             step()
         sync()
@@ -292,11 +374,21 @@ def section_matrix(args) -> None:
 
 # --- profile -------------------------------------------------------------------------
 
+
 def section_profile(args) -> None:
     from torch.profiler import ProfilerActivity, profile
+
     impl = "triton" if device() == "cuda" else "sdpa"
-    step, _ = make_step("this", impl, "bf16", True, False, 4 if args.quick else 24, TOY if args.quick else PAPER,
-                        8 if args.quick else 32)
+    step, _ = make_step(
+        "this",
+        impl,
+        "bf16",
+        True,
+        False,
+        4 if args.quick else 24,
+        TOY if args.quick else PAPER,
+        8 if args.quick else 32,
+    )
     for _ in range(3):
         step()
     sync()
@@ -310,11 +402,17 @@ def section_profile(args) -> None:
     key = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
     total = sum(key(e) for e in events)
     for e in sorted(events, key=key, reverse=True)[:15]:
-        emit(section="profile", kernel=e.key[:90], calls_per_step=e.count / 3, ms_per_step=key(e) / 3000,
-             share=key(e) / total)
+        emit(
+            section="profile",
+            kernel=e.key[:90],
+            calls_per_step=e.count / 3,
+            ms_per_step=key(e) / 3000,
+            share=key(e) / total,
+        )
 
 
 # --- end to end and two processes ----------------------------------------------------
+
 
 def work_dir(args) -> Path:
     path = Path(args.work)
@@ -326,6 +424,7 @@ def shards(args) -> Path:
     """Synthetic NIR scenes packed once for the train and evaluate sections."""
     from piunet_dist.data.packing import pack
     from piunet_dist.data.synthetic import synthesise
+
     out = work_dir(args) / "shards"
     if not (out / "manifest.json").is_file():
         scenes = 12 if args.quick else 48
@@ -335,8 +434,12 @@ def shards(args) -> Path:
 
 
 def cli(*argv, launcher=()) -> subprocess.CompletedProcess:
-    return subprocess.run([*launcher, *([] if launcher else [sys.executable]), "-m", "piunet_dist", *argv],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [*launcher, *([] if launcher else [sys.executable]), "-m", "piunet_dist", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def section_train(args) -> None:
@@ -345,15 +448,30 @@ def section_train(args) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # the bench's own: each time a new run
     steps = 40 if args.quick else 300
     size = TOY if args.quick else PAPER
-    settings = [f"model.{k}={v}" for k, v in size.items()] + [
-        f"data.shards={data}", f"run_dir={run_dir}", f"train.max_steps={steps}", f"train.log_every={steps // 6}",
-        f"train.val_every={steps}", f"train.ckpt_every={steps}", "data.workers=8",
-        f"train.precision={'bf16' if device() == 'cuda' else 'no'}", "train.compile_model=true",
-        "train.l1_warmup_steps=50"] + (["data.patch=8", "train.batch_size=4"] if args.quick else [])
+    settings = (
+        [f"model.{k}={v}" for k, v in size.items()]
+        + [
+            f"data.shards={data}",
+            f"run_dir={run_dir}",
+            f"train.max_steps={steps}",
+            f"train.log_every={steps // 6}",
+            f"train.val_every={steps}",
+            f"train.ckpt_every={steps}",
+            "data.workers=8",
+            f"train.precision={'bf16' if device() == 'cuda' else 'no'}",
+            "train.compile_model=true",
+            "train.l1_warmup_steps=50",
+        ]
+        + (["data.patch=8", "train.batch_size=4"] if args.quick else [])
+    )
     started = time.perf_counter()
     done = cli("train", "--config", "configs/base.yaml", *settings)
-    row = {"section": "train", "case": f"piunet_dist train, {steps} steps, batch {4 if args.quick else 24}",
-           "seconds": time.perf_counter() - started, "rc": done.returncode}
+    row = {
+        "section": "train",
+        "case": f"piunet_dist train, {steps} steps, batch {4 if args.quick else 24}",
+        "seconds": time.perf_counter() - started,
+        "rc": done.returncode,
+    }
     if done.returncode:
         row["error"] = done.stderr.strip().splitlines()[-1][:200] if done.stderr.strip() else "?"
     else:
@@ -361,9 +479,11 @@ def section_train(args) -> None:
         rates = [e["samples_per_s"] for e in events if e["event"] == "train"][1:]  # the first holds the compile
         val = [e for e in events if e["event"] == "val"]
         last = [e for e in events if e["event"] == "train"][-1]
-        row |= {"samples_per_s": sum(rates) / len(rates) if rates else None,
-                "val_cpsnr": val[-1]["val_cpsnr"] if val else None,
-                "peak_gib": last["peak_mem_mb"] / 1024 if "peak_mem_mb" in last else None}
+        row |= {
+            "samples_per_s": sum(rates) / len(rates) if rates else None,
+            "val_cpsnr": val[-1]["val_cpsnr"] if val else None,
+            "peak_gib": last["peak_mem_mb"] / 1024 if "peak_mem_mb" in last else None,
+        }
     emit(**row)
 
 
@@ -374,14 +494,27 @@ def section_two(args) -> None:
         two = work_dir(args) / f"two-{compiled}"
         shutil.rmtree(two, ignore_errors=True)
         tiny = [f"model.{k}={v}" for k, v in TOY.items()] + [
-            f"data.shards={data}", f"run_dir={two}", "train.max_steps=6", "train.val_every=6", "train.ckpt_every=6",
-            "train.batch_size=8", "data.patch=16", "data.workers=1", "train.log_every=2",
-            f"train.compile_model={str(compiled).lower()}"]
+            f"data.shards={data}",
+            f"run_dir={two}",
+            "train.max_steps=6",
+            "train.val_every=6",
+            "train.ckpt_every=6",
+            "train.batch_size=8",
+            "data.patch=16",
+            "data.workers=1",
+            "train.log_every=2",
+            f"train.compile_model={str(compiled).lower()}",
+        ]
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
         started = time.perf_counter()
         done = cli("train", "--config", "configs/base.yaml", *tiny, launcher=launcher)
-        row = {"section": "two", "case": f"2 processes on one device, {'compiled' if compiled else 'eager'}: "
-               "6 steps, validation, checkpoint", "seconds": time.perf_counter() - started, "rc": done.returncode}
+        row = {
+            "section": "two",
+            "case": f"2 processes on one device, {'compiled' if compiled else 'eager'}: "
+            "6 steps, validation, checkpoint",
+            "seconds": time.perf_counter() - started,
+            "rc": done.returncode,
+        }
         if done.returncode:
             (work_dir(args) / f"two-{compiled}.log").write_text(done.stdout + done.stderr)
             lines = [line for line in done.stderr.splitlines() if "rror" in line and "elastic" not in line]
@@ -389,16 +522,18 @@ def section_two(args) -> None:
         else:
             events = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
             start = next(e for e in events if e["event"] == "start")
-            row |= {"world_size": start["world_size"], "validated": any(e["event"] == "val" for e in events),
-                    "checkpoint": (two / "checkpoints" / "step_0000006").is_dir()}
+            row |= {
+                "world_size": start["world_size"],
+                "validated": any(e["event"] == "val" for e in events),
+                "checkpoint": (two / "checkpoints" / "step_0000006").is_dir(),
+            }
         emit(**row)
 
 
 # --- evaluation ----------------------------------------------------------------------
 
+
 def section_evaluate(args) -> None:
-    import oracles
-    from reference_piunet import RefPIUNet
     from torch.utils.data import DataLoader
 
     from piunet_dist.data.pipeline import EvalScenes
@@ -407,6 +542,9 @@ def section_evaluate(args) -> None:
     from piunet_dist.network.metrics import cpsnr
     from piunet_dist.network.model import PIUNet, denormalise, normalise
     from piunet_dist.network.weights import load_weights
+    from references import oracles
+    from references.reference_piunet import RefPIUNet
+
     dev = device()
     size = TOY if args.quick else PAPER
     data = shards(args)
@@ -445,8 +583,9 @@ def section_evaluate(args) -> None:
     baselines["reference, scene by scene"] = lambda: one_by_one(ref, oracles.cpsnr)
     pub = published(args.published)
     if pub:
-        cfg = types.SimpleNamespace(N_feat=size["n_feat"], R_bneck=size["r_bneck"], N_tefa=size["n_tefa"],
-                                    N_heads=size["n_heads"])
+        cfg = types.SimpleNamespace(
+            N_feat=size["n_feat"], R_bneck=size["r_bneck"], N_tefa=size["n_tefa"], N_heads=size["n_heads"]
+        )
         net = pub.model.PIUNET(cfg).to(dev).eval()
         net.load_state_dict(model.state_dict())
         baselines["published, scene by scene"] = lambda: one_by_one(net, lambda s, h, m: pub.losses.cpsnr(h, s, m, 384))
@@ -467,9 +606,14 @@ def section_evaluate(args) -> None:
         scores = ours(batch_size, precision)
         sync()
         rate = count / (time.perf_counter() - t0)
-        row = {"section": "evaluate", "case": case, "variant": f"this, {batch_size} scenes per batch, "
-               f"{'bf16' if precision == 'bf16' else 'fp32'}", "scenes_per_s": rate, "peak_gib": peak_gib(),
-               "mean_cpsnr": float(scores.mean())}
+        row = {
+            "section": "evaluate",
+            "case": case,
+            "variant": f"this, {batch_size} scenes per batch, {'bf16' if precision == 'bf16' else 'fp32'}",
+            "scenes_per_s": rate,
+            "peak_gib": peak_gib(),
+            "mean_cpsnr": float(scores.mean()),
+        }
         row |= {f"vs {k.split(',')[0]}": rate / v for k, v in rates.items()}
         if precision == "no":
             fp32 = scores if fp32 is None else fp32
@@ -479,19 +623,54 @@ def section_evaluate(args) -> None:
 
 
 def _collate(items):
-    return {"lr": torch.stack([i["lr"] for i in items]), "hr": torch.stack([i["hr"] for i in items]),
-            "sm": torch.stack([i["sm"] for i in items])}
+    return {
+        "lr": torch.stack([i["lr"] for i in items]),
+        "hr": torch.stack([i["hr"] for i in items]),
+        "sm": torch.stack([i["sm"] for i in items]),
+    }
 
 
 # --- the parent ----------------------------------------------------------------------
 
-SECTION_RUNS = {"attention": section_attention, "step": section_step, "train": section_train, "two": section_two,
-                "evaluate": section_evaluate, "profile": section_profile, "matrix": section_matrix}
+SECTION_RUNS = {
+    "attention": section_attention,
+    "step": section_step,
+    "train": section_train,
+    "two": section_two,
+    "evaluate": section_evaluate,
+    "profile": section_profile,
+    "matrix": section_matrix,
+}
 
-COLUMNS = ("kind", "case", "impl", "precision", "mode", "batch", "variant", "kernel", "step_ms",
-           "samples_per_s", "scenes_per_s", "peak_gib", "ms", "ms_per_step", "calls_per_step", "share",
-           "rel_err_out", "rel_err_dq", "rel_err_dx", "max_abs_dcpsnr_vs_fp32", "vs reference", "vs published",
-           "val_cpsnr", "world_size", "validated", "checkpoint", "error")
+COLUMNS = (
+    "kind",
+    "case",
+    "impl",
+    "precision",
+    "mode",
+    "batch",
+    "variant",
+    "kernel",
+    "step_ms",
+    "samples_per_s",
+    "scenes_per_s",
+    "peak_gib",
+    "ms",
+    "ms_per_step",
+    "calls_per_step",
+    "share",
+    "rel_err_out",
+    "rel_err_dq",
+    "rel_err_dx",
+    "max_abs_dcpsnr_vs_fp32",
+    "vs reference",
+    "vs published",
+    "val_cpsnr",
+    "world_size",
+    "validated",
+    "checkpoint",
+    "error",
+)
 
 
 def main():
@@ -499,8 +678,11 @@ def main():
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--published", help="folder with the published code's model.py and losses.py")
     parser.add_argument("--json", type=Path, default=RESULTS / "gpu.json", help="where the figures go")
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "piunet-bench-gpu"),
-                        help="scratch folder for shards and runs")
+    parser.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "piunet-bench-gpu"),
+        help="scratch folder for shards and runs",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes: a check of this script")
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)  # one step of this project's, in a process of its own
@@ -524,7 +706,12 @@ def main():
                 print("  " + "  ".join(f"{k}={fmt(v)}" for k, v in rows[-1].items()), flush=True)
         err = proc.stderr.read()
         if proc.wait():
-            rows.append({"section": section, "error": f"exit {proc.returncode}: " + " | ".join(err.strip().splitlines()[-3:])[:400]})
+            rows.append(
+                {
+                    "section": section,
+                    "error": f"exit {proc.returncode}: " + " | ".join(err.strip().splitlines()[-3:])[:400],
+                }
+            )
             print("  " + json.dumps(rows[-1]), flush=True)
         print(f"# {section} done at {time.perf_counter() - started:.0f} s", flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -540,8 +727,10 @@ def main():
 
 def goals(rows: list[dict]) -> list[dict]:
     """The figures the GPU work is judged by, each against what it is measured against."""
+
     def find(**match):
         return next((r for r in rows if all(r.get(k) == v for k, v in match.items()) and "error" not in r), None)
+
     impl = "triton" if torch.cuda.is_available() else "sdpa"
     fast = find(section="step", kind="this", impl=impl, precision="bf16", mode="compiled", batch=24)
     ckpt = find(section="step", kind="this", impl=impl, precision="bf16", mode="compiled+checkpointed", batch=24)
@@ -549,21 +738,44 @@ def goals(rows: list[dict]) -> list[dict]:
     for base in ("published", "reference"):
         ref = find(section="step", kind=base, precision="fp32", batch=24)
         if fast and ref:
-            out.append({"section": "goals", "case": f"bf16 compiled step, batch 24, vs the {base} code's fp32 step",
-                        "ratio": fast["samples_per_s"] / ref["samples_per_s"]})
+            out.append(
+                {
+                    "section": "goals",
+                    "case": f"bf16 compiled step, batch 24, vs the {base} code's fp32 step",
+                    "ratio": fast["samples_per_s"] / ref["samples_per_s"],
+                }
+            )
     if fast:
-        out.append({"section": "goals", "case": "peak memory, batch 24, no checkpointing", "peak_gib": fast["peak_gib"]})
+        out.append(
+            {"section": "goals", "case": "peak memory, batch 24, no checkpointing", "peak_gib": fast["peak_gib"]}
+        )
     if fast and ckpt:
-        out.append({"section": "goals", "case": "peak memory with activation checkpointing, and its time",
-                    "peak_gib": ckpt["peak_gib"], "ratio": fast["samples_per_s"] / ckpt["samples_per_s"]})
+        out.append(
+            {
+                "section": "goals",
+                "case": "peak memory with activation checkpointing, and its time",
+                "peak_gib": ckpt["peak_gib"],
+                "ratio": fast["samples_per_s"] / ckpt["samples_per_s"],
+            }
+        )
     e2e = next((r for r in rows if r["section"] == "train" and "samples_per_s" in r), None)
     if fast and e2e:
-        out.append({"section": "goals", "case": "piunet_dist train end to end against the step alone",
-                    "ratio": e2e["samples_per_s"] / fast["samples_per_s"]})
+        out.append(
+            {
+                "section": "goals",
+                "case": "piunet_dist train end to end against the step alone",
+                "ratio": e2e["samples_per_s"] / fast["samples_per_s"],
+            }
+        )
     for r in rows:
         if r["section"] == "evaluate" and r.get("variant", "").startswith("this, 32") and "vs published" in r:
-            out.append({"section": "goals", "case": f"evaluation vs published scene by scene: {r['variant']}",
-                        "ratio": r["vs published"]})
+            out.append(
+                {
+                    "section": "goals",
+                    "case": f"evaluation vs published scene by scene: {r['variant']}",
+                    "ratio": r["vs published"],
+                }
+            )
     return out
 
 

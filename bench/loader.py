@@ -3,6 +3,7 @@ and from the PNG tree read directly (what the shards save).
 
     python bench/loader.py [--scenes N] [--seconds S]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ import numpy as np
 from common import report  # noqa: E402
 from torch.utils.data import DataLoader
 
-from piunet_dist.data.packing import pack
 from piunet_dist.core.config import DataConfig
+from piunet_dist.data.packing import pack
 from piunet_dist.data.pipeline import TrainPatches
 from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.shards import shard_paths
@@ -59,10 +60,20 @@ def main():
         rows = []
         for workers in (1, 2, 4):
             dataset = TrainPatches(shard_paths(out, "NIR", "train"), settings, seed=0, rank=0)
-            rows.append({"source": "shards", "workers": workers,
-                         "patches_per_s": patches_per_second(dataset, workers, args.seconds)})
-        rows.append({"source": "PNG tree", "workers": 2,
-                     "patches_per_s": patches_per_second(PatchesFromPNG(tree, settings), 2, args.seconds)})
+            rows.append(
+                {
+                    "source": "shards",
+                    "workers": workers,
+                    "patches_per_s": patches_per_second(dataset, workers, args.seconds),
+                }
+            )
+        rows.append(
+            {
+                "source": "PNG tree",
+                "workers": 2,
+                "patches_per_s": patches_per_second(PatchesFromPNG(tree, settings), 2, args.seconds),
+            }
+        )
     report("loader", rows, ["source", "workers", "patches_per_s"])
 
 

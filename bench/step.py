@@ -9,6 +9,7 @@ the 49 shifts), in fp32 and bf16, eager, compiled and with activation checkpoint
 Every row runs in a process of its own, so that its peak memory is its own: on a GPU the
 peak allocated by torch, on a CPU the growth of the resident set over the first steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,12 @@ def make_step(name: str, precision: str, mode: str, device: str):
     with the loss looped over the 49 shifts, plain Adam)."""
     model_cfg, batch, frames, side = CONFIGS[name]
     if mode != "reference":
-        step, _ = trainer_step(model_cfg, batch, frames, side, precision, compiled="compiled" in mode,
-                               checkpointed="checkpointed" in mode)
+        step, _ = trainer_step(
+            model_cfg, batch, frames, side, precision, compiled="compiled" in mode, checkpointed="checkpointed" in mode
+        )
         return step, batch
-    import oracles
-    from reference_piunet import RefPIUNet
+    from references import oracles
+    from references.reference_piunet import RefPIUNet
 
     torch.manual_seed(0)
     model = RefPIUNet(**model_cfg).to(device).train()
@@ -68,8 +70,15 @@ def one_row(name: str, precision: str, mode: str, repeats: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t = seconds(step, repeats, warmup=2)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resident_mib() - before
-    return {"config": name, "precision": precision, "mode": mode, "batch": batch, "step_s": t,
-            "samples_per_s": batch / t, "peak_mib": peak}
+    return {
+        "config": name,
+        "precision": precision,
+        "mode": mode,
+        "batch": batch,
+        "step_s": t,
+        "samples_per_s": batch / t,
+        "peak_mib": peak,
+    }
 
 
 def main():
@@ -77,8 +86,9 @@ def main():
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     on_gpu = torch.cuda.is_available()
     # bf16 has no fast path on most CPUs: there it is asked for by name
-    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"),
-                        default=["fp32", "bf16"] if on_gpu else ["fp32"])
+    parser.add_argument(
+        "--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"] if on_gpu else ["fp32"]
+    )
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per figure (median)")
     parser.add_argument("--row", nargs=3, metavar=("CONFIG", "PRECISION", "MODE"), help=argparse.SUPPRESS)
@@ -92,16 +102,23 @@ def main():
             for mode in args.modes:
                 if mode == "reference" and precision != "fp32":
                     continue
-                out = subprocess.run([sys.executable, __file__, "--row", name, precision, mode,
-                                      "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--row", name, precision, mode, "--repeats", str(args.repeats)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for row in rows:
         ref = next((r for r in rows if r["config"] == row["config"] and r["mode"] == "reference"), None)
         if ref is not None:
             row["speedup"] = ref["step_s"] / row["step_s"]
             row["memory_ratio"] = row["peak_mib"] / ref["peak_mib"]
-    report("step", rows, ["config", "precision", "mode", "batch", "step_s", "samples_per_s", "speedup",
-                          "peak_mib", "memory_ratio"])
+    report(
+        "step",
+        rows,
+        ["config", "precision", "mode", "batch", "step_s", "samples_per_s", "speedup", "peak_mib", "memory_ratio"],
+    )
 
 
 if __name__ == "__main__":

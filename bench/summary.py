@@ -3,6 +3,7 @@ this implementation beside the straightforward reference's, and their ratio.
 
     python bench/summary.py        (make bench runs it after the benchmarks)
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,13 @@ def _loader(rows):
     png = next(r for r in rows if r["source"] == "PNG tree")
     for r in rows:
         if r is not png:
-            yield ("training patches/s", f"shards, {r['workers']} worker(s)", f"{r['patches_per_s']:,.0f}/s",
-                   f"{png['patches_per_s']:,.0f}/s (PNG tree, {png['workers']} workers)",
-                   r["patches_per_s"] / png["patches_per_s"])
+            yield (
+                "training patches/s",
+                f"shards, {r['workers']} worker(s)",
+                f"{r['patches_per_s']:,.0f}/s",
+                f"{png['patches_per_s']:,.0f}/s (PNG tree, {png['workers']} workers)",
+                r["patches_per_s"] / png["patches_per_s"],
+            )
 
 
 def _step(rows):
@@ -29,10 +34,20 @@ def _step(rows):
         if r["mode"] != "reference" and "speedup" in r:
             ref = next(x for x in rows if x["config"] == r["config"] and x["mode"] == "reference")
             case = f"train step, {r['config']} config, batch {r['batch']}"
-            yield (case, f"{r['precision']} {r['mode']}", f"{r['samples_per_s']:.3g} samples/s",
-                   f"{ref['samples_per_s']:.3g} samples/s", r["speedup"])
-            yield (case, f"{r['precision']} {r['mode']}: peak memory", f"{r['peak_mib']:.0f} MiB",
-                   f"{ref['peak_mib']:.0f} MiB", r["memory_ratio"])
+            yield (
+                case,
+                f"{r['precision']} {r['mode']}",
+                f"{r['samples_per_s']:.3g} samples/s",
+                f"{ref['samples_per_s']:.3g} samples/s",
+                r["speedup"],
+            )
+            yield (
+                case,
+                f"{r['precision']} {r['mode']}: peak memory",
+                f"{r['peak_mib']:.0f} MiB",
+                f"{ref['peak_mib']:.0f} MiB",
+                r["memory_ratio"],
+            )
 
 
 def _evaluate(rows):

@@ -1,4 +1,5 @@
 """`python -m piunet_dist <command>` (also installed as `piunet-dist`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,14 @@ from .core.files import disk_error, disk_failure
 COMMANDS = {
     "synth": ("piunet_dist.data.synthetic", "write synthetic scenes in the PROBA-V layout"),
     "pack": ("piunet_dist.data.packing", "pack PROBA-V scenes into WebDataset shards, or verify them"),
-    "train": ("piunet_dist.training.trainer", "train PIUnet on one band (DDP with Accelerate on any number of processes)"),
-    "evaluate": ("piunet_dist.evaluation.evaluate", "predict and score a split with one or more runs, and their ensembles"),
+    "train": (
+        "piunet_dist.training.trainer",
+        "train PIUnet on one band (DDP with Accelerate on any number of processes)",
+    ),
+    "evaluate": (
+        "piunet_dist.evaluation.evaluate",
+        "predict and score a split with one or more runs, and their ensembles",
+    ),
     "predict": ("piunet_dist.evaluation.scene", "super-resolve one scene directory with published or trained weights"),
     "report": ("piunet_dist.report.pages", "figures, index.html and report.md of runs and evaluations"),
 }
@@ -25,8 +32,8 @@ LAUNCH_HELP = "submit training or evaluation to SLURM with submitit (or run it a
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="piunet-dist",
-        description="Train and evaluate PIUnet multi-image super-resolution on PROBA-V scenes.")
+        prog="piunet-dist", description="Train and evaluate PIUnet multi-image super-resolution on PROBA-V scenes."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, summary) in COMMANDS.items():
         cmd = sub.add_parser(name, help=summary, description=summary)
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:
         from .launch.cli import main as launch
+
         return launch(argv[1:])
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv)  # the overview, or the error that names the commands

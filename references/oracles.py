@@ -1,5 +1,6 @@
 """Straightforward losses and metrics, written from docs/method.md section 4 as loops over the
 49 shifts: the oracles of the tests and the baselines of the benchmarks."""
+
 import math
 
 import torch
@@ -9,7 +10,7 @@ SHIFTS = [(u, v) for u in range(7) for v in range(7)]
 
 
 def _windows(y, m, u, v, h, w):
-    return y[:, :, u:u + h, v:v + w], m[:, :, u:u + h, v:v + w].to(y.dtype)
+    return y[:, :, u : u + h, v : v + w], m[:, :, u : u + h, v : v + w].to(y.dtype)
 
 
 def loss_per_shift(y, mu, s, m, kind, legacy=False):
@@ -62,7 +63,7 @@ def cpsnr(sr, hr, m):
 def ssim(a, b, peak=65535.0):
     """Mean of the valid SSIM map, Gaussian window 11, sigma 1.5, one image pair at a time."""
     r = torch.arange(11, dtype=torch.float64) - 5
-    g = torch.exp(-r**2 / 4.5)
+    g = torch.exp(-(r**2) / 4.5)
     g = (g / g.sum()).view(1, 1, 11, 1) * (g / g.sum()).view(1, 1, 1, 11)
 
     def blur(x):
@@ -84,8 +85,8 @@ def cssim(sr, hr, m):
     for i in range(sr.shape[0]):
         best = -math.inf
         for u, v in SHIFTS:
-            yw, mw = _windows(hr.double()[i:i + 1], m[i:i + 1], u, v, h, w)
-            b = (mw * (yw - p[i:i + 1])).sum() / mw.sum()
-            best = max(best, ssim((p[i:i + 1] + b) * mw, yw * mw))
+            yw, mw = _windows(hr.double()[i : i + 1], m[i : i + 1], u, v, h, w)
+            b = (mw * (yw - p[i : i + 1])).sum() / mw.sum()
+            best = max(best, ssim((p[i : i + 1] + b) * mw, yw * mw))
         out.append(best)
     return torch.tensor(out, dtype=torch.float64)

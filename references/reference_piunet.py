@@ -4,6 +4,7 @@ Oracle for the tests and the baseline of the benchmarks: (B, F, T, X, Y) feature
 Conv3d, torch.nn.MultiheadAttention on sequence-first tokens, and TERN's per-frame
 filtering as a loop. Same parameter names as piunet_dist.PIUNet.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

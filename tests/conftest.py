@@ -1,15 +1,8 @@
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-# the straightforward references (references/: reference_piunet.py, oracles.py) that the
-# benchmarks share, and the helpers beside the tests, are plain modules
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "references"))
 
 # two cores: keep a test's tensor ops from fighting the other processes it starts
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -24,8 +17,9 @@ def small_disk(tmp_path):
     """A 16 MiB tmpfs of its own, which faults.fill() makes a full disk: real ENOSPC from the kernel."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode:
         reason = f"cannot mount a tmpfs here ({result.stderr.strip()}); the full-disk tests need root"
         if os.environ.get("CI") == "true":
@@ -35,4 +29,3 @@ def small_disk(tmp_path):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
-

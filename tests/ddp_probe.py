@@ -2,6 +2,7 @@
 
 (Parameters, not buffers: DDP hands rank 0's batch-norm statistics to the others at the
 start of every forward, and each rank then updates its own copy.)"""
+
 import sys
 
 import torch
@@ -14,5 +15,6 @@ if __name__ == "__main__":
     trainer = Trainer(cfg)
     trainer.train()
     model = trainer.acc.unwrap_model(trainer.model)
-    torch.save({k: v.detach().cpu() for k, v in model.named_parameters()},
-               f"{cfg.run_dir}/rank{trainer.acc.process_index}.pt")
+    torch.save(
+        {k: v.detach().cpu() for k, v in model.named_parameters()}, f"{cfg.run_dir}/rank{trainer.acc.process_index}.pt"
+    )

@@ -3,6 +3,7 @@ float64 attention written out with einsum, forward and gradients, at any size. O
 the Triton kernels run under TRITON_INTERPRET=1 (conftest.py), in float32: the
 interpreter's products of bfloat16 blocks are wrong, so bf16 is checked on a GPU by
 bench/gpu.py's attention section."""
+
 import pytest
 import torch
 
@@ -39,7 +40,7 @@ def relative(a, b):
 @pytest.mark.parametrize("b, t, p, heads, f", [(2, 5, 19, 1, 12), (1, 9, 33, 2, 8), (1, 20, 5, 1, 42)])
 def test_every_core_is_the_same_attention(impl, b, t, p, heads, f):
     q, x, d = random_case(b, t, p, heads, f)
-    scale = f ** -0.5
+    scale = f**-0.5
     want = outputs_and_grads(lambda q, x: einsum_attention(q, x, scale), q, x, d)
     got = outputs_and_grads(lambda q, x: attend(q, x, scale, impl), q.float(), x.float(), d)
     for name, a, w in zip(("out", "dq", "dx"), got, want):
@@ -49,8 +50,8 @@ def test_every_core_is_the_same_attention(impl, b, t, p, heads, f):
 @pytest.mark.parametrize("impl", ["sdpa", "matmul"])
 def test_bfloat16_cores_stay_within_bfloat16_rounding(impl):
     q, x, d = random_case(2, 9, 16, 1, 42)
-    want = outputs_and_grads(lambda q, x: einsum_attention(q, x, 42 ** -0.5), q, x, d)
-    got = outputs_and_grads(lambda q, x: attend(q, x, 42 ** -0.5, impl), q.bfloat16(), x.bfloat16(), d)
+    want = outputs_and_grads(lambda q, x: einsum_attention(q, x, 42**-0.5), q, x, d)
+    got = outputs_and_grads(lambda q, x: attend(q, x, 42**-0.5, impl), q.bfloat16(), x.bfloat16(), d)
     for name, a, w in zip(("out", "dq", "dx"), got, want):
         assert relative(a, w) < 1e-2, name
 

@@ -25,8 +25,10 @@ def test_band_and_demo_files_extend_base(name, band):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(CONFIGS / "base.yaml", ["train.lr=3e-4", "train.lr_milestones=[10, 20]",
-                                               "data.register=true", "run_dir=/tmp/x", "train.max_steps=7"])
+    cfg = load_config(
+        CONFIGS / "base.yaml",
+        ["train.lr=3e-4", "train.lr_milestones=[10, 20]", "data.register=true", "run_dir=/tmp/x", "train.max_steps=7"],
+    )
     assert cfg.train.lr == 3e-4 and cfg.train.lr_milestones == [10, 20]
     assert cfg.data.register is True and cfg.run_dir == "/tmp/x" and cfg.train.max_steps == 7
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # an integer is a number
@@ -50,25 +52,28 @@ def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
     assert (cfg.train.sync_bn, cfg.train.precision) == ("off", "no")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.max_step=5", "unknown setting train.max_step; did you mean train.max_steps?"),
-    ("trian.lr=1", "unknown setting trian; did you mean train?"),
-    ("train.max_steps=abc", "train.max_steps: expected an integer, got 'abc'"),
-    ("train.max_steps=true", "train.max_steps: expected an integer, got 'true'"),
-    ("train.precision=fp8", "train.precision: 'fp8' is not one of no, bf16, fp16"),
-    ("data.min_clear=1.5", "data.min_clear: must be in [0, 1), got 1.5"),
-    ("train.batch_size=0", "train.batch_size: must be positive, got 0"),
-    ("model.n_heads=5", "model.n_feat: 42 is not divisible by model.n_heads=5"),
-    ("model.attention=flash", "model.attention: 'flash' is not one of auto, sdpa, matmul, triton"),
-    ("eval.precision=fp16", "eval.precision: 'fp16' is not one of auto, no, bf16"),
-    ("train=3", "train is a section; give it as train.<setting>"),
-    ("train.lr=nan", "train.lr: must be positive, got nan"),
-    ("train.lr=inf", "train.lr: must be a finite number, got inf"),
-    ("train.lr_gamma=-0.2", "train.lr_gamma and train.weight_decay: the factor must be positive"),
-    ("train.weight_decay=-1", "train.lr_gamma and train.weight_decay: the factor must be positive"),
-    ("data.max_skipped_share=1", "data.max_skipped_share: must be in [0, 1), got 1.0"),
-    ("train.lr", "'train.lr': expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_step=5", "unknown setting train.max_step; did you mean train.max_steps?"),
+        ("trian.lr=1", "unknown setting trian; did you mean train?"),
+        ("train.max_steps=abc", "train.max_steps: expected an integer, got 'abc'"),
+        ("train.max_steps=true", "train.max_steps: expected an integer, got 'true'"),
+        ("train.precision=fp8", "train.precision: 'fp8' is not one of no, bf16, fp16"),
+        ("data.min_clear=1.5", "data.min_clear: must be in [0, 1), got 1.5"),
+        ("train.batch_size=0", "train.batch_size: must be positive, got 0"),
+        ("model.n_heads=5", "model.n_feat: 42 is not divisible by model.n_heads=5"),
+        ("model.attention=flash", "model.attention: 'flash' is not one of auto, sdpa, matmul, triton"),
+        ("eval.precision=fp16", "eval.precision: 'fp16' is not one of auto, no, bf16"),
+        ("train=3", "train is a section; give it as train.<setting>"),
+        ("train.lr=nan", "train.lr: must be positive, got nan"),
+        ("train.lr=inf", "train.lr: must be a finite number, got inf"),
+        ("train.lr_gamma=-0.2", "train.lr_gamma and train.weight_decay: the factor must be positive"),
+        ("train.weight_decay=-1", "train.lr_gamma and train.weight_decay: the factor must be positive"),
+        ("data.max_skipped_share=1", "data.max_skipped_share: must be in [0, 1), got 1.0"),
+        ("train.lr", "'train.lr': expected section.key=value"),
+    ],
+)
 def test_bad_settings_say_what_is_wrong(override, message):
     with pytest.raises(UserError) as e:
         load_config(CONFIGS / "base.yaml", [override])
@@ -78,7 +83,9 @@ def test_bad_settings_say_what_is_wrong(override, message):
 def test_global_batch_must_split_over_processes():
     cfg = load_config(None, ["train.batch_size=24", "train.grad_accum=2"])
     assert check_world(cfg, 3) == 4
-    with pytest.raises(UserError, match=r"train.batch_size: 24 patches \(train.grad_accum=2\) do not split evenly over 5"):
+    with pytest.raises(
+        UserError, match=r"train.batch_size: 24 patches \(train.grad_accum=2\) do not split evenly over 5"
+    ):
         check_world(cfg, 5)
 
 
@@ -106,7 +113,8 @@ def test_every_mistake_of_a_yaml_file_is_reported_at_once(tmp_path):
         f"  {tmp_path / 'three.yaml'}: unknown setting train.bach_size; did you mean train.batch_size?",
         f"  {tmp_path / 'three.yaml'}: train.lr: expected a number, got 'fast'",
         f"  {tmp_path / 'three.yaml'}: data.band: expected a string, got ['NIR']",
-        "  override: unknown setting model.n_fet; did you mean model.n_feat?"]
+        "  override: unknown setting model.n_fet; did you mean model.n_feat?",
+    ]
 
 
 def test_resolved_yaml_round_trips_and_hash_ignores_where_it_runs(tmp_path):
@@ -121,11 +129,24 @@ def test_resolved_yaml_round_trips_and_hash_ignores_where_it_runs(tmp_path):
 
 def test_reference_lists_every_setting_with_its_meaning():
     table = reference()
-    for key in ("run_dir", "data.shards", "data.band", "train.max_steps", "train.val_every", "train.ckpt_every",
-                "train.batch_size", "train.precision", "train.seed", "launch.nodes", "eval.self_ensemble"):
+    for key in (
+        "run_dir",
+        "data.shards",
+        "data.band",
+        "train.max_steps",
+        "train.val_every",
+        "train.ckpt_every",
+        "train.batch_size",
+        "train.precision",
+        "train.seed",
+        "launch.nodes",
+        "eval.self_ensemble",
+    ):
         assert f"| `{key}` |" in table
-    leaves = sum(len(dataclasses.fields(getattr(Config(), f.name))) if dataclasses.is_dataclass(getattr(Config(), f.name))
-                 else 1 for f in dataclasses.fields(Config))
+    leaves = sum(
+        len(dataclasses.fields(getattr(Config(), f.name))) if dataclasses.is_dataclass(getattr(Config(), f.name)) else 1
+        for f in dataclasses.fields(Config)
+    )
     assert len(table.splitlines()) == 2 + leaves
 
 
@@ -138,6 +159,7 @@ def test_cli_reports_one_line_and_exit_code_2(capsys):
 def test_evaluate_reads_its_settings_from_the_eval_section_and_the_flags_win(tmp_path):
     from piunet_dist.__main__ import build_command_parser
     from piunet_dist.evaluation.evaluate import eval_settings
+
     yaml_file = tmp_path / "eval.yaml"
     yaml_file.write_text("eval:\n  ensemble: median\n  split: test\n  batch_size: 3\n")
     parser = build_command_parser("evaluate")

@@ -1,26 +1,54 @@
 """`make demo` as a user runs it, at a scale that fits the test pass: the same targets,
 launcher, evaluation and report, on a few scenes and a few steps; then again, reusing."""
+
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from piunet_dist.core.config import load_config
 
+pytestmark = pytest.mark.demo
+
 ROOT = Path(__file__).parent.parent
-TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.max_steps=2", "train.val_every=2",
-        "train.ckpt_every=2", "train.l1_warmup_steps=1", "data.workers=0", "train.compile_loss=false"]
+TINY = [
+    "model.n_feat=8",
+    "model.r_bneck=4",
+    "model.n_tefa=1",
+    "train.max_steps=2",
+    "train.val_every=2",
+    "train.ckpt_every=2",
+    "train.l1_warmup_steps=1",
+    "data.workers=0",
+    "train.compile_loss=false",
+]
 MEMBERS = ("nir-seed0", "nir-seed1", "red-seed0", "red-seed1")
 
 
 def make_demo(tmp_path):
     result = subprocess.run(
-        ["make", "--no-print-directory", "-o", "install", "demo", f"PY={sys.executable}",
-         f"DEMO={tmp_path / 'demo'}", f"DEMO_SHARDS={tmp_path / 'shards'}", "DEMO_SCENES=4", "DEMO_TEST_SCENES=1",
-         f"DEMO_SETTINGS={' '.join(TINY)}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "SLURM_CONF": str(tmp_path / "no-slurm.conf")})  # local processes, as on a laptop
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            "install",
+            "demo",
+            f"PY={sys.executable}",
+            f"DEMO={tmp_path / 'demo'}",
+            f"DEMO_SHARDS={tmp_path / 'shards'}",
+            "DEMO_SCENES=4",
+            "DEMO_TEST_SCENES=1",
+            f"DEMO_SETTINGS={' '.join(TINY)}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "SLURM_CONF": str(tmp_path / "no-slurm.conf")},
+    )  # local processes, as on a laptop
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

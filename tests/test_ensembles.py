@@ -1,5 +1,6 @@
 """The ensemble methods on members whose answers are known, and the calibration sums on
 errors drawn from the predicted Laplace itself."""
+
 import math
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Evaluation of tiny trained members on synthetic shards: files, ensembles, processes, submission."""
+
 import json
 import os
 import shutil
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import fill
 from PIL import Image
 
 from piunet_dist import __version__
@@ -21,12 +21,25 @@ from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 from piunet_dist.evaluation.ensembles import METHODS
 from piunet_dist.evaluation.submission import write_submission
+from tests.helpers.faults import fill
 
 ROOT = Path(__file__).parent.parent
-TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
-        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=0", "train.val_cssim=false",
-        "train.compile_loss=false", "train.l1_warmup_steps=1", "train.max_steps=2", "train.val_every=2",
-        "train.ckpt_every=2"]
+TINY = [
+    "model.n_feat=8",
+    "model.r_bneck=4",
+    "model.n_tefa=1",
+    "train.batch_size=4",
+    "data.patch=16",
+    "data.patches_per_scene=4",
+    "data.shuffle_buffer=16",
+    "data.workers=0",
+    "train.val_cssim=false",
+    "train.compile_loss=false",
+    "train.l1_warmup_steps=1",
+    "train.max_steps=2",
+    "train.val_every=2",
+    "train.ckpt_every=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +50,23 @@ def members(tmp_path_factory):
     runs = []
     for seed in (0, 1):
         run_dir = root / f"nir-seed{seed}"
-        subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                        f"run_dir={run_dir}", f"data.shards={root / 'shards'}", f"train.seed={seed}", *TINY],
-                       cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "piunet_dist",
+                "train",
+                "--config",
+                "configs/demo.yaml",
+                f"run_dir={run_dir}",
+                f"data.shards={root / 'shards'}",
+                f"train.seed={seed}",
+                *TINY,
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         runs.append(run_dir)
     return root, runs
 
@@ -118,18 +145,38 @@ def assert_close(a, b, where="summary"):
         assert a == b, where
 
 
+@pytest.mark.processes
 def test_two_processes_give_the_summary_of_one(members, tmp_path):
     _, runs = members
     evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "1", "--out", tmp_path / "one")
-    subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "piunet_dist",
-                    "evaluate", "--runs", *map(str, runs), "--split", "val", "--self-ensemble", "1",
-                    "--out", str(tmp_path / "two")], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "piunet_dist",
+            "evaluate",
+            "--runs",
+            *map(str, runs),
+            "--split",
+            "val",
+            "--self-ensemble",
+            "1",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert one.keys() == two.keys()
     assert_close(one["bands"], two["bands"])  # batches differ, so float32 rounding may
-    assert (tmp_path / "one" / "scenes.csv").read_text().splitlines()[0] == \
-        (tmp_path / "two" / "scenes.csv").read_text().splitlines()[0]
+    assert (tmp_path / "one" / "scenes.csv").read_text().splitlines()[0] == (
+        tmp_path / "two" / "scenes.csv"
+    ).read_text().splitlines()[0]
 
 
 def test_test_split_writes_a_complete_submission_or_none(members, tmp_path, capsys):
@@ -156,14 +203,20 @@ def test_bad_runs_are_one_line_errors(tmp_path, capsys):
 
 def test_predict_a_scene_directory_with_published_and_trained_weights(members, tmp_path, capsys):
     import torch
-    from reference_piunet import RefPIUNet
+
+    from references.reference_piunet import RefPIUNet
+
     root, runs = members
     scene = next((root / "scenes" / "test" / "NIR").iterdir())
     published = tmp_path / "nir_model_checkpoint.pt"
     torch.save(RefPIUNet(8, 4, 1).state_dict(), published)  # the published format: a bare state_dict
     for weights, out in ((published, tmp_path / "a"), (runs[0] / "best", tmp_path / "b")):
-        assert main(["predict", "--weights", str(weights), "--scene", str(scene), "--out", str(out),
-                     "--self-ensemble", "4"]) == 0
+        assert (
+            main(
+                ["predict", "--weights", str(weights), "--scene", str(scene), "--out", str(out), "--self-ensemble", "4"]
+            )
+            == 0
+        )
         image = np.asarray(Image.open(out / f"{scene.name}.png"))
         assert image.shape == (384, 384) and image.dtype == np.uint16 and image.std() > 0
         assert np.load(out / f"{scene.name}_scale.npy").shape == (384, 384)
@@ -173,14 +226,29 @@ def test_predict_a_scene_directory_with_published_and_trained_weights(members, t
     assert f"{tmp_path / 'broken'}: LR000.png has no quality map QM000.png" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_a_damaged_shard_is_one_line_even_from_a_loader_worker(members, tmp_path, capsys):
     root, runs = members
     damaged = tmp_path / "shards"
     shutil.copytree(root / "shards", damaged)
     val = Path(shard_paths(damaged, "NIR", "val")[0])
     val.write_bytes(val.read_bytes()[:20000])
-    assert main(["evaluate", "--runs", str(runs[0]), "--shards", str(damaged), "--out", str(tmp_path / "o"),
-                 "--self-ensemble", "1"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--runs",
+                str(runs[0]),
+                "--shards",
+                str(damaged),
+                "--out",
+                str(tmp_path / "o"),
+                "--self-ensemble",
+                "1",
+            ]
+        )
+        == 2
+    )
     captured = capsys.readouterr().err
     err = [line for line in captured.splitlines() if line.startswith("piunet-dist")]  # besides the progress bar
     assert len(err) == 1 and err[0].startswith("piunet-dist evaluate: error: ") and "Traceback" not in captured
@@ -190,6 +258,7 @@ def test_a_damaged_shard_is_one_line_even_from_a_loader_worker(members, tmp_path
 def chromium() -> str | None:
     """Debian's Chromium, installed here when it is missing and this is root with apt."""
     import os
+
     if not shutil.which("chromium") and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
@@ -199,8 +268,10 @@ def chromium() -> str | None:
     return shutil.which("chromium")
 
 
+@pytest.mark.processes
 def test_report_page_loads_in_headless_chromium(members, tmp_path):
     import os
+
     _, runs = members
     evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "1", "--out", tmp_path / "eval")
     assert main(["report", str(tmp_path / "eval"), *map(str, runs), "--out", str(tmp_path / "report")]) == 0
@@ -217,24 +288,43 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
     (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary))
     assert main(["report", str(tmp_path / "eval"), "--out", str(tmp_path / "again"), "--scenes", "0"]) == 0
     md = (tmp_path / "again" / "report.md").read_text()
-    assert "Challenge score: n/a (no norm.csv)." in md and "no frame is clear enough (data.min_clearance): imgset0999" in md
+    assert (
+        "Challenge score: n/a (no norm.csv)." in md
+        and "no frame is clear enough (data.min_clearance): imgset0999" in md
+    )
     browser = chromium()
     if browser is None:
         assert os.environ.get("CI") != "true", "CI must check the report page in Chromium"
         pytest.skip("no Chromium here (Debian's chromium package) and no way to install it")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     page = (report / "index.html").as_uri()
-    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", page], capture_output=True,
-                         text=True, timeout=120)
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", page], capture_output=True, text=True, timeout=120
+    )
     assert 'data-loaded="yes"' in dom.stdout, dom.stderr[-2000:]  # every image decoded
     assert "PIUnet report" in dom.stdout and "ensemble (inverse-variance)" in dom.stdout
     assert dom.stdout.count("<h3>") == 2 and "Coverage of the ensemble" in dom.stdout
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == []
-    shot = subprocess.run([*flags, "--window-size=1280,2000", f"--screenshot={tmp_path / 'page.png'}", page],
-                          capture_output=True, text=True, timeout=120)
+    shot = subprocess.run(
+        [*flags, "--window-size=1280,2000", f"--screenshot={tmp_path / 'page.png'}", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (tmp_path / "page.png").stat().st_size > 50_000, shot.stderr[-2000:]
 
 
@@ -243,12 +333,29 @@ def predictions(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("imgset*"))}
 
 
+@pytest.mark.faults
 def test_a_killed_evaluation_resumes_where_it_stopped_from_whole_files(members, tmp_path, capsys):
     root, runs = members
     out = tmp_path / "out"
-    args = ["--runs", *map(str, runs), "--split", "test", "--self-ensemble", "4", "--batch-size", "1", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "evaluate", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--runs",
+        *map(str, runs),
+        "--split",
+        "test",
+        "--self-ensemble",
+        "4",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "piunet_dist", "evaluate", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     while proc.poll() is None and not list((out / "NIR" / runs[0].name).glob("*.png")):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -281,10 +388,12 @@ def test_other_weights_or_settings_predict_again_and_a_run_given_twice_is_refuse
     capsys.readouterr()
     twice = runs[0].parent / "." / runs[0].name
     assert main(["evaluate", "--runs", str(runs[0]), str(runs[1]), str(twice), "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.strip() == (f"piunet-dist evaluate: error: --runs: {twice} is given twice (as "
-                                               f"{runs[0]} too); each run is one member")
+    assert capsys.readouterr().err.strip() == (
+        f"piunet-dist evaluate: error: --runs: {twice} is given twice (as {runs[0]} too); each run is one member"
+    )
 
 
+@pytest.mark.faults
 def test_a_kill_while_best_was_replaced_leaves_best_old_which_evaluation_reads(members, tmp_path):
     _, runs = members
     run_dir = tmp_path / "nir-seed0"
@@ -296,7 +405,9 @@ def test_a_kill_while_best_was_replaced_leaves_best_old_which_evaluation_reads(m
 
 def test_predict_refuses_a_scene_without_a_clear_frame_and_heads_that_do_not_fit(members, tmp_path, capsys):
     import torch
-    from reference_piunet import RefPIUNet
+
+    from references.reference_piunet import RefPIUNet
+
     root, runs = members
     scene = tmp_path / "imgset0900"
     shutil.copytree(next((root / "scenes" / "test" / "NIR").iterdir()), scene)
@@ -305,33 +416,73 @@ def test_predict_refuses_a_scene_without_a_clear_frame_and_heads_that_do_not_fit
     published = tmp_path / "published.pt"
     torch.save(RefPIUNet(8, 4, 1).state_dict(), published)
     cases = [
-        (["--weights", published], f"{scene}: no frame is more than 85% clear (the clearest: 0%), too cloudy to "
-                                   "trust; --keep-unclear predicts from the clearest frames anyway"),
-        (["--weights", runs[0] / "best", "--heads", "2", "--keep-unclear"],
-         f"--heads 2: {runs[0] / 'best'} was trained with 1 head(s) (its run's config.yaml)"),
-        (["--weights", published, "--heads", "3", "--keep-unclear"], f"--heads 3: does not divide the 8 feature channels of {published}"),
+        (
+            ["--weights", published],
+            f"{scene}: no frame is more than 85% clear (the clearest: 0%), too cloudy to "
+            "trust; --keep-unclear predicts from the clearest frames anyway",
+        ),
+        (
+            ["--weights", runs[0] / "best", "--heads", "2", "--keep-unclear"],
+            f"--heads 2: {runs[0] / 'best'} was trained with 1 head(s) (its run's config.yaml)",
+        ),
+        (
+            ["--weights", published, "--heads", "3", "--keep-unclear"],
+            f"--heads 3: does not divide the 8 feature channels of {published}",
+        ),
     ]
     for flags, message in cases:
         assert main(["predict", *map(str, flags), "--scene", str(scene), "--out", str(tmp_path / "sr")]) == 2
         assert capsys.readouterr().err.strip() == f"piunet-dist predict: error: {message}"
     assert not (tmp_path / "sr").exists()
-    assert main(["predict", "--weights", str(published), "--scene", str(scene), "--out", str(tmp_path / "sr"),
-                 "--keep-unclear", "--self-ensemble", "1"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(published),
+                "--scene",
+                str(scene),
+                "--out",
+                str(tmp_path / "sr"),
+                "--keep-unclear",
+                "--self-ensemble",
+                "1",
+            ]
+        )
+        == 0
+    )
 
 
+@pytest.mark.faults
 def test_a_full_disk_is_one_line_for_every_command_and_nothing_is_left_half_written(members, small_disk, capsys):
     root, runs = members
     evaluate("--runs", runs[0], "--self-ensemble", "1", "--out", small_disk / "eval")  # before the disk fills
     fill(small_disk)
     scene = next((root / "scenes" / "test" / "NIR").iterdir())
     commands = {
-        "synth": (["synth", small_disk / "scenes", "--scenes", "1", "--test-scenes", "0", "--bands", "NIR"],
-                  small_disk / "scenes"),
+        "synth": (
+            ["synth", small_disk / "scenes", "--scenes", "1", "--test-scenes", "0", "--bands", "NIR"],
+            small_disk / "scenes",
+        ),
         "pack": (["pack", root / "scenes", "--out", small_disk / "shards", "--workers", "1"], small_disk / "shards"),
-        "evaluate": (["evaluate", "--runs", runs[1], "--self-ensemble", "1", "--out", small_disk / "eval2"],
-                     small_disk / "eval2"),
-        "predict": (["predict", "--weights", runs[0] / "best", "--scene", scene, "--out", small_disk / "sr",
-                     "--self-ensemble", "1"], small_disk / "sr"),
+        "evaluate": (
+            ["evaluate", "--runs", runs[1], "--self-ensemble", "1", "--out", small_disk / "eval2"],
+            small_disk / "eval2",
+        ),
+        "predict": (
+            [
+                "predict",
+                "--weights",
+                runs[0] / "best",
+                "--scene",
+                scene,
+                "--out",
+                small_disk / "sr",
+                "--self-ensemble",
+                "1",
+            ],
+            small_disk / "sr",
+        ),
         "report": (["report", small_disk / "eval", runs[0], "--out", small_disk / "report"], small_disk / "report"),
     }
     for command, (argv, where) in commands.items():
@@ -339,14 +490,18 @@ def test_a_full_disk_is_one_line_for_every_command_and_nothing_is_left_half_writ
         assert main([str(a) for a in argv]) == 2, command
         err = capsys.readouterr().err
         said = [line for line in err.splitlines() if line.startswith("piunet-dist")]  # besides progress bars
-        assert len(said) == 1 and said[0].startswith(f"piunet-dist {command}: error: {where}") and said[0].endswith(
-            ": cannot write (No space left on device)"), (command, err[-2000:])
+        assert (
+            len(said) == 1
+            and said[0].startswith(f"piunet-dist {command}: error: {where}")
+            and said[0].endswith(": cannot write (No space left on device)")
+        ), (command, err[-2000:])
         assert "Traceback" not in err
     assert [p for p in small_disk.rglob("*") if p.name.endswith(".partial") or ".partial" in p.name] == []
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # and a read-only disk
     assert main(["report", str(small_disk / "eval"), "--out", str(small_disk / "eval" / "report")]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"piunet-dist report: error: {small_disk / 'eval' / 'report'}: cannot write (Read-only file system)")
+        f"piunet-dist report: error: {small_disk / 'eval' / 'report'}: cannot write (Read-only file system)"
+    )
 
 
 def test_the_report_leaves_out_a_torn_line_of_metrics_jsonl(members, tmp_path, capsys):
@@ -362,6 +517,7 @@ def test_the_report_leaves_out_a_torn_line_of_metrics_jsonl(members, tmp_path, c
 
 def test_members_with_the_same_names_get_a_column_each(members, tmp_path):
     from piunet_dist.evaluation.members import find_members
+
     _, runs = members
     dirs = []
     for where in ("a/x/nir", "b/x/nir", "c/x/nir", "d/mean"):  # "mean" is also an ensemble method's column

@@ -1,12 +1,13 @@
 """Whole scenes through the model (inference.py): all views of the self-ensemble in one
 batch give what one view at a time gives; batch sizes and precision resolve per device."""
+
 import pytest
 import torch
-from test_model import randomise_norm_stats
 
 from piunet_dist.core.errors import UserError
 from piunet_dist.evaluation.inference import resolve_precision, scenes_per_batch, super_resolve, transforms
 from piunet_dist.network.model import PIUNet, denormalise, normalise, scale_dn
+from tests.helpers.models import randomise_norm_stats
 
 
 def view_by_view(model, lr_dn, n):

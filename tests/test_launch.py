@@ -1,4 +1,5 @@
 """The launcher against a real SLURM cluster (slurm/testcluster/start.sh) and without one."""
+
 import json
 import os
 import re
@@ -14,10 +15,23 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).parent.parent
-TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
-        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=0", "train.val_cssim=false",
-        "train.compile_loss=false", "train.l1_warmup_steps=2", "train.val_batch_size=1"]
+TINY = [
+    "model.n_feat=8",
+    "model.r_bneck=4",
+    "model.n_tefa=1",
+    "train.batch_size=4",
+    "data.patch=16",
+    "data.patches_per_scene=4",
+    "data.shuffle_buffer=16",
+    "data.workers=0",
+    "train.val_cssim=false",
+    "train.compile_loss=false",
+    "train.l1_warmup_steps=2",
+    "train.val_batch_size=1",
+]
 
 
 def slurm_available() -> str | None:
@@ -31,7 +45,8 @@ def slurm_available() -> str | None:
 
 needs_slurm = pytest.mark.skipif(
     slurm_available() is not None and os.environ.get("CI") != "true",
-    reason=f"no SLURM test cluster: {slurm_available()}")
+    reason=f"no SLURM test cluster: {slurm_available()}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +58,14 @@ def shards(tmp_path_factory):
 
 
 def launch(*args, check=True, timeout=400, env=None):
-    result = subprocess.run([sys.executable, "-m", "piunet_dist.launch", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, "-m", "piunet_dist.launch", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"launch {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -84,9 +105,21 @@ def sacct_nodes(job: str) -> str:
 
 def test_local_cluster_runs_the_same_two_process_job(shards, tmp_path):
     run_dir = tmp_path / "local"
-    launch("--config", "configs/demo.yaml", "--cluster", "local", "--tasks-per-node", "2", "--wait",
-           f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=4", "train.ckpt_every=2",
-           "train.val_every=2")
+    launch(
+        "--config",
+        "configs/demo.yaml",
+        "--cluster",
+        "local",
+        "--tasks-per-node",
+        "2",
+        "--wait",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=4",
+        "train.ckpt_every=2",
+        "train.val_every=2",
+    )
     assert events(run_dir)[0]["world_size"] == 2
     assert (run_dir / "checkpoints/step_0000004").is_dir()
 
@@ -94,8 +127,17 @@ def test_local_cluster_runs_the_same_two_process_job(shards, tmp_path):
 def test_auto_runs_locally_where_no_controller_answers_and_skips_a_trained_run(shards, tmp_path):
     run_dir = tmp_path / "auto"
     no_cluster = {"SLURM_CONF": str(tmp_path / "no-slurm.conf")}  # sinfo, if installed, finds no cluster
-    args = ("--config", "configs/demo.yaml", "--wait", f"run_dir={run_dir}", f"data.shards={shards}", *TINY,
-            "train.max_steps=2", "train.ckpt_every=2", "train.val_every=2")
+    args = (
+        "--config",
+        "configs/demo.yaml",
+        "--wait",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=2",
+        "train.ckpt_every=2",
+        "train.val_every=2",
+    )
     first = launch(*args, env=no_cluster)
     assert "(local): run dir" in first.stdout and "done" in first.stdout
     if shutil.which("sbatch"):
@@ -106,33 +148,74 @@ def test_auto_runs_locally_where_no_controller_answers_and_skips_a_trained_run(s
 
 
 def test_the_piunet_dist_launch_command_is_the_launcher(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "piunet_dist", "launch", "--config", "configs/demo.yaml",
-                             "--time", "soon", "--cluster", "local"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "launch",
+            "--config",
+            "configs/demo.yaml",
+            "--time",
+            "soon",
+            "--cluster",
+            "local",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and result.stderr.strip() == (
-        "piunet-dist launch: error: --time: 'soon' is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+        "piunet-dist launch: error: --time: 'soon' is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)"
+    )
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
     result = launch("--config", "configs/demo.yaml", "--time", "soon", "--cluster", "local", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "piunet-dist launch: error: --time: 'soon' is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+        "piunet-dist launch: error: --time: 'soon' is not a SLURM time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)"
+    )
     run_dir = tmp_path / "uneven"
-    result = launch("--config", "configs/demo.yaml", "--cluster", "local", "--tasks-per-node", "3",
-                    f"run_dir={run_dir}", "train.batch_size=8", check=False)  # checked before anything is sent
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--cluster",
+        "local",
+        "--tasks-per-node",
+        "3",
+        f"run_dir={run_dir}",
+        "train.batch_size=8",
+        check=False,
+    )  # checked before anything is sent
     assert result.returncode == 2 and result.stderr.strip() == (
         "piunet-dist launch: error: train.batch_size: 8 patches (train.grad_accum=1) do not split evenly over "
-        "3 processes")
+        "3 processes"
+    )
     assert not run_dir.exists()
     result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--cluster", "local", check=False)
     assert "local processes run on this machine only" in result.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}\n")
-    result = launch("evaluate", "--runs", str(tmp_path / "run"), "--batch-size", "0", "--out", str(tmp_path / "eval"),
-                    "--cluster", "local", check=False)
-    assert result.returncode == 2 and result.stderr.startswith("usage: python -m piunet_dist.launch evaluate") \
+    result = launch(
+        "evaluate",
+        "--runs",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "0",
+        "--out",
+        str(tmp_path / "eval"),
+        "--cluster",
+        "local",
+        check=False,
+    )
+    assert (
+        result.returncode == 2
+        and result.stderr.startswith("usage: python -m piunet_dist.launch evaluate")
         and result.stderr.strip().endswith(
-        "error: argument --batch-size: expected auto or a positive whole number, got '0'")
+            "error: argument --batch-size: expected auto or a positive whole number, got '0'"
+        )
+    )
     assert not (tmp_path / "eval").exists()  # nothing sent, nothing written
 
 
@@ -140,9 +223,23 @@ def test_bad_flags_are_one_line_errors(tmp_path):
 @pytest.mark.slurm
 def test_two_nodes_one_task_each_train_and_checkpoint(shards, tmp_path):
     run_dir = tmp_path / "two"
-    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
-                    "--wait", f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=4",
-                    "train.ckpt_every=2", "train.val_every=2")
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "0",
+        "--cpus-per-task",
+        "1",
+        "--wait",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=4",
+        "train.ckpt_every=2",
+        "train.val_every=2",
+    )
     assert "(slurm)" in result.stdout and "done" in result.stdout
     assert events(run_dir)[0]["world_size"] == 2
     assert sacct_nodes(job_id(result.stdout)) == "n[1-2]"
@@ -155,9 +252,23 @@ def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_pat
     run_dir = tmp_path / "preempt"
     config = tmp_path / "run.yaml"
     config.write_text(f"extends: {ROOT / 'configs/demo.yaml'}\n")
-    result = launch("--config", str(config), "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
-                    f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=60",
-                    "train.ckpt_every=10", "train.val_every=1000", "train.log_every=1")
+    result = launch(
+        "--config",
+        str(config),
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "0",
+        "--cpus-per-task",
+        "1",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=60",
+        "train.ckpt_every=10",
+        "train.val_every=1000",
+        "train.log_every=1",
+    )
     job = job_id(result.stdout)
     wait_until(run_dir / "checkpoints/step_0000010", 240, "no checkpoint before the deadline")
     config.write_text(config.read_text() + "train:\n  lr: 0.5\n")  # edited after submission
@@ -175,9 +286,9 @@ def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_pat
     second = log.index(starts[1])
     before = [e["step"] for e in log[:second] if e["event"] == "train"]
     after = [e["step"] for e in log[second:] if e["event"] == "train"]
-    assert after == list(range(resumed + 1, 61))          # nothing lost after the checkpoint
+    assert after == list(range(resumed + 1, 61))  # nothing lost after the checkpoint
     assert before[:resumed] == list(range(1, resumed + 1))  # and what came before was all there
-    assert max(before) - resumed < 10                      # redone: at most the steps since it
+    assert max(before) - resumed < 10  # redone: at most the steps since it
     assert "lr: 0.003" in (run_dir / "config.yaml").read_text()  # the job kept the config it was sent with
 
 
@@ -185,9 +296,20 @@ def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_pat
 @pytest.mark.slurm
 def test_the_one_requeue_limit_is_honoured_and_its_end_logged(shards, tmp_path):
     run_dir = tmp_path / "norequeue"
-    result = launch("--config", "configs/demo.yaml", "--cpus-per-task", "1", f"run_dir={run_dir}",
-                    f"data.shards={shards}", *TINY, "train.max_steps=40", "train.ckpt_every=10",
-                    "train.val_every=1000", "train.log_every=1", "launch.max_requeues=0")
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--cpus-per-task",
+        "1",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=40",
+        "train.ckpt_every=10",
+        "train.val_every=1000",
+        "train.log_every=1",
+        "launch.max_requeues=0",
+    )
     job = job_id(result.stdout)
     wait_until(run_dir / "checkpoints/step_0000010", 240, "no checkpoint before the deadline")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
@@ -201,9 +323,25 @@ def test_the_one_requeue_limit_is_honoured_and_its_end_logged(shards, tmp_path):
 @pytest.mark.slurm
 def test_band_seed_array_trains_every_member(shards, tmp_path):
     run_dir = tmp_path / "sweep"
-    result = launch("--config", "configs/demo.yaml", "--bands", "NIR", "RED", "--seeds", "0", "1",
-                    "--cpus-per-task", "1", "--wait", f"run_dir={run_dir}", f"data.shards={shards}", *TINY,
-                    "train.max_steps=2", "train.ckpt_every=2", "train.val_every=2")
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--bands",
+        "NIR",
+        "RED",
+        "--seeds",
+        "0",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--wait",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=2",
+        "train.ckpt_every=2",
+        "train.val_every=2",
+    )
     ids = {job_id(line) for line in result.stdout.splitlines() if line.startswith("job ") and "run dir" in line}
     assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
     for member in ("nir-seed0", "nir-seed1", "red-seed0", "red-seed1"):
@@ -215,8 +353,16 @@ def test_band_seed_array_trains_every_member(shards, tmp_path):
 @needs_slurm
 @pytest.mark.slurm
 def test_failing_job_makes_wait_exit_non_zero_with_its_error(tmp_path):
-    result = launch("--config", "configs/demo.yaml", "--cpus-per-task", "1", "--wait",
-                    f"run_dir={tmp_path / 'bad'}", "data.shards=/no/such/shards", check=False)
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--cpus-per-task",
+        "1",
+        "--wait",
+        f"run_dir={tmp_path / 'bad'}",
+        "data.shards=/no/such/shards",
+        check=False,
+    )
     assert result.returncode == 1
     assert "UserError: /no/such/shards: no manifest.json" in result.stderr
 
@@ -224,8 +370,19 @@ def test_failing_job_makes_wait_exit_non_zero_with_its_error(tmp_path):
 @needs_slurm
 @pytest.mark.slurm
 def test_dry_run_prints_the_sbatch_script(tmp_path):
-    result = launch("--config", "configs/demo.yaml", f"run_dir={tmp_path / 'dry'}", "--nodes", "2",
-                    "train.lr=1e-3", "--partition", "debug", "--time", "30:00", "--dry-run")  # mixed, any order
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        f"run_dir={tmp_path / 'dry'}",
+        "--nodes",
+        "2",
+        "train.lr=1e-3",
+        "--partition",
+        "debug",
+        "--time",
+        "30:00",
+        "--dry-run",
+    )  # mixed, any order
     script = result.stdout
     assert script.startswith("#!/bin/bash") and "#SBATCH --nodes=2" in script
     assert "#SBATCH --partition=debug" in script and "#SBATCH --time=30" in script  # SLURM's M:S
@@ -248,11 +405,14 @@ def test_stop_sh_stops_the_test_cluster_and_start_sh_brings_it_back():
 @needs_slurm
 @pytest.mark.slurm
 def test_sbatch_templates_pass_test_only():
-    for template, args in (("slurm/train.sbatch", ["--nodes", "2", "configs/demo.yaml"]),
-                           ("slurm/evaluate.sbatch", ["runs", "runs/eval"]),
-                           ("slurm/pack.sbatch", ["data/probav", "shards/probav"])):
-        result = subprocess.run(["sbatch", "--test-only", "--cpus-per-task", "1", template, *args], cwd=ROOT,
-                                capture_output=True, text=True)
+    for template, args in (
+        ("slurm/train.sbatch", ["--nodes", "2", "configs/demo.yaml"]),
+        ("slurm/evaluate.sbatch", ["runs", "runs/eval"]),
+        ("slurm/pack.sbatch", ["data/probav", "shards/probav"]),
+    ):
+        result = subprocess.run(
+            ["sbatch", "--test-only", "--cpus-per-task", "1", template, *args], cwd=ROOT, capture_output=True, text=True
+        )
         assert result.returncode == 0 and "to start at" in result.stderr, (template, result.stderr)
 
 
@@ -261,10 +421,30 @@ def test_sbatch_templates_pass_test_only():
 def test_train_sbatch_runs_a_tiny_job_to_completion(shards, tmp_path):
     run_dir, out = tmp_path / "sbatch", tmp_path / "sbatch.out"
     submitted = subprocess.run(
-        ["sbatch", "--parsable", "--nodes", "2", "--cpus-per-task", "1", "--output", str(out), "slurm/train.sbatch",
-         "configs/demo.yaml", f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=4",
-         "train.ckpt_every=2", "train.val_every=2"],
-        cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "PIUNET_PYTHON": sys.executable})
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes",
+            "2",
+            "--cpus-per-task",
+            "1",
+            "--output",
+            str(out),
+            "slurm/train.sbatch",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            "train.max_steps=4",
+            "train.ckpt_every=2",
+            "train.val_every=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PIUNET_PYTHON": sys.executable},
+    )
     job = submitted.stdout.strip()
     assert wait_for_job(job) == "COMPLETED", out.read_text()[-3000:]
     assert events(run_dir)[0]["world_size"] == 2 and sacct_nodes(job) == "n[1-2]"
@@ -278,17 +458,46 @@ def two_runs(shards, tmp_path_factory):
     runs = []
     for band in ("NIR", "RED"):
         run_dir = root / band.lower()
-        subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                        f"run_dir={run_dir}", f"data.shards={shards}", f"data.band={band}", *TINY,
-                        "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2"],
-                       cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "piunet_dist",
+                "train",
+                "--config",
+                "configs/demo.yaml",
+                f"run_dir={run_dir}",
+                f"data.shards={shards}",
+                f"data.band={band}",
+                *TINY,
+                "train.max_steps=2",
+                "train.val_every=2",
+                "train.ckpt_every=2",
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         runs.append(run_dir)
     return runs
 
 
 def evaluation(runs, out, *flags):
-    result = launch("evaluate", "--runs", *map(str, runs), "--split", "val", "--self-ensemble", "1",
-                    "--cpus-per-task", "1", "--out", str(out), "--wait", *flags)
+    result = launch(
+        "evaluate",
+        "--runs",
+        *map(str, runs),
+        "--split",
+        "val",
+        "--self-ensemble",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--out",
+        str(out),
+        "--wait",
+        *flags,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["bands"]) == {"NIR", "RED"}
     assert summary["bands"]["NIR"]["members"].keys() == {"nir"}
@@ -299,10 +508,28 @@ def evaluation(runs, out, *flags):
 @pytest.mark.slurm
 def test_evaluate_sbatch_scores_each_band_as_a_task_of_its_array(shards, two_runs, tmp_path):
     out = tmp_path / "eval"
-    job = subprocess.run(["sbatch", "--parsable", "--cpus-per-task", "1", "--output", str(tmp_path / "ev-%A_%a.out"),
-                          "slurm/evaluate.sbatch", str(two_runs[0].parent), str(out), "--split", "val",
-                          "--self-ensemble", "1"], cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PIUNET_PYTHON": sys.executable}).stdout.strip()
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--cpus-per-task",
+            "1",
+            "--output",
+            str(tmp_path / "ev-%A_%a.out"),
+            "slurm/evaluate.sbatch",
+            str(two_runs[0].parent),
+            str(out),
+            "--split",
+            "val",
+            "--self-ensemble",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PIUNET_PYTHON": sys.executable},
+    ).stdout.strip()
     assert wait_for_job(job) == "COMPLETED", [p.read_text()[-2000:] for p in tmp_path.glob("ev-*.out")]
     for band in ("NIR", "RED"):
         summary = json.loads((out / band / "summary.json").read_text())
@@ -323,9 +550,15 @@ def test_evaluation_array_then_scoring_job_after_it(two_runs, tmp_path):
     assert len(predict) == 2 and {i.split("_")[0] for i in predict} == {predict[0].split("_")[0]}  # one array
 
     def times(job):
-        out = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "Start,End,State", "-P"], capture_output=True,
-                             text=True).stdout.strip().splitlines()[0]
+        out = (
+            subprocess.run(
+                ["sacct", "-n", "-X", "-j", job, "-o", "Start,End,State", "-P"], capture_output=True, text=True
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
         return out.split("|")
+
     ends = [times(i)[1] for i in predict]
     start, _, state = times(score)
     assert state == "COMPLETED" and start >= max(ends)  # afterok: scoring only once every task is done
@@ -335,13 +568,34 @@ def test_evaluation_array_then_scoring_job_after_it(two_runs, tmp_path):
 @pytest.mark.slurm
 def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
     from piunet_dist.data.shards import load_manifest, verify
+
     synthesise(tmp_path / "scenes", 4, 1, ["NIR", "RED"], seed=2, workers=2)
     pack(tmp_path / "scenes", tmp_path / "whole", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
     env = {**os.environ, "PIUNET_PYTHON": sys.executable}
-    array = subprocess.run(["sbatch", "--parsable", "--cpus-per-task", "1", "--chdir", str(ROOT),
-                            "--output", str(tmp_path / "pack-%A_%a.out"), "slurm/pack.sbatch", str(tmp_path / "scenes"), str(tmp_path / "out"),
-                            "--val-fraction", "0.25", "--scenes-per-shard", "2"],
-                           cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout.strip()
+    array = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--cpus-per-task",
+            "1",
+            "--chdir",
+            str(ROOT),
+            "--output",
+            str(tmp_path / "pack-%A_%a.out"),
+            "slurm/pack.sbatch",
+            str(tmp_path / "scenes"),
+            str(tmp_path / "out"),
+            "--val-fraction",
+            "0.25",
+            "--scenes-per-shard",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.strip()
     assert wait_for_job(array) == "COMPLETED"
     deadline = time.time() + 120
     while not (tmp_path / "out" / "manifest.json").is_file():
@@ -352,21 +606,25 @@ def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
     assert verify(tmp_path / "out") == []
 
 
-@pytest.mark.parametrize("text, minutes", [("30", 30), ("30:00", 30), ("30:01", 31), ("1:30:00", 90),
-                                           ("2-0", 2880), ("1-12:30", 2190), ("1-00:00:30", 1441)])
+@pytest.mark.parametrize(
+    "text, minutes",
+    [("30", 30), ("30:00", 30), ("30:01", 31), ("1:30:00", 90), ("2-0", 2880), ("1-12:30", 2190), ("1-00:00:30", 1441)],
+)
 def test_time_limits_in_every_format_slurm_reads(text, minutes):
     from piunet_dist.launch.slurm import minutes as read
+
     assert read(text) == minutes
 
 
 def test_flags_and_settings_mix_in_any_order():
     from piunet_dist.__main__ import build_command_parser
     from piunet_dist.launch.cli import build_parser
-    args = build_parser().parse_intermixed_args(["--config", "x.yaml", "data.band=NIR", "--nodes", "2",
-                                                 "train.lr=1e-3", "--wait"])
+
+    args = build_parser().parse_intermixed_args(
+        ["--config", "x.yaml", "data.band=NIR", "--nodes", "2", "train.lr=1e-3", "--wait"]
+    )
     assert (args.nodes, args.wait, args.overrides) == (2, True, ["data.band=NIR", "train.lr=1e-3"])
-    args = build_command_parser("train").parse_intermixed_args(["data.band=RED", "--config", "y.yaml",
-                                                                "train.lr=1"])
+    args = build_command_parser("train").parse_intermixed_args(["data.band=RED", "--config", "y.yaml", "train.lr=1"])
     assert (str(args.config), args.overrides) == ("y.yaml", ["data.band=RED", "train.lr=1"])
     usage = launch("--help").stdout
     assert all(f"piunet_dist.launch {command}" in usage for command in ("evaluate", "status", "cancel"))
@@ -376,17 +634,45 @@ def test_flags_and_settings_mix_in_any_order():
 @pytest.mark.slurm
 def test_a_request_no_node_can_run_is_refused_before_it_is_sent(shards, tmp_path):
     run_dir = tmp_path / "big"
-    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task",
-                    "4", "--wait", f"run_dir={run_dir}", f"data.shards={shards}", check=False, timeout=60)
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "0",
+        "--cpus-per-task",
+        "4",
+        "--wait",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("piunet-dist launch: error: launch.cpus_per_task: 1 task(s) x 4 CPU(s) need 4 "
-                                     "CPUs on a node; partition debug's nodes have at most 2")
+    assert result.stderr.strip() == (
+        "piunet-dist launch: error: launch.cpus_per_task: 1 task(s) x 4 CPU(s) need 4 "
+        "CPUs on a node; partition debug's nodes have at most 2"
+    )
     assert not run_dir.exists()
-    result = launch("--config", "configs/demo.yaml", "--nodes", "2", "--cpus-per-task", "1", "--cluster", "slurm",
-                    f"run_dir={run_dir}", "train.batch_size=3", check=False, timeout=60)
+    result = launch(
+        "--config",
+        "configs/demo.yaml",
+        "--nodes",
+        "2",
+        "--cpus-per-task",
+        "1",
+        "--cluster",
+        "slurm",
+        f"run_dir={run_dir}",
+        "train.batch_size=3",
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 2 and result.stderr.strip() == (
         "piunet-dist launch: error: train.batch_size: 3 patches (train.grad_accum=1) do not split evenly over "
-        "2 processes")
+        "2 processes"
+    )
     assert not run_dir.exists()
 
 
@@ -397,6 +683,7 @@ def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, ca
     from piunet_dist.launch.following import wait_for
     from piunet_dist.launch.slurm import job_state
     from piunet_dist.launch.submitting import make_executor
+
     # the partition's limit drops below the job's time after the launcher's check: SLURM
     # queues the job, which would then wait for ever
     subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=1"], check=True)
@@ -410,18 +697,39 @@ def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, ca
         subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=UNLIMITED"], check=True)
     assert job_state(job.job_id).state == "CANCELLED"
     said = capsys.readouterr().err  # SLURM gives either reason, depending on when its scheduler looked
-    assert re.search(rf"job {job.job_id}: cancelled: it waited for (PartitionConfig|PartitionTimeLimit), which will "
-                     "not change by itself", said), said
+    assert re.search(
+        rf"job {job.job_id}: cancelled: it waited for (PartitionConfig|PartitionTimeLimit), which will "
+        "not change by itself",
+        said,
+    ), said
 
 
 @needs_slurm
 @pytest.mark.slurm
 def test_status_then_cancel_and_wait_reports_the_cancelled_job_promptly(shards, tmp_path):
     run_dir = tmp_path / "long"
-    waiting = subprocess.Popen([sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml",
-                                "--cpus-per-task", "1", "--wait", f"run_dir={run_dir}", f"data.shards={shards}",
-                                *TINY, "train.max_steps=100000", "train.log_every=1", "train.val_every=100000"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist.launch",
+            "--config",
+            "configs/demo.yaml",
+            "--cpus-per-task",
+            "1",
+            "--wait",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            "train.max_steps=100000",
+            "train.log_every=1",
+            "train.val_every=100000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not ((run_dir / "metrics.jsonl").is_file() and '"event": "train"' in (run_dir / "metrics.jsonl").read_text()):
         assert time.time() < deadline and waiting.poll() is None, "the job did not start training"

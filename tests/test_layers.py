@@ -1,5 +1,6 @@
 """The package's folders are its layers (README, "How the code is laid out"): every import
 of every module, at its top or inside a function, goes to its own folder or one below."""
+
 import ast
 from pathlib import Path
 
@@ -10,8 +11,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "piunet_dist"
 LAYERS = ["core", "network", "data", "report", "evaluation", "training", "launch"]
 TOP = len(LAYERS)
 # data uses the challenge's metric and baseline; it knows nothing of the model
-FORBIDDEN = {"data": ("network.model", "network.attention", "network.pixel_attention_triton",
-                      "network.weights", "network.losses")}
+FORBIDDEN = {
+    "data": (
+        "network.model",
+        "network.attention",
+        "network.pixel_attention_triton",
+        "network.weights",
+        "network.losses",
+    )
+}
 
 
 def module_name(path: Path) -> str:
@@ -35,7 +43,7 @@ def imports_of(source: str, here: str, is_package: bool) -> list[tuple[int, str]
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -60,10 +68,17 @@ def wrong_imports(found: list[tuple[int, str]], here: str) -> list[str]:
     """The imports of module `here` that go upward, or to what its layer must not know."""
     mine = layer(here)
     folder = here.split(".")[1] if mine < TOP else None
-    upward = [f"line {line}: {name} (upward)" for line, name in found
-              if layer(name) > mine or (name == "piunet_dist" and mine < TOP)]
-    banned = [f"line {line}: {name} (not for {folder}/)" for line, name in found
-              for prefix in FORBIDDEN.get(folder, ()) if name.startswith(f"piunet_dist.{prefix}")]
+    upward = [
+        f"line {line}: {name} (upward)"
+        for line, name in found
+        if layer(name) > mine or (name == "piunet_dist" and mine < TOP)
+    ]
+    banned = [
+        f"line {line}: {name} (not for {folder}/)"
+        for line, name in found
+        for prefix in FORBIDDEN.get(folder, ())
+        if name.startswith(f"piunet_dist.{prefix}")
+    ]
     return upward + banned
 
 
@@ -82,7 +97,7 @@ def test_no_import_circle():
         state[m] = 1
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                cycle = path[path.index(n):] + [n]
+                cycle = path[path.index(n) :] + [n]
                 pytest.fail("import circle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n, path + [n])
@@ -94,14 +109,22 @@ def test_no_import_circle():
 
 
 def test_the_check_finds_upward_and_forbidden_imports_at_any_depth():
-    source = ("from ..core.errors import UserError\n"
-              "from . import probav\n"
-              "def f():\n"
-              "    from ..training.trainer import Trainer\n"
-              "    import piunet_dist.network.model\n")
+    source = (
+        "from ..core.errors import UserError\n"
+        "from . import probav\n"
+        "def f():\n"
+        "    from ..training.trainer import Trainer\n"
+        "    import piunet_dist.network.model\n"
+    )
     found = imports_of(source, "piunet_dist.data.fake", is_package=False)
-    assert [n for _, n in found] == ["piunet_dist.core.errors", "piunet_dist.data.probav",
-                                     "piunet_dist.training.trainer", "piunet_dist.network.model"]
+    assert [n for _, n in found] == [
+        "piunet_dist.core.errors",
+        "piunet_dist.data.probav",
+        "piunet_dist.training.trainer",
+        "piunet_dist.network.model",
+    ]
     assert wrong_imports(found, "piunet_dist.data.fake") == [
-        "line 4: piunet_dist.training.trainer (upward)", "line 5: piunet_dist.network.model (not for data/)"]
+        "line 4: piunet_dist.training.trainer (upward)",
+        "line 5: piunet_dist.network.model (not for data/)",
+    ]
     assert wrong_imports(found, "piunet_dist.launch.fake") == []

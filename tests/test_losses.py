@@ -1,15 +1,15 @@
-import oracles
 import pytest
 import torch
 
 from piunet_dist.network.losses import registered_l1, registered_laplace
+from references import oracles
 
 
 def batch(seed, b=4, size=48, clear=0.7):
     g = torch.Generator().manual_seed(seed)
     y = torch.randn(b, 1, size, size, generator=g)
     # a shifted, biased, noisy prediction so that the search has a real winner
-    mu = (y.roll((1, -2), dims=(2, 3)) + 0.3 + 0.2 * torch.randn(y.shape, generator=g))
+    mu = y.roll((1, -2), dims=(2, 3)) + 0.3 + 0.2 * torch.randn(y.shape, generator=g)
     s = 0.3 * torch.randn(y.shape, generator=g)
     mask = torch.rand(y.shape, generator=g) < clear
     return y, mu.requires_grad_(), s.requires_grad_(), mask
@@ -39,8 +39,9 @@ def test_registered_laplace_equals_oracle_in_value_and_gradient(legacy):
 
 def test_legacy_switch_changes_the_loss():
     y, mu, s, mask = batch(3)
-    assert not torch.isclose(registered_laplace(y, mu, s, mask),
-                             registered_laplace(y, mu, s, mask, legacy_sigma_bias=True))
+    assert not torch.isclose(
+        registered_laplace(y, mu, s, mask), registered_laplace(y, mu, s, mask, legacy_sigma_bias=True)
+    )
 
 
 def test_brightness_bias_stays_in_the_graph():
@@ -60,7 +61,7 @@ def test_finds_the_true_shift():
 def test_windows_without_clear_pixels_never_win():
     y, mu, s, mask = batch(6, clear=0.9)
     mask[:, :, :10, :] = False  # the top rows are cloudy: some shifts see fewer pixels
-    mask[0] = False              # and one sample has no clear pixel at all
+    mask[0] = False  # and one sample has no clear pixel at all
     fast = registered_laplace(y, mu, s, mask)
     assert torch.isfinite(fast)
     slow = oracles.loss_per_shift(y, mu, s, mask, "laplace")[1:].min(dim=1).values.sum() / 4
@@ -90,6 +91,7 @@ def test_a_loss_search_that_cannot_compile_says_so_and_runs_eagerly(tmp_path):
     import os
     import subprocess
     import sys
+
     script = (
         "import torch\n"
         "from piunet_dist.network.losses import registered_l1\n"
@@ -97,7 +99,8 @@ def test_a_loss_search_that_cannot_compile_says_so_and_runs_eagerly(tmp_path):
         "y, p = torch.rand(2, 1, 24, 24, generator=g), torch.rand(2, 1, 24, 24, generator=g)\n"
         "m = torch.rand(2, 1, 24, 24, generator=g) > 0.2\n"
         "print(registered_l1(y, p, m, compiled=True).item() == registered_l1(y, p, m).item())\n"
-        "print(torch._dynamo.config.suppress_errors)\n")
+        "print(torch._dynamo.config.suppress_errors)\n"
+    )
     # no C++ compiler for inductor, in a cache of its own so that nothing compiled before is reused
     env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
@@ -105,4 +108,5 @@ def test_a_loss_search_that_cannot_compile_says_so_and_runs_eagerly(tmp_path):
     assert done.stdout.split() == ["True", "False"]  # the eager search, and no process-wide switch
     said = [line for line in done.stderr.splitlines() if "compile_loss" in line]
     assert len(said) == 1 and said[0].startswith(
-        "train.compile_loss: the loss's shift search does not compile here ("), done.stderr[-2000:]
+        "train.compile_loss: the loss's shift search does not compile here ("
+    ), done.stderr[-2000:]

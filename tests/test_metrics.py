@@ -1,9 +1,7 @@
 import math
 
-import oracles
 import pytest
 import torch
-from distributed import run_group
 
 from piunet_dist.network.metrics import (
     CPSNR,
@@ -16,6 +14,8 @@ from piunet_dist.network.metrics import (
     shift_search,
     uncertainty_stats,
 )
+from references import oracles
+from tests.helpers.distributed import run_group
 
 
 def scenes(seed, b=3, size=60, noise=20.0, clear=0.8):
@@ -46,7 +46,7 @@ def test_shift_search_finds_the_shift_and_bias():
 def test_cpsnr_is_per_sample_not_per_batch():
     sr, hr, mask = scenes(4, b=4)
     mask[0, :, :30] = False  # samples with different clear counts
-    alone = torch.cat([cpsnr(sr[i:i + 1], hr[i:i + 1], mask[i:i + 1]) for i in range(4)])
+    alone = torch.cat([cpsnr(sr[i : i + 1], hr[i : i + 1], mask[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(cpsnr(sr, hr, mask), alone)
 
 
@@ -58,8 +58,7 @@ def test_cpsnr_of_a_perfect_prediction_up_to_bias_is_very_high():
 def test_cpsnr_survives_large_bias_and_values():
     sr, hr, mask = scenes(6, noise=0.5)
     hr = hr + 40000
-    torch.testing.assert_close(cpsnr(sr + 9000, hr, mask), oracles.cpsnr(sr + 9000, hr, mask),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(cpsnr(sr + 9000, hr, mask), oracles.cpsnr(sr + 9000, hr, mask), rtol=0, atol=1e-6)
 
 
 def test_cssim_equals_oracle():
@@ -73,8 +72,7 @@ def test_challenge_score_clips_and_divides_by_norm():
     torch.testing.assert_close(challenge_score(sr, hr, mask, norm), norm / oracles.cpsnr(sr, hr, mask))
     sr[0, 0, 10, 10] = 70000  # out of range: clipped to 65535 first
     clipped = sr.clamp(max=65535)
-    torch.testing.assert_close(challenge_score(sr, hr, mask, norm)[0],
-                               norm[0] / oracles.cpsnr(clipped, hr, mask)[0])
+    torch.testing.assert_close(challenge_score(sr, hr, mask, norm)[0], norm[0] / oracles.cpsnr(clipped, hr, mask)[0])
 
 
 def test_uncertainty_stats_at_the_best_shift():
@@ -85,8 +83,8 @@ def test_uncertainty_stats_at_the_best_shift():
     for i in range(2):
         k = mse[i].argmin().item()
         u, v = divmod(k, 7)
-        y = hr[i, 0, u:u + 54, v:v + 54].double()
-        m = mask[i, 0, u:u + 54, v:v + 54]
+        y = hr[i, 0, u : u + 54, v : v + 54].double()
+        m = mask[i, 0, u : u + 54, v : v + 54]
         p = sr[i, 0, 3:-3, 3:-3].double() + bias[i, k]
         b = scale[i, 0, 3:-3, 3:-3].double()
         e, b = (y - p).abs()[m], b[m]
@@ -120,11 +118,15 @@ def _metrics_on_rank(rank, world_size, data, expected):
         torch.testing.assert_close(got[3][key], want)
 
 
+@pytest.mark.processes
 def test_metric_classes_average_scenes_across_two_processes():
     sr, hr, mask = scenes(11, b=5, size=40)
     norm = torch.linspace(45, 50, 5)
     scale = torch.full_like(sr, 20.0)
-    expected = [cpsnr(sr, hr, mask).mean(), cssim(sr, hr, mask).mean(),
-                challenge_score(sr, hr, mask, norm).mean(),
-                {k: v.mean() for k, v in uncertainty_stats(sr, scale, hr, mask).items()}]
+    expected = [
+        cpsnr(sr, hr, mask).mean(),
+        cssim(sr, hr, mask).mean(),
+        challenge_score(sr, hr, mask, norm).mean(),
+        {k: v.mean() for k, v in uncertainty_stats(sr, scale, hr, mask).items()},
+    ]
     run_group(_metrics_on_rank, 2, (sr, hr, mask, norm, scale), expected)

@@ -4,30 +4,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_piunet import RefPIUNet
 from torch import nn
 
 from piunet_dist.core.errors import UserError
 from piunet_dist.network.model import PIUNet, TemporalAttention, filter_frames
 from piunet_dist.network.weights import load_weights, model_from_weights
+from references.reference_piunet import RefPIUNet
+from tests.helpers.models import randomise_norm_stats
 
 TSV = Path(__file__).with_name("piunet_state_dict.tsv")
 
 
 def published_shapes():
-    rows = [line.rstrip("\n").split("\t") for line in TSV.read_text().splitlines()
-            if line and not line.startswith("#")]
+    rows = [line.rstrip("\n").split("\t") for line in TSV.read_text().splitlines() if line and not line.startswith("#")]
     return [(key, tuple(ast.literal_eval(shape))) for key, shape in rows]
-
-
-def randomise_norm_stats(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for name, buf in model.named_buffers():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-    return model
 
 
 def paired_models(n_feat=42, r_bneck=8, n_tefa=16, n_heads=1, seed=0):
@@ -148,7 +138,7 @@ def test_per_frame_filtering_matches_hand_written():
     want = torch.zeros_like(h)
     padded = torch.nn.functional.pad(h, (2, 2, 2, 2))
     for i, ch, px, py in itertools.product(range(n), range(c), range(x), range(y)):
-        want[i, ch, px, py] = (padded[i, ch, px:px + 5, py:py + 5] * filters[i, 0]).sum()
+        want[i, ch, px, py] = (padded[i, ch, px : px + 5, py : py + 5] * filters[i, 0]).sum()
     torch.testing.assert_close(filter_frames(h, filters), want, rtol=1e-5, atol=1e-5)
 
 
@@ -169,12 +159,14 @@ def test_published_format_file_loads_strictly_and_gives_reference_outputs(tmp_pa
 
 def test_project_checkpoint_forms_load(tmp_path):
     from safetensors.torch import save_file
+
     model = PIUNet(n_feat=8, r_bneck=4, n_tefa=2)
     state = {"module._orig_mod." + k: v for k, v in model.state_dict().items()}
     torch.save({"model": state, "step": 3}, tmp_path / "wrapped.pt")
     (tmp_path / "step_0000003").mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(tmp_path / "step_0000003" / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "step_0000003" / "model.safetensors")
+    )
     for source in (tmp_path / "wrapped.pt", tmp_path / "step_0000003"):
         loaded = model_from_weights(source)
         assert (loaded.conv_in.weight.shape[0], len(loaded.res)) == (8, 2)
@@ -215,6 +207,7 @@ def test_files_that_are_not_checkpoints(tmp_path):
 
 def test_checkpointed_blocks_give_the_same_outputs_gradients_and_statistics():
     import copy
+
     torch.manual_seed(0)
     plain = randomise_norm_stats(PIUNet(n_feat=8, r_bneck=4, n_tefa=2))
     recomputed = copy.deepcopy(plain)

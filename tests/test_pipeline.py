@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import webdataset as wds
-from distributed import run_group
 from torch.utils.data import DataLoader
 
 from piunet_dist.core.config import DataConfig
 from piunet_dist.data.pipeline import CorruptData, EvalScenes, TrainPatches
 from piunet_dist.data.probav import Scene
 from piunet_dist.data.shards import encode_scene
+from tests.helpers.distributed import run_group
 
 
 def consistent_scene(name, seed, n_frames=12, cloudy_frames=0):
@@ -31,7 +31,7 @@ def write_shards(directory, scenes, per_shard, split="train"):
     for start in range(0, len(scenes), per_shard):
         path = directory / f"{split}-{start // per_shard:06d}.tar"
         with wds.TarWriter(str(path), encoder=False) as sink:
-            for scene in scenes[start:start + per_shard]:
+            for scene in scenes[start : start + per_shard]:
                 sink.write(encode_scene(scene, split))
         paths.append(str(path))
     return paths
@@ -66,6 +66,7 @@ def test_train_stream_is_a_function_of_seed_segment_rank(shards):
     def first(n, **kw):
         stream = iter(TrainPatches(shards, settings(), **kw))
         return np.stack([next(stream)[0] for _ in range(n)])
+
     a = first(10, seed=1, rank=0, segment=0)
     np.testing.assert_array_equal(a, first(10, seed=1, rank=0, segment=0))
     assert not np.array_equal(a, first(10, seed=1, rank=1, segment=0))
@@ -75,7 +76,7 @@ def test_train_stream_is_a_function_of_seed_segment_rank(shards):
 def _ranks_read(rank, world_size, shards, names):
     train = DataLoader(TrainPatches(shards, settings(), seed=0, rank=rank), batch_size=6, num_workers=2)
     batches = []
-    for i, (lr, hr, sm, _) in enumerate(train):
+    for i, (lr, _, _, _) in enumerate(train):
         assert lr.shape == (6, 9, 32, 32)
         batches.append(lr)
         if i == 4:
@@ -94,6 +95,7 @@ def _ranks_read(rank, world_size, shards, names):
     assert all(part for part in everyone), "both ranks evaluate"
 
 
+@pytest.mark.processes
 def test_two_ranks_two_workers_train_evenly_and_evaluate_every_scene_once(shards):
     # 3 shards for 4 readers; the scene with no clear frame is left out of validation
     run_group(_ranks_read, 2, shards, [f"imgset{i:04d}" for i in range(7)])
@@ -124,6 +126,7 @@ def broken(tmp_path, shards):
     return str(path), str(truncated)
 
 
+@pytest.mark.faults
 def test_corrupt_data_in_training_is_an_error_unless_skipping_is_allowed(broken, caplog):
     bad_sample, truncated = broken
     with pytest.raises(CorruptData, match=r"broken.tar: sample imgset0101: cannot decode"):
@@ -131,8 +134,9 @@ def test_corrupt_data_in_training_is_an_error_unless_skipping_is_allowed(broken,
         for _ in range(20):
             next(stream)
     with caplog.at_level(logging.WARNING):
-        stream = iter(TrainPatches([bad_sample, truncated], settings(skip_corrupt=True, max_skipped_share=0.9),
-                                   seed=0, rank=0))
+        stream = iter(
+            TrainPatches([bad_sample, truncated], settings(skip_corrupt=True, max_skipped_share=0.9), seed=0, rank=0)
+        )
         for _ in range(30):
             *_, skipped_so_far = next(stream)
     skipped = [r.getMessage() for r in caplog.records if "skipped corrupt data" in r.getMessage()]
@@ -141,19 +145,23 @@ def test_corrupt_data_in_training_is_an_error_unless_skipping_is_allowed(broken,
     assert skipped_so_far[1] >= len(skipped) == 10  # counted, but the log says only the first ten
 
 
+@pytest.mark.faults
 def test_skipping_corrupt_data_stops_when_nothing_readable_is_left(broken, caplog):
     _, truncated = broken
     stream = iter(TrainPatches([truncated], settings(skip_corrupt=True), seed=0, rank=0))
     with caplog.at_level(logging.WARNING), pytest.raises(CorruptData) as error:
         next(stream)
-    assert str(error.value).startswith("data.skip_corrupt: 20 of 20 training samples read were corrupt, over "
-                                       "data.max_skipped_share=0.05; the last: ")
+    assert str(error.value).startswith(
+        "data.skip_corrupt: 20 of 20 training samples read were corrupt, over data.max_skipped_share=0.05; the last: "
+    )
     assert len(caplog.records) == 10
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("header", "cannot decode (TokenError: "),
-    ("values", "LR values outside the 14-bit range of PROBA-V (damaged)")])
+@pytest.mark.parametrize(
+    "damage, message",
+    [("header", "cannot decode (TokenError: "), ("values", "LR values outside the 14-bit range of PROBA-V (damaged)")],
+)
+@pytest.mark.faults
 def test_damaged_sample_contents_are_one_line_each(tmp_path, damage, message):
     sample = encode_scene(consistent_scene("imgset0102", 102), "train")
     lr = bytearray(sample["lr.npy"])
@@ -170,6 +178,7 @@ def test_damaged_sample_contents_are_one_line_each(tmp_path, damage, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.faults
 def test_corrupt_data_in_evaluation_is_always_an_error(broken):
     bad_sample, truncated = broken
     with pytest.raises(CorruptData, match="imgset0101: cannot decode"):

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 from PIL import Image
-from scene_tree import write_norm, write_scene
 
 from piunet_dist.data.probav import find_scenes, load_scene, read_norm, select_frames, validate_scene
 from piunet_dist.data.registration import estimate_shift, register_frames, shift_frame
+from tests.helpers.scene_tree import write_norm, write_scene
 
 
 @pytest.fixture
@@ -20,16 +20,18 @@ def tree(tmp_path):
 def test_reads_the_challenge_layout(tree):
     refs = find_scenes(tree)
     assert [(r.band, r.split, r.name) for r in refs] == [
-        ("NIR", "train", "imgset0000"), ("NIR", "train", "imgset0001"),
-        ("RED", "train", "imgset0002"), ("RED", "test", "imgset0003")]
+        ("NIR", "train", "imgset0000"),
+        ("NIR", "train", "imgset0001"),
+        ("RED", "train", "imgset0002"),
+        ("RED", "test", "imgset0003"),
+    ]
     assert all(validate_scene(r) == [] for r in refs)
     norm = read_norm(tree)
     one_bit, thirty, cloudy, test = (load_scene(r, norm) for r in refs)
     assert one_bit.lr.shape == (9, 128, 128) and one_bit.lr.dtype == np.uint16
     assert one_bit.qm.dtype == bool and one_bit.qm.all()
     assert thirty.lr.shape[0] == 30 and thirty.hr.shape == (384, 384) and thirty.sm.dtype == bool
-    np.testing.assert_array_equal(
-        thirty.lr[29], np.asarray(Image.open(tree / "train/NIR/imgset0001/LR029.png")))
+    np.testing.assert_array_equal(thirty.lr[29], np.asarray(Image.open(tree / "train/NIR/imgset0001/LR029.png")))
     np.testing.assert_allclose(cloudy.clearance, [0.5, 0.8, 0.2] * 3, atol=1e-4)
     assert test.hr is None and test.sm is None and test.norm == 41.5
 

@@ -16,7 +16,9 @@ def test_readme_starts_with_the_two_commands():
 
 def test_the_readme_model_snippet_runs_on_a_published_format_checkpoint(tmp_path, monkeypatch):
     import torch
-    from reference_piunet import RefPIUNet
+
+    from references.reference_piunet import RefPIUNet
+
     snippet = README.read_text().split("## The model\n\n```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     torch.save(RefPIUNet().state_dict(), "nir_model_checkpoint.pt")  # the published format: a bare state_dict

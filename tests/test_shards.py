@@ -11,21 +11,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scene_tree import write_norm, write_scene
 
 from piunet_dist.__main__ import main
 from piunet_dist.core.errors import UserError
 from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.shards import decode_sample, load_manifest, shard_paths, verify
+from tests.helpers.scene_tree import write_norm, write_scene
 
 
 def small_tree(root, n_train=10, n_test=2):
     names = []
     for band, offset in (("RED", 0), ("NIR", 100)):
         for i in range(n_train):
-            names.append(write_scene(root, "train", band, f"imgset{offset + i:04d}", n_frames=9 + i,
-                                     mask_bits=1 if i % 2 else 8, seed=offset + i).name)
+            names.append(
+                write_scene(
+                    root,
+                    "train",
+                    band,
+                    f"imgset{offset + i:04d}",
+                    n_frames=9 + i,
+                    mask_bits=1 if i % 2 else 8,
+                    seed=offset + i,
+                ).name
+            )
         for i in range(n_test):
             names.append(write_scene(root, "test", band, f"imgset{offset + 50 + i:04d}", seed=offset + 50 + i).name)
     write_norm(root, names)
@@ -88,8 +97,10 @@ def test_manifest_counts_and_checksums(packed):
 
 def test_validation_split_is_disjoint_and_reproducible(packed, tmp_path):
     src, out = packed
+
     def names(root, split):
         return {k[2] for k in read_back(root) if k[1] == split}
+
     train, val = names(out, "train"), names(out, "val")
     assert not train & val and len(train | val) == 20
     again = tmp_path / "again"
@@ -145,6 +156,7 @@ def test_a_repack_removes_the_old_manifest_before_writing(packed, tmp_path):
     assert load_manifest(out)  # a pack that stopped before writing leaves the old, true one
 
 
+@pytest.mark.faults
 def test_verify_finds_changed_missing_and_short_shards(packed, tmp_path, capsys):
     _, out = packed
     copy = tmp_path / "copy"
@@ -177,8 +189,28 @@ def test_parts_packed_apart_merge_into_the_manifest_of_one_pack(packed, tmp_path
     out = tmp_path / "parts"
     for band in ("NIR", "RED"):
         for split in ("train", "val", "test"):
-            assert main(["pack", str(src), "--out", str(out), "--bands", band, "--splits", split, "--part",
-                         "--seed", "7", "--scenes-per-shard", "4", "--workers", "1"]) == 0
+            assert (
+                main(
+                    [
+                        "pack",
+                        str(src),
+                        "--out",
+                        str(out),
+                        "--bands",
+                        band,
+                        "--splits",
+                        split,
+                        "--part",
+                        "--seed",
+                        "7",
+                        "--scenes-per-shard",
+                        "4",
+                        "--workers",
+                        "1",
+                    ]
+                )
+                == 0
+            )
     assert not (out / "manifest.json").exists()
     assert main(["pack", "--merge", str(out)]) == 0
     merged, single = load_manifest(out), load_manifest(whole)
@@ -195,6 +227,7 @@ def test_merge_refuses_parts_that_disagree(packed, tmp_path):
     pack(src, out, ["RED"], 0.3, None, 8, 1, 4, False, splits=("train",), part=True)
     with pytest.raises(UserError, match="with other parameters"):
         from piunet_dist.data.packing import merge
+
         merge(out)
 
 
@@ -202,14 +235,32 @@ def shard_files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("*/*"))}
 
 
+@pytest.mark.faults
 def test_an_interrupted_repack_leaves_the_previous_pack_whole_and_no_worker(tmp_path):
     src = small_tree(tmp_path / "src", n_train=24, n_test=0)
     out = tmp_path / "out"
     assert main(["pack", str(src), "--out", str(out), "--workers", "2", "--scenes-per-shard", "4"]) == 0
     before = (out / "manifest.json").read_text(), shard_files(out)
-    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "pack", str(src), "--out", str(out), "--workers",
-                             "2", "--scenes-per-shard", "1", "--seed", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "pack",
+            str(src),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--scenes-per-shard",
+            "1",
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while proc.poll() is None and not list(out.glob(".pack.partial-*/*/*.tar")):
         time.sleep(0.01)  # until the new pack is being written
     proc.send_signal(signal.SIGTERM)
@@ -239,6 +290,7 @@ def test_a_subset_repack_keeps_the_rest_and_deletes_only_its_own_shards(packed, 
     assert verify(out) == []
 
 
+@pytest.mark.faults
 def test_a_switch_cut_short_is_finished_by_the_next_reader(packed, tmp_path, monkeypatch):
     src, whole = packed
     out = tmp_path / "out"
@@ -250,6 +302,7 @@ def test_a_switch_cut_short_is_finished_by_the_next_reader(packed, tmp_path, mon
         if len(calls) == 3:  # the plan is written, one shard is moved in, the next fails
             raise OSError(5, "Input/output error")
         real_replace(a, b)
+
     monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError):
         pack(src, out, ["NIR", "RED"], 0.3, None, 8, 1, 3, False)
@@ -260,12 +313,16 @@ def test_a_switch_cut_short_is_finished_by_the_next_reader(packed, tmp_path, mon
     assert verify(out) == [] and not list(out.glob(".pack*"))
 
 
-@pytest.mark.parametrize("line, message", [
-    ("imgset0100 nan", "imgset0100 has nan, not a positive cPSNR in dB"),
-    ("imgset0100 -3.5", "imgset0100 has -3.5, not a positive cPSNR in dB"),
-    ("imgset0100 inf", "imgset0100 has inf, not a positive cPSNR in dB"),
-    ("imgset0101 40.0", "imgset0101 is listed a second time"),
-    (None, "no baseline for 1 train scene(s): imgset0100")])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("imgset0100 nan", "imgset0100 has nan, not a positive cPSNR in dB"),
+        ("imgset0100 -3.5", "imgset0100 has -3.5, not a positive cPSNR in dB"),
+        ("imgset0100 inf", "imgset0100 has inf, not a positive cPSNR in dB"),
+        ("imgset0101 40.0", "imgset0101 is listed a second time"),
+        (None, "no baseline for 1 train scene(s): imgset0100"),
+    ],
+)
 def test_a_damaged_norm_csv_stops_the_pack(tmp_path, capsys, line, message):
     src = small_tree(tmp_path / "src", n_train=2, n_test=0)
     rows = [r for r in (src / "norm.csv").read_text().splitlines() if not r.startswith("imgset0100 ")]

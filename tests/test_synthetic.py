@@ -27,8 +27,11 @@ def synth(tmp_path_factory):
 def test_writes_the_challenge_layout_that_validates(synth):
     refs = find_scenes(synth)
     assert [(r.split, r.band, r.name) for r in refs] == (
-        [("train", "NIR", f"imgset{i:04d}") for i in (3, 4, 5)] + [("test", "NIR", "imgset0007")]
-        + [("train", "RED", f"imgset{i:04d}") for i in (0, 1, 2)] + [("test", "RED", "imgset0006")])
+        [("train", "NIR", f"imgset{i:04d}") for i in (3, 4, 5)]
+        + [("test", "NIR", "imgset0007")]
+        + [("train", "RED", f"imgset{i:04d}") for i in (0, 1, 2)]
+        + [("test", "RED", "imgset0006")]
+    )
     assert all(validate_scene(r) == [] for r in refs)
     norm = read_norm(synth)
     assert sorted(norm) == sorted(r.name for r in refs)
@@ -56,14 +59,14 @@ def test_scenes_look_like_land_seen_through_shifted_blurred_noisy_cloudy_frames(
     assert coarse.std() > 300 and np.abs(np.diff(hr, axis=1)).max() > 1000
     lr = scene["lr"].astype(float)
     clear = scene["qm"].all(axis=(1, 2))
-    assert clear.any() and not clear.all()                    # some frames clear, some cloudy
+    assert clear.any() and not clear.all()  # some frames clear, some cloudy
     both = [i for i in range(len(lr)) if clear[i]][:2]
     if len(both) == 2:
-        assert np.abs(lr[both[0]] - lr[both[1]]).mean() > 20    # frames differ (shift, noise)
+        assert np.abs(lr[both[0]] - lr[both[1]]).mean() > 20  # frames differ (shift, noise)
     down = hr.reshape(128, 3, 128, 3).mean(axis=(1, 3))
     i = both[0]
     corr = np.corrcoef(down.ravel(), lr[i].ravel())[0, 1]
-    assert corr > 0.5                                          # yet each views the HR scene
+    assert corr > 0.5  # yet each views the HR scene
 
 
 def test_rerun_with_same_parameters_reuses_and_other_content_is_refused(synth, tmp_path, capsys):

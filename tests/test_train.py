@@ -1,4 +1,5 @@
 """The trainer with real processes: accelerate launch over 2 gloo ranks, stop and resume."""
+
 import json
 import math
 import os
@@ -12,18 +13,31 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults import fill, flip_bytes
 from safetensors.torch import load_file
 
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
+from tests.helpers.faults import fill, flip_bytes
+
+pytestmark = pytest.mark.processes
 
 ROOT = Path(__file__).parent.parent
 VENV_BIN = Path(sys.executable).parent
-TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
-        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=1", "train.val_cssim=false",
-        "train.l1_warmup_steps=3", "train.log_every=2", "train.val_batch_size=1"]
+TINY = [
+    "model.n_feat=8",
+    "model.r_bneck=4",
+    "model.n_tefa=1",
+    "train.batch_size=4",
+    "data.patch=16",
+    "data.patches_per_scene=4",
+    "data.shuffle_buffer=16",
+    "data.workers=1",
+    "train.val_cssim=false",
+    "train.l1_warmup_steps=3",
+    "train.log_every=2",
+    "train.val_batch_size=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +49,35 @@ def shards(tmp_path_factory):
 
 
 def run(args, env=None, check=True):
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    result = subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 
 def train(run_dir, shards, *extra, **kw):
-    return run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                f"run_dir={run_dir}", f"data.shards={shards}", *TINY, *extra], **kw)
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            *extra,
+        ],
+        **kw,
+    )
 
 
 def events(run_dir):
@@ -56,17 +89,38 @@ def weights(path):
 
 
 LAUNCHERS = {
-    "accelerate": [str(VENV_BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "accelerate": [
+        str(VENV_BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
     "torchrun": [str(VENV_BIN / "torchrun"), "--nproc_per_node", "2"],
 }
 
 
 def test_two_gloo_processes_keep_identical_parameters(shards, tmp_path):
     run_dir = tmp_path / "ddp"
-    run([*LAUNCHERS["accelerate"], "tests/ddp_probe.py", "configs/demo.yaml",
-         f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=6", "train.val_every=3",
-         "train.ckpt_every=3"])
+    run(
+        [
+            *LAUNCHERS["accelerate"],
+            "tests/ddp_probe.py",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            "train.max_steps=6",
+            "train.val_every=3",
+            "train.ckpt_every=3",
+        ]
+    )
     ranks = [torch.load(run_dir / f"rank{i}.pt") for i in range(2)]
     assert ranks[0].keys() == ranks[1].keys()
     for key in ranks[0]:
@@ -112,18 +166,38 @@ def test_extending_a_finished_run_equals_an_uninterrupted_run(shards, straight, 
 
 def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards, straight, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml", f"run_dir={run_dir}",
-               f"data.shards={shards}", *TINY, "train.max_steps=12", *RESUMABLE]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "piunet_dist",
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=12",
+        *RESUMABLE,
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics = run_dir / "metrics.jsonl"
     while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2, err[-2000:]
-    stopped = re.fullmatch(r"piunet-dist train: error: stopped by SIGTERM at step (\d+); checkpoint (.+) written: "
-                           r"run the same command to resume", err.strip().splitlines()[-1])
+    stopped = re.fullmatch(
+        r"piunet-dist train: error: stopped by SIGTERM at step (\d+); checkpoint (.+) written: "
+        r"run the same command to resume",
+        err.strip().splitlines()[-1],
+    )
     assert stopped, err[-2000:]
     step = int(stopped.group(1))
     assert 1 <= step < 12 and stopped.group(2) == str(run_dir / f"checkpoints/step_{step:07d}")
@@ -145,41 +219,57 @@ def test_a_fresh_start_in_a_used_run_dir_is_refused(shards, straight):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"piunet-dist train: error: {straight}: holds a run already (checkpoints or best/); train.resume=false "
-        "starts a new run only in an unused run_dir: choose another run_dir, or move this one aside"]
+        "starts a new run only in an unused run_dir: choose another run_dir, or move this one aside"
+    ]
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == before
 
 
 def test_resuming_with_settings_that_define_another_run_is_refused_before_writing(shards, straight):
     config = (straight / "config.yaml").read_text()
-    result = train(straight, shards, "train.max_steps=12", *RESUMABLE, "data.band=RED", "model.n_feat=16",
-                   "train.lr=1e-3", check=False)
+    result = train(
+        straight,
+        shards,
+        "train.max_steps=12",
+        *RESUMABLE,
+        "data.band=RED",
+        "model.n_feat=16",
+        "train.lr=1e-3",
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"piunet-dist train: error: {straight}: resuming with settings that define another run (model.n_feat: 8 -> "
-        "16; data.band: 'NIR' -> 'RED'; train.lr: 0.003 -> 0.001); give the run's own, or choose another run_dir"]
+        "16; data.band: 'NIR' -> 'RED'; train.lr: 0.003 -> 0.001); give the run's own, or choose another run_dir"
+    ]
     assert (straight / "config.yaml").read_text() == config
 
 
 def test_the_demo_bands_have_run_dirs_of_their_own():
     from piunet_dist.core.config import load_config
+
     nir, red = (load_config(ROOT / "configs" / name) for name in ("demo.yaml", "demo-red.yaml"))
     assert (nir.data.band, red.data.band) == ("NIR", "RED") and nir.run_dir != red.run_dir
 
 
 def test_checkpointed_and_compiled_training_follow_the_plain_run(shards, tmp_path):
     common = ["train.max_steps=3", "train.val_every=3", "train.ckpt_every=3"]
-    for name, settings in (("plain", []), ("checkpointed", ["train.activation_checkpointing=true"]),
-                           ("compiled", ["train.compile_model=true"])):
+    for name, settings in (
+        ("plain", []),
+        ("checkpointed", ["train.activation_checkpointing=true"]),
+        ("compiled", ["train.compile_model=true"]),
+    ):
         train(tmp_path / name, shards, *common, *settings)
-    plain, checkpointed, compiled = (weights(tmp_path / f"{name}/checkpoints/step_0000003")
-                                     for name in ("plain", "checkpointed", "compiled"))
+    plain, checkpointed, compiled = (
+        weights(tmp_path / f"{name}/checkpoints/step_0000003") for name in ("plain", "checkpointed", "compiled")
+    )
     assert list(compiled) == list(plain)  # compiled in place: the published names
     for key in plain:
         assert torch.equal(checkpointed[key], plain[key]), key
     # compiled, the weights differ by rounding, which Adam turns into whole steps for the
     # biases that batch norm cancels; the function learnt is the same
-    losses = {name: [e["loss"] for e in events(tmp_path / name) if e["event"] == "train"]
-              for name in ("plain", "compiled")}
+    losses = {
+        name: [e["loss"] for e in events(tmp_path / name) if e["event"] == "train"] for name in ("plain", "compiled")
+    }
     assert len(losses["plain"]) == 2
     torch.testing.assert_close(losses["compiled"], losses["plain"], rtol=1e-3, atol=0)
 
@@ -187,8 +277,9 @@ def test_checkpointed_and_compiled_training_follow_the_plain_run(shards, tmp_pat
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_with_a_float32_loss(shards, tmp_path, precision):
     run_dir = tmp_path / precision
-    train(run_dir, shards, f"train.precision={precision}", "train.max_steps=2", "train.val_every=2",
-          "train.ckpt_every=2")
+    train(
+        run_dir, shards, f"train.precision={precision}", "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2"
+    )
     log = events(run_dir)
     assert log[0]["precision"] == precision
     assert all(math.isfinite(e["loss"]) for e in log if e["event"] == "train")
@@ -209,8 +300,15 @@ def test_half_written_checkpoints_are_ignored(shards, tmp_path):
 
 
 def test_non_finite_losses_stop_the_run_with_a_clear_message(shards, tmp_path):
-    result = train(tmp_path / "nan", shards, "train.max_steps=50", "train.lr=1e30", "train.max_bad_steps=3",
-                   "train.l1_warmup_steps=0", check=False)
+    result = train(
+        tmp_path / "nan",
+        shards,
+        "train.max_steps=50",
+        "train.lr=1e30",
+        "train.max_bad_steps=3",
+        "train.l1_warmup_steps=0",
+        check=False,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "3 non-finite losses in a row" in result.stderr.strip().splitlines()[-1]
 
@@ -232,8 +330,20 @@ def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path
     run_dir = tmp_path / "demo"
     # the demo's settings with 300 of its 800 steps, to keep the test pass short: on these scenes
     # it is 1.7 dB above bilinear at step 300 (0.8 at 200, 2.1 at 400)
-    run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml", f"run_dir={run_dir}",
-         f"data.shards={tmp_path / 'shards'}", "train.max_steps=300", "train.val_every=300"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={tmp_path / 'shards'}",
+            "train.max_steps=300",
+            "train.val_every=300",
+        ]
+    )
     best = max(e["val_cpsnr"] for e in events(run_dir) if e["event"] == "val")
     bilinear = []
     for scene in EvalScenes(shard_paths(tmp_path / "shards", "NIR", "val")):
@@ -246,8 +356,20 @@ def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_the_readme_launch_lines_run_train_py_on_two_processes(shards, tmp_path, launcher):
     run_dir = tmp_path / launcher
-    run([*LAUNCHERS[launcher], "train.py", "--config", "configs/demo.yaml", f"run_dir={run_dir}",
-         f"data.shards={shards}", *TINY, "train.max_steps=2", "train.val_every=2", "train.ckpt_every=2"])
+    run(
+        [
+            *LAUNCHERS[launcher],
+            "train.py",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            "train.max_steps=2",
+            "train.val_every=2",
+            "train.ckpt_every=2",
+        ]
+    )
     assert events(run_dir)[0]["world_size"] == 2
     assert (run_dir / "checkpoints/step_0000002").is_dir() and (run_dir / "best/model.safetensors").is_file()
 
@@ -261,9 +383,12 @@ def test_sync_batchnorm_on_without_gpus_is_refused(shards, tmp_path):
 def test_sync_batchnorm_conversion_keeps_the_published_names():
     # SyncBatchNorm itself runs only on GPUs (none here); its conversion must not rename a thing
     from piunet_dist.network.model import PIUNet
+
     model = PIUNet(n_feat=8, r_bneck=4, n_tefa=2)
     synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(PIUNet(n_feat=8, r_bneck=4, n_tefa=2))
-    assert [(k, v.shape) for k, v in synced.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
+    assert [(k, v.shape) for k, v in synced.state_dict().items()] == [
+        (k, v.shape) for k, v in model.state_dict().items()
+    ]
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == 2 + 4 * 2 + 2 + 2 + 1
 
 
@@ -274,37 +399,73 @@ def damaged_copy(shards, tmp_path, split="val"):
     return copy, [Path(p) for p in shard_paths(copy, "NIR", split)]
 
 
-@pytest.mark.parametrize("fault, message", [("missing", "missing"),
-                                            ("flipped", "sha256 differs from the manifest (changed or damaged)")])
+@pytest.mark.parametrize(
+    "fault, message", [("missing", "missing"), ("flipped", "sha256 differs from the manifest (changed or damaged)")]
+)
 def test_a_damaged_val_shard_stops_the_run_before_its_first_step(shards, tmp_path, fault, message):
     data, val = damaged_copy(shards, tmp_path)
     val[-1].unlink() if fault == "missing" else flip_bytes(val[-1])
     result = train(tmp_path / "run", data, "train.max_steps=4", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"piunet-dist train: error: {val[-1]}: {message}; pack again, or see every problem with `pack --verify {data}`"]
+        f"piunet-dist train: error: {val[-1]}: {message}; pack again, or see every problem with `pack --verify {data}`"
+    ]
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_an_attention_this_machine_cannot_run_is_refused_before_the_run_starts(shards, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                             f"run_dir={tmp_path / 'run'}", f"data.shards={shards}", *TINY, "model.attention=triton"],
-                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={tmp_path / 'run'}",
+            f"data.shards={shards}",
+            *TINY,
+            "model.attention=triton",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("piunet-dist train: error: model.attention=triton: needs the triton package and "
-                                     "a CUDA GPU (or TRITON_INTERPRET=1 on a CPU, for tests); use auto, sdpa or matmul")
+    assert result.stderr.strip() == (
+        "piunet-dist train: error: model.attention=triton: needs the triton package and "
+        "a CUDA GPU (or TRITON_INTERPRET=1 on a CPU, for tests); use auto, sdpa or matmul"
+    )
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_a_validation_that_fails_comes_after_the_checkpoint_of_its_step(shards, tmp_path):
     data, val = damaged_copy(shards, tmp_path)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                             f"run_dir={run_dir}", f"data.shards={data}", *TINY, "train.max_steps=60",
-                             "train.val_every=60", "train.ckpt_every=60"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={data}",
+            *TINY,
+            "train.max_steps=60",
+            "train.val_every=60",
+            "train.ckpt_every=60",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics = run_dir / "metrics.jsonl"
     while proc.poll() is None and not (metrics.is_file() and '"event": "train"' in metrics.read_text()):
         time.sleep(0.05)  # until the run has passed its start checks and is stepping
@@ -321,8 +482,15 @@ def test_skipped_corrupt_samples_are_counted_and_have_a_budget(shards, tmp_path)
     data, train_shards = damaged_copy(shards, tmp_path, "train")
     flip_bytes(train_shards[0])  # one scene of four: a damaged header
     run_dir = tmp_path / "some"
-    train(run_dir, data, "data.skip_corrupt=true", "data.max_skipped_share=0.6", "train.max_steps=6",
-          "train.val_every=6", "train.ckpt_every=6")
+    train(
+        run_dir,
+        data,
+        "data.skip_corrupt=true",
+        "data.max_skipped_share=0.6",
+        "train.max_steps=6",
+        "train.val_every=6",
+        "train.ckpt_every=6",
+    )
     counts = [e["skipped_samples"] for e in events(run_dir) if e["event"] == "train"]
     assert counts[-1] > 0 and counts == sorted(counts)
 
@@ -331,32 +499,53 @@ def test_skipped_corrupt_samples_are_counted_and_have_a_budget(shards, tmp_path)
     result = train(tmp_path / "none", data, "data.skip_corrupt=true", "train.max_steps=6", check=False)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("piunet-dist train: error: data.skip_corrupt: 20 of 20 training samples read were "
-                           "corrupt, over data.max_skipped_share=0.05; the last: "), result.stderr[-2000:]
+    assert last.startswith(
+        "piunet-dist train: error: data.skip_corrupt: 20 of 20 training samples read were "
+        "corrupt, over data.max_skipped_share=0.05; the last: "
+    ), result.stderr[-2000:]
     assert len(result.stderr.splitlines()) < 40  # ten warnings, not thousands
 
 
 def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_checkpoint(shards, small_disk):
     run_dir = small_disk / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                             f"run_dir={run_dir}", f"data.shards={shards}", *TINY, "train.max_steps=40",
-                             "train.ckpt_every=20", "train.val_every=40", "train.log_every=100"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            "train.max_steps=40",
+            "train.ckpt_every=20",
+            "train.val_every=40",
+            "train.log_every=100",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics = run_dir / "metrics.jsonl"
     while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
         time.sleep(0.01)
     fill(small_disk)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2, err[-2000:]
-    assert err.strip().splitlines()[-1] == (f"piunet-dist train: error: {run_dir}/checkpoints/step_0000020: cannot "
-                                            "write (No space left on device)"), err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"piunet-dist train: error: {run_dir}/checkpoints/step_0000020: cannot write (No space left on device)"
+    ), err[-3000:]
     assert "Traceback" not in err
     assert list((run_dir / "checkpoints").iterdir()) == []
 
 
 def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_trainer():
     from piunet_dist.core.stop import StopRequest
+
     before = signal.getsignal(signal.SIGINT)  # Python's handler, or SIG_IGN in a job started in the background
     stop = StopRequest()
     stop.install()
@@ -367,9 +556,18 @@ def test_ctrl_c_is_remembered_for_the_loop_and_loader_workers_leave_it_to_their_
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGINT) is before
-    child = subprocess.run([sys.executable, "-c", "import os, signal, time\n"
-                            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-                            "from piunet_dist.core.stop import ignore_interrupts_in_worker\n"
-                            "ignore_interrupts_in_worker(0)\nos.kill(os.getpid(), signal.SIGINT)\n"
-                            "time.sleep(0.05)\nprint('still here')"], cwd=ROOT, capture_output=True, text=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from piunet_dist.core.stop import ignore_interrupts_in_worker\n"
+            "ignore_interrupts_in_worker(0)\nos.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(0.05)\nprint('still here')",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert child.stdout == "still here\n"

@@ -1,5 +1,6 @@
 """Weights files as members, fine-tuning from them, and the self-ensemble each member's
 training asks for: published-format state_dicts built from the model, real runs, real shards."""
+
 import json
 import shutil
 import subprocess
@@ -20,16 +21,44 @@ from piunet_dist.data.synthetic import synthesise
 from piunet_dist.network.model import PIUNet
 
 ROOT = Path(__file__).parent.parent
-TINY = ["model.n_feat=8", "model.r_bneck=4", "model.n_tefa=1", "train.batch_size=4", "data.patch=16",
-        "data.patches_per_scene=4", "data.shuffle_buffer=16", "data.workers=0", "train.val_cssim=false",
-        "train.compile_loss=false", "train.l1_warmup_steps=1", "train.max_steps=4", "train.val_every=4",
-        "train.ckpt_every=4", "train.val_batch_size=1"]
+TINY = [
+    "model.n_feat=8",
+    "model.r_bneck=4",
+    "model.n_tefa=1",
+    "train.batch_size=4",
+    "data.patch=16",
+    "data.patches_per_scene=4",
+    "data.shuffle_buffer=16",
+    "data.workers=0",
+    "train.val_cssim=false",
+    "train.compile_loss=false",
+    "train.l1_warmup_steps=1",
+    "train.max_steps=4",
+    "train.val_every=4",
+    "train.ckpt_every=4",
+    "train.val_batch_size=1",
+]
 
 
 def train(run_dir, shards, *extra, check=True):
-    result = subprocess.run([sys.executable, "-m", "piunet_dist", "train", "--config", "configs/demo.yaml",
-                             f"run_dir={run_dir}", f"data.shards={shards}", *TINY, *extra],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={shards}",
+            *TINY,
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -65,8 +94,24 @@ def one_error(capsys, command):
 def test_weights_files_are_members_and_ensemble_with_runs(trained, tmp_path):
     root, plain, _, published = trained
     out = tmp_path / "eval"
-    assert main(["evaluate", "--runs", str(published), str(root / "nir_model.safetensors"), str(plain),
-                 "--band", "NIR", "--split", "val", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--runs",
+                str(published),
+                str(root / "nir_model.safetensors"),
+                str(plain),
+                "--band",
+                "NIR",
+                "--split",
+                "val",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     s = summary(out)
     assert s["self_ensemble"] == "auto"
     member = s["members"]["nir_model_checkpoint"]
@@ -95,34 +140,73 @@ def test_auto_views_follow_each_members_training_and_predict_agrees(trained, tmp
     for name, views in (("plain", 1), ("rotated", 4)):
         assert json.loads((out / "NIR" / name / "predictions.json").read_text())["self_ensemble"] == views
     # a test scene whose nine clearest frames are all clear: no frame is drawn at random
-    scene = next(r.path for r in find_scenes(root / "scenes") if r.split == "test"
-                 and (load_scene(r).clearance > 0.85).sum() >= 9)
+    scene = next(
+        r.path
+        for r in find_scenes(root / "scenes")
+        if r.split == "test" and (load_scene(r).clearance > 0.85).sum() >= 9
+    )
     for run_dir in (plain, rotated):
-        assert main(["predict", "--weights", str(run_dir / "best"), "--scene", str(scene),
-                     "--out", str(tmp_path / run_dir.name)]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--weights",
+                    str(run_dir / "best"),
+                    "--scene",
+                    str(scene),
+                    "--out",
+                    str(tmp_path / run_dir.name),
+                ]
+            )
+            == 0
+        )
         by_predict = np.asarray(Image.open(tmp_path / run_dir.name / f"{scene.name}.png"))
         by_evaluate = np.asarray(Image.open(out / "NIR" / run_dir.name / f"{scene.name}.png"))
         assert np.array_equal(by_predict, by_evaluate), run_dir.name
     capsys.readouterr()
     # a number still forces it; with several views each one's cPSNR is reported
-    assert main(["evaluate", "--runs", str(published), "--band", "NIR", "--shards", str(root / "shards"),
-                 "--self-ensemble", "8", "--out", str(tmp_path / "eight")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--runs",
+                str(published),
+                "--band",
+                "NIR",
+                "--shards",
+                str(root / "shards"),
+                "--self-ensemble",
+                "8",
+                "--out",
+                str(tmp_path / "eight"),
+            ]
+        )
+        == 0
+    )
     views = summary(tmp_path / "eight")["bands"]["NIR"]["views"]["nir_model_checkpoint"]
-    assert list(views) == ["rot0", "rot90", "rot180", "rot270", "flip rot0", "flip rot90", "flip rot180",
-                           "flip rot270"]
+    assert list(views) == ["rot0", "rot90", "rot180", "rot270", "flip rot0", "flip rot90", "flip rot180", "flip rot270"]
     assert all(20 < v < 80 for v in views.values())
     said = [line for line in capsys.readouterr().out.splitlines() if "each view alone" in line]
     assert len(said) == 1 and said[0].startswith("  nir_model_checkpoint, each view alone (cPSNR, dB): rot0 ")
 
 
+@pytest.mark.processes
 def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoints(trained, tmp_path):
     root, plain, _, published = trained
     start = tmp_path / "published.pt"
     shutil.copy(published, start)
     run_dir = tmp_path / "fine"
     # a learning rate too small to move them: it validates where the weights are
-    train(run_dir, root / "shards", f"train.init_weights={start}", "train.lr=1e-12", "train.max_steps=2",
-          "train.val_every=2", "train.ckpt_every=2", "data.augment=false")
+    train(
+        run_dir,
+        root / "shards",
+        f"train.init_weights={start}",
+        "train.lr=1e-12",
+        "train.max_steps=2",
+        "train.val_every=2",
+        "train.ckpt_every=2",
+        "data.augment=false",
+    )
     before = json.loads((plain / "best" / "trainer_state.json").read_text())["val_cpsnr"]
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [e for e in events if e["event"] == "val"]
@@ -137,19 +221,31 @@ def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoint
             continue  # two training steps update the batch-norm statistics, whatever the learning rate
         assert torch.allclose(now[key], value, atol=1e-6), key
     start.unlink()  # a resumed run reads its own checkpoint, never init_weights again
-    train(run_dir, root / "shards", f"train.init_weights={start}", "train.lr=1e-12", "train.max_steps=4",
-          "train.val_every=2", "train.ckpt_every=2", "data.augment=false")
-    resumed = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if '"start"' in line][-1]
+    train(
+        run_dir,
+        root / "shards",
+        f"train.init_weights={start}",
+        "train.lr=1e-12",
+        "train.max_steps=4",
+        "train.val_every=2",
+        "train.ckpt_every=2",
+        "data.augment=false",
+    )
+    resumed = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"start"' in line][
+        -1
+    ]
     assert resumed["resumed_from"] == "step_0000002" and resumed["init_weights"] is None
 
 
+@pytest.mark.processes
 def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_path, capsys):
     root, plain, _, published = trained
     out = tmp_path / "eval"
     assert main(["evaluate", "--runs", str(published), str(plain), "--out", str(out)]) == 2
-    assert one_error(capsys, "evaluate") == (f"piunet-dist evaluate: error: --band: {published} is a weights file, "
-                                             "which does not say its band; give --band NIR or RED")
+    assert one_error(capsys, "evaluate") == (
+        f"piunet-dist evaluate: error: --band: {published} is a weights file, "
+        "which does not say its band; give --band NIR or RED"
+    )
     assert main(["evaluate", "--runs", str(published), "--band", "NIR", "--out", str(out)]) == 2
     assert "--shards: " in one_error(capsys, "evaluate")
     junk = tmp_path / "junk.pt"
@@ -161,7 +257,8 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
     run_dir = tmp_path / "run"
     result = train(run_dir, root / "shards", f"train.init_weights={tmp_path / 'absent.pt'}", check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
-        f"piunet-dist train: error: {tmp_path / 'absent.pt'}: no such checkpoint file")
+        f"piunet-dist train: error: {tmp_path / 'absent.pt'}: no such checkpoint file"
+    )
     wider = tmp_path / "wider.pt"
     torch.save(PIUNet(n_feat=16, r_bneck=4, n_tefa=1).state_dict(), wider)
     result = train(run_dir, root / "shards", f"train.init_weights={wider}", check=False)
@@ -170,13 +267,43 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
     assert "wrong shapes: conv_in.weight (16, 1, 1, 3, 3) (model has (8, 1, 1, 3, 3))" in last
     assert "Traceback" not in result.stderr and not run_dir.exists()
 
-    launch = subprocess.run([sys.executable, "-m", "piunet_dist.launch", "evaluate", "--runs", str(published),
-                             "--out", str(out), "--cluster", "local"], cwd=ROOT, capture_output=True, text=True)
+    launch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist.launch",
+            "evaluate",
+            "--runs",
+            str(published),
+            "--out",
+            str(out),
+            "--cluster",
+            "local",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert launch.returncode == 2 and launch.stderr.strip() == (
         f"piunet-dist launch: error: --band: {published} is a weights file, which does not say its band; "
-        "give --band NIR or RED")
-    launch = subprocess.run([sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml",
-                             f"run_dir={run_dir}", f"train.init_weights={wider}", *TINY, "--cluster", "local"],
-                            cwd=ROOT, capture_output=True, text=True)
+        "give --band NIR or RED"
+    )
+    launch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist.launch",
+            "--config",
+            "configs/demo.yaml",
+            f"run_dir={run_dir}",
+            f"train.init_weights={wider}",
+            *TINY,
+            "--cluster",
+            "local",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert launch.returncode == 2 and "does not fit this PIUnet" in launch.stderr and not run_dir.exists()
     assert not out.exists()

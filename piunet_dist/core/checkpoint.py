@@ -5,6 +5,7 @@ scheduler, the RNG states of every rank) plus trainer_state.json (step, data str
 segment, best score so far). It is written under a temporary name by every process and
 renamed by the main process once whole, so a directory named step_NNNNNNN is complete.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ trailing `section.key=value` arguments override them. Every mistake is one UserE
 that names the setting: an unknown key with the nearest valid one, a wrong type, an
 impossible value.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,30 @@ import yaml
 from .errors import UserError
 
 
-def setting(default, meaning: str, *, choices: tuple = (), positive: bool = False, finite: bool = False,
-            share: bool = False, auto_or_count: bool = False, resumable: bool = False):
+def setting(
+    default,
+    meaning: str,
+    *,
+    choices: tuple = (),
+    positive: bool = False,
+    finite: bool = False,
+    share: bool = False,
+    auto_or_count: bool = False,
+    resumable: bool = False,
+):
     """A dataclass field with its one-line meaning (the configuration reference reads it) and
     its rules: the values it takes (`choices`), its bounds (`positive`, `finite`, a `share` in
     [0, 1), `auto_or_count`: "auto" or a positive whole number), and whether a resumed run may
     change it (`resumable`: how long, how often, where and how it is computed, never what)."""
-    rules = {"help": meaning, "choices": tuple(choices), "positive": positive, "finite": finite, "share": share,
-             "auto_or_count": auto_or_count, "resumable": resumable}
+    rules = {
+        "help": meaning,
+        "choices": tuple(choices),
+        "positive": positive,
+        "finite": finite,
+        "share": share,
+        "auto_or_count": auto_or_count,
+        "resumable": resumable,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=rules)
     return field(default=default, metadata=rules)
@@ -49,9 +66,13 @@ class ModelConfig:
     r_bneck: int = setting(8, "squeeze-excite reduction ratio (paper: 8)", positive=True)
     n_tefa: int = setting(16, "TEFA blocks (paper: 16)", positive=True)
     n_heads: int = setting(1, "temporal attention heads (paper: 1)", positive=True)
-    attention: str = setting("auto", "temporal attention core: auto (triton on a GPU, sdpa on a CPU), sdpa, matmul "
-                                     "or triton; the same function and parameters",
-                             choices=("auto", "sdpa", "matmul", "triton"), resumable=True)
+    attention: str = setting(
+        "auto",
+        "temporal attention core: auto (triton on a GPU, sdpa on a CPU), sdpa, matmul "
+        "or triton; the same function and parameters",
+        choices=("auto", "sdpa", "matmul", "triton"),
+        resumable=True,
+    )
 
 
 @dataclass
@@ -59,8 +80,9 @@ class DataConfig:
     shards: str = setting("shards/probav", "directory holding manifest.json and the band folders", resumable=True)
     band: str = setting("NIR", "band to train on: NIR or RED", choices=BANDS)
     n_frames: int = setting(9, "frames per scene, T (paper: 9)", positive=True)
-    policy: str = setting("paper", "frame selection in training: paper (clearest first) or random",
-                          choices=("paper", "random"))
+    policy: str = setting(
+        "paper", "frame selection in training: paper (clearest first) or random", choices=("paper", "random")
+    )
     min_clearance: float = setting(0.85, "a frame is usable when more than this share is clear", share=True)
     register: bool = setting(False, "align frames to the clearest one by phase correlation first")
     patch: int = setting(32, "LR patch side in training; the HR patch is 3x (paper: 32)", positive=True)
@@ -69,45 +91,70 @@ class DataConfig:
     augment: bool = setting(False, "random 90-degree rotations and flips of training patches (the paper: none)")
     shuffle_buffer: int = setting(512, "patches mixed across scenes in each loader worker", positive=True)
     workers: int = setting(4, "loader worker processes per training process", resumable=True)
-    skip_corrupt: bool = setting(False, "skip (count and log) unreadable training samples instead of stopping",
-                                 resumable=True)
-    max_skipped_share: float = setting(0.05, "with skip_corrupt: stop when more than this share of the training "
-                                             "samples a loader worker read was corrupt", share=True, resumable=True)
+    skip_corrupt: bool = setting(
+        False, "skip (count and log) unreadable training samples instead of stopping", resumable=True
+    )
+    max_skipped_share: float = setting(
+        0.05,
+        "with skip_corrupt: stop when more than this share of the training samples a loader worker read was corrupt",
+        share=True,
+        resumable=True,
+    )
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = setting(195_000, "optimizer steps in all (paper: 750 epochs, about 195,000 steps on NIR)",
-                             positive=True, resumable=True)
-    batch_size: int = setting(24, "global batch: patches per optimizer step over all processes (paper: 24)",
-                              positive=True)
+    max_steps: int = setting(
+        195_000, "optimizer steps in all (paper: 750 epochs, about 195,000 steps on NIR)", positive=True, resumable=True
+    )
+    batch_size: int = setting(
+        24, "global batch: patches per optimizer step over all processes (paper: 24)", positive=True
+    )
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", positive=True)
     lr: float = setting(1e-4, "Adam learning rate (paper: 1e-4)", positive=True, finite=True)
     weight_decay: float = setting(0.0, "Adam weight decay (paper: 0)", finite=True)
     lr_milestones: list = setting([150_000], "steps at which the learning rate is multiplied by lr_gamma")
     lr_gamma: float = setting(0.2, "learning-rate factor at each milestone (paper: 0.2)", finite=True)
     grad_clip: float = setting(15.0, "gradient-norm clipping threshold (paper: 15)", positive=True, finite=True)
-    l1_warmup_steps: int = setting(260, "steps trained with the registered L1 loss before the Laplace loss (paper: one epoch)")
+    l1_warmup_steps: int = setting(
+        260, "steps trained with the registered L1 loss before the Laplace loss (paper: one epoch)"
+    )
     legacy_sigma_bias: bool = setting(False, "add the brightness bias to the log-scale, as the published code did")
-    precision: str = setting("no", "mixed precision: no, bf16 or fp16 (the loss is always float32)",
-                             choices=("no", "bf16", "fp16"))
+    precision: str = setting(
+        "no", "mixed precision: no, bf16 or fp16 (the loss is always float32)", choices=("no", "bf16", "fp16")
+    )
     seed: int = setting(0, "seed of the initial weights and of the data streams")
-    init_weights: str = setting("", "start a new run from these weights (fine-tuning): a weights file (.pt, .pth, "
-                                    ".safetensors) or a run's best/ or checkpoint directory; the step, optimizer and "
-                                    "schedule start fresh, and a resumed run continues from its own checkpoint")
-    sync_bn: str = setting("auto", "SyncBatchNorm: auto (on with several GPU processes), on, off",
-                           choices=("auto", "on", "off"))
-    compile_loss: bool = setting(True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)",
-                                 resumable=True)
-    compile_model: bool = setting(False, "compile each TEFA block with torch.compile (one compile, reused by all): "
-                                         "faster steps after a compile of a minute or two", resumable=True)
-    activation_checkpointing: bool = setting(False, "recompute each TEFA block in backward: less memory, slower steps",
-                                             resumable=True)
-    val_every: int = setting(1000, "steps between validations on the val shards (paper: every epoch)", positive=True,
-                             resumable=True)
-    val_batch_size: str = setting("auto", "whole scenes per validation batch and process: auto (1 on a CPU, as many "
-                                          "as fit on a GPU, at most 32) or a number", auto_or_count=True,
-                                  resumable=True)
+    init_weights: str = setting(
+        "",
+        "start a new run from these weights (fine-tuning): a weights file (.pt, .pth, "
+        ".safetensors) or a run's best/ or checkpoint directory; the step, optimizer and "
+        "schedule start fresh, and a resumed run continues from its own checkpoint",
+    )
+    sync_bn: str = setting(
+        "auto", "SyncBatchNorm: auto (on with several GPU processes), on, off", choices=("auto", "on", "off")
+    )
+    compile_loss: bool = setting(
+        True, "fuse the loss's shift search with torch.compile (eager where it cannot compile)", resumable=True
+    )
+    compile_model: bool = setting(
+        False,
+        "compile each TEFA block with torch.compile (one compile, reused by all): "
+        "faster steps after a compile of a minute or two",
+        resumable=True,
+    )
+    activation_checkpointing: bool = setting(
+        False, "recompute each TEFA block in backward: less memory, slower steps", resumable=True
+    )
+    val_every: int = setting(
+        1000, "steps between validations on the val shards (paper: every epoch)", positive=True, resumable=True
+    )
+    val_batch_size: str = setting(
+        "auto",
+        "whole scenes per validation batch and process: auto (1 on a CPU, as many "
+        "as fit on a GPU, at most 32) or a number",
+        auto_or_count=True,
+        resumable=True,
+    )
     val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)", resumable=True)
     ckpt_every: int = setting(5000, "steps between checkpoints", positive=True, resumable=True)
     keep_last: int = setting(3, "complete checkpoints kept besides best/", positive=True, resumable=True)
@@ -122,27 +169,47 @@ ENSEMBLE_METHODS = ("mean", "median", "val_weighted", "inverse_variance", "inver
 @dataclass
 class EvalConfig:
     split: str = setting("val", "split to evaluate: val or test", choices=("val", "test"))
-    shards: str = setting("", "shards to read instead of those each run trained on (empty: each run's data.shards; "
-                              "weights files need it unless a run of their band gives it)")
-    band: str = setting("", "band of the weights files among the members: NIR or RED (a run's own is in its "
-                            "config.yaml)", choices=("", *BANDS))
-    heads: int = setting(1, "attention heads of the weights files among the members (the published have 1)",
-                         positive=True)
-    self_ensemble: str = setting("auto", "views averaged per scene: auto (the views a member was trained to expect: 1 "
-                                         "for weights files and runs trained without data.augment, the rotations for "
-                                         "runs trained with it), 1, 4 (rotations) or 8 (rotations and flips)",
-                                 choices=("auto", "1", "4", "8"))
+    shards: str = setting(
+        "",
+        "shards to read instead of those each run trained on (empty: each run's data.shards; "
+        "weights files need it unless a run of their band gives it)",
+    )
+    band: str = setting(
+        "",
+        "band of the weights files among the members: NIR or RED (a run's own is in its config.yaml)",
+        choices=("", *BANDS),
+    )
+    heads: int = setting(
+        1, "attention heads of the weights files among the members (the published have 1)", positive=True
+    )
+    self_ensemble: str = setting(
+        "auto",
+        "views averaged per scene: auto (the views a member was trained to expect: 1 "
+        "for weights files and runs trained without data.augment, the rotations for "
+        "runs trained with it), 1, 4 (rotations) or 8 (rotations and flips)",
+        choices=("auto", "1", "4", "8"),
+    )
     checkpoint: str = setting("best", "which weights of a run: best or last", choices=("best", "last"))
-    ensemble: str = setting("mean", "how members combine into the ensemble that is written and submitted: mean, "
-                                    "median, val_weighted (by each member's validation cPSNR), inverse_variance "
-                                    "(per pixel, 1/b^2) or inverse_total_variance (per pixel, with the members' "
-                                    "spread); every one is scored", choices=ENSEMBLE_METHODS)
+    ensemble: str = setting(
+        "mean",
+        "how members combine into the ensemble that is written and submitted: mean, "
+        "median, val_weighted (by each member's validation cPSNR), inverse_variance "
+        "(per pixel, 1/b^2) or inverse_total_variance (per pixel, with the members' "
+        "spread); every one is scored",
+        choices=ENSEMBLE_METHODS,
+    )
     out: str = setting("runs/eval", "output directory")
-    batch_size: str = setting("auto", "scenes per prediction batch and process, each with its self-ensemble's "
-                                      "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number",
-                              auto_or_count=True)
-    precision: str = setting("auto", "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the "
-                                     "output layers always run in float32", choices=("auto", "no", "bf16"))
+    batch_size: str = setting(
+        "auto",
+        "scenes per prediction batch and process, each with its self-ensemble's "
+        "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number",
+        auto_or_count=True,
+    )
+    precision: str = setting(
+        "auto",
+        "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the output layers always run in float32",
+        choices=("auto", "no", "bf16"),
+    )
 
 
 @dataclass
@@ -157,8 +224,9 @@ class LaunchConfig:
     qos: str = setting("", "SLURM quality of service")
     constraint: str = setting("", "SLURM node constraint")
     mem: str = setting("", "memory per node, e.g. 64G (empty: the cluster's default)")
-    cluster: str = setting("auto", "auto (SLURM when sbatch is on the PATH), slurm or local",
-                           choices=("auto", "slurm", "local"))
+    cluster: str = setting(
+        "auto", "auto (SLURM when sbatch is on the PATH), slurm or local", choices=("auto", "slurm", "local")
+    )
     max_requeues: int = setting(5, "times a preempted or timed-out job requeues itself")
 
 
@@ -181,8 +249,10 @@ def rules() -> dict[str, dict]:
             found[top.name] = dict(top.metadata)
             continue
         for f in dataclasses.fields(top.default_factory):
-            found[f"{top.name}.{f.name}"] = {**f.metadata, "resumable": f.metadata["resumable"] or
-                                             top.metadata["resumable"]}
+            found[f"{top.name}.{f.name}"] = {
+                **f.metadata,
+                "resumable": f.metadata["resumable"] or top.metadata["resumable"],
+            }
     return found
 
 
@@ -326,8 +396,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 def validate(cfg: Config) -> None:
     for rule, broken, message in (
-        ("choices", lambda v, r: v not in r["choices"],
-         lambda k, v, r: f"{k}: {v!r} is not one of {', '.join(map(str, r['choices']))}"),
+        (
+            "choices",
+            lambda v, r: v not in r["choices"],
+            lambda k, v, r: f"{k}: {v!r} is not one of {', '.join(map(str, r['choices']))}",
+        ),
         ("positive", lambda v, r: not v > 0, lambda k, v, r: f"{k}: must be positive, got {v}"),
         ("finite", lambda v, r: not math.isfinite(v), lambda k, v, r: f"{k}: must be a finite number, got {v}"),
     ):
@@ -335,8 +408,10 @@ def validate(cfg: Config) -> None:
             if r[rule] and broken(get(cfg, key), r):
                 raise UserError(message(key, get(cfg, key), r))
     if not cfg.train.lr_gamma > 0 or cfg.train.weight_decay < 0:
-        raise UserError(f"train.lr_gamma and train.weight_decay: the factor must be positive and the decay not "
-                        f"negative, got {cfg.train.lr_gamma} and {cfg.train.weight_decay}")
+        raise UserError(
+            f"train.lr_gamma and train.weight_decay: the factor must be positive and the decay not "
+            f"negative, got {cfg.train.lr_gamma} and {cfg.train.weight_decay}"
+        )
     for key, r in RULES.items():
         if r["share"] and not 0 <= get(cfg, key) < 1:
             raise UserError(f"{key}: must be in [0, 1), got {get(cfg, key)}")
@@ -351,7 +426,9 @@ def validate(cfg: Config) -> None:
     if any(not isinstance(m, int) or m <= 0 for m in cfg.train.lr_milestones):
         raise UserError(f"train.lr_milestones: expected positive step numbers, got {cfg.train.lr_milestones}")
     if cfg.train.batch_size % cfg.train.grad_accum:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}")
+        raise UserError(
+            f"train.batch_size: {cfg.train.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}"
+        )
     if cfg.data.workers < 0 or cfg.launch.gpus_per_node < 0:
         raise UserError("data.workers and launch.gpus_per_node: must be >= 0")
 
@@ -392,16 +469,21 @@ def _auto_or_count(text: str) -> str:
 
 def flag_overrides(args, section: str) -> list[str]:
     """The setting flags given on the command line as section.key=value overrides."""
-    return [f"{section}.{f.name}={getattr(args, f.name)}" for f in dataclasses.fields(type(getattr(Config(), section)))
-            if getattr(args, f.name, None) is not None]
+    return [
+        f"{section}.{f.name}={getattr(args, f.name)}"
+        for f in dataclasses.fields(type(getattr(Config(), section)))
+        if getattr(args, f.name, None) is not None
+    ]
 
 
 def check_world(cfg: Config, world_size: int) -> int:
     """Per-process micro-batch size for this world; UserError when the global batch does not split."""
     per_step = cfg.train.batch_size // cfg.train.grad_accum
     if per_step % world_size:
-        raise UserError(f"train.batch_size: {cfg.train.batch_size} patches (train.grad_accum={cfg.train.grad_accum}) "
-                        f"do not split evenly over {world_size} processes")
+        raise UserError(
+            f"train.batch_size: {cfg.train.batch_size} patches (train.grad_accum={cfg.train.grad_accum}) "
+            f"do not split evenly over {world_size} processes"
+        )
     return per_step // world_size
 
 
@@ -422,12 +504,14 @@ def to_yaml(cfg: Config) -> str:
 
 def flat(cfg: Config) -> dict:
     """Every setting of cfg by its dotted key."""
+
     def walk(d, prefix):
         for k, v in d.items():
             if isinstance(v, dict):
                 yield from walk(v, f"{prefix}{k}.")
             else:
                 yield f"{prefix}{k}", v
+
     return dict(walk(to_dict(cfg), ""))
 
 
@@ -456,6 +540,7 @@ def settings() -> list[tuple[str, object, str]]:
                 walk(value, f"{prefix}{f.name}.")
             else:
                 rows.append((f"{prefix}{f.name}", value, f.metadata["help"]))
+
     walk(Config(), "")
     return rows
 
@@ -473,4 +558,3 @@ def settings_help() -> str:
     lines = ["settings (section.key=value; defaults in brackets):"]
     lines += [f"  {key:<{width}}  {meaning} [{json.dumps(value)}]" for key, value, meaning in settings()]
     return "\n".join(lines)
-

@@ -4,6 +4,7 @@ Every file and directory the project writes is written under a temporary name be
 its final one and renamed once whole. A full, read-only or forbidden disk is one
 UserError naming the path, and what was half written is removed.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -13,9 +14,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import UserError
 

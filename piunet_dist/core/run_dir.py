@@ -1,12 +1,13 @@
 """The layout of a run directory, named in one place:
 
-    RUN_DIR/config.yaml                the resolved settings of the run
-    RUN_DIR/metrics.jsonl              one JSON object per event (start, train, val, requeue)
-    RUN_DIR/jobs.jsonl                 every job the launcher submitted for it
-    RUN_DIR/checkpoints/step_NNNNNNN/  complete checkpoints (see checkpoint.py)
-    RUN_DIR/best/                      the weights with the best validation cPSNR
-    RUN_DIR/slurm/                     submitit's scripts and the jobs' logs
+RUN_DIR/config.yaml                the resolved settings of the run
+RUN_DIR/metrics.jsonl              one JSON object per event (start, train, val, requeue)
+RUN_DIR/jobs.jsonl                 every job the launcher submitted for it
+RUN_DIR/checkpoints/step_NNNNNNN/  complete checkpoints (see checkpoint.py)
+RUN_DIR/best/                      the weights with the best validation cPSNR
+RUN_DIR/slurm/                     submitit's scripts and the jobs' logs
 """
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ turns the signal into Interrupted, and their clean-up removes what was half writ
 trainer must first finish its step and write a checkpoint: StopRequest only remembers the
 signal, and the loop asks it between steps.
 """
+
 from __future__ import annotations
 
 import signal
@@ -23,8 +24,10 @@ class Interrupted(UserError):
 @contextmanager
 def raising_on_signals(what: str):
     """Within the block, SIGINT or SIGTERM raises Interrupted ('`what` interrupted by ...')."""
+
     def handler(signum, frame):
         raise Interrupted(f"{what} interrupted by {signal.Signals(signum).name}")
+
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield

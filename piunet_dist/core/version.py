@@ -1,4 +1,5 @@
 """The installed version of the project, recorded in checkpoints and evaluations."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

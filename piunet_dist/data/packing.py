@@ -4,6 +4,7 @@ Every scene is validated before anything is written. The new shards are staged b
 old pack and switched in by a written plan (shards.finish_switch), so an interrupted pack
 leaves the previous one whole, and only shards that a manifest listed are deleted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def _load_and_encode(job: tuple[SceneRef, str, dict]) -> dict:
     ref, split, norm = job
     return encode_scene(load_scene(ref, norm), split)
 
-def split_scenes(refs: list[SceneRef], val_fraction: float, val_list: set[str] | None,
-                 seed: int) -> dict[tuple[str, str], list[SceneRef]]:
+
+def split_scenes(
+    refs: list[SceneRef], val_fraction: float, val_list: set[str] | None, seed: int
+) -> dict[tuple[str, str], list[SceneRef]]:
     """(band, split) -> scenes. val is held out of train by a list or a seeded fraction per band."""
     groups: dict[tuple[str, str], list[SceneRef]] = {}
     for band in sorted({r.band for r in refs}):
@@ -49,11 +52,12 @@ def split_scenes(refs: list[SceneRef], val_fraction: float, val_list: set[str] |
             val_names = val_list
         else:
             order = np.random.default_rng(seed).permutation(len(train))
-            val_names = {train[i].name for i in order[:round(val_fraction * len(train))]}
+            val_names = {train[i].name for i in order[: round(val_fraction * len(train))]}
         groups[(band, "train")] = [r for r in train if r.name not in val_names]
         groups[(band, "val")] = [r for r in train if r.name in val_names]
         groups[(band, "test")] = [r for r in refs if r.band == band and r.split == "test"]
     return {k: v for k, v in groups.items() if v}
+
 
 def read_val_list(path: Path, train_names: set[str]) -> set[str]:
     if not path.is_file():
@@ -64,8 +68,20 @@ def read_val_list(path: Path, train_names: set[str]) -> set[str]:
         raise UserError(f"{path}: {len(unknown)} name(s) that are not train scenes here: {', '.join(unknown[:5])}")
     return names
 
-def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None, seed: int,
-         workers: int, scenes_per_shard: int, skip_invalid: bool, splits=SPLITS, part: bool = False) -> dict:
+
+def pack(
+    src: Path,
+    out: Path,
+    bands,
+    val_fraction: float,
+    val_list: Path | None,
+    seed: int,
+    workers: int,
+    scenes_per_shard: int,
+    skip_invalid: bool,
+    splits=SPLITS,
+    part: bool = False,
+) -> dict:
     """Validate, split and write the scenes of `bands`, the shards of `splits` only; returns the
     manifest, written as DIR/manifest.json, or as a part (DIR/parts/) for merge() to join."""
     refs = find_scenes(src, bands)
@@ -77,18 +93,21 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
         raise UserError(str(e)) from None
     unscored = missing_norm(refs, norm)
     if unscored:
-        raise UserError(f"{src / 'norm.csv'}: no baseline for {len(unscored)} train scene(s): "
-                        f"{', '.join(unscored[:5])}")
+        raise UserError(
+            f"{src / 'norm.csv'}: no baseline for {len(unscored)} train scene(s): {', '.join(unscored[:5])}"
+        )
     with process_pool(workers) as pool, raising_on_signals("pack"):
-        problems = list(tqdm(pool.map(validate_scene, refs, chunksize=4), total=len(refs),
-                             desc="validate", unit="scene"))
+        problems = list(
+            tqdm(pool.map(validate_scene, refs, chunksize=4), total=len(refs), desc="validate", unit="scene")
+        )
     invalid = {ref: lines for ref, lines in zip(refs, problems) if lines}
     if invalid and not skip_invalid:
         for lines in invalid.values():
             for line in lines:
                 print(line, file=sys.stderr)
-        raise UserError(f"{src}: {len(invalid)} invalid scene(s) listed above; nothing written "
-                        "(--skip-invalid packs the others)")
+        raise UserError(
+            f"{src}: {len(invalid)} invalid scene(s) listed above; nothing written (--skip-invalid packs the others)"
+        )
     for ref, lines in invalid.items():  # skipped, and said so
         print(f"skipped {ref.split}/{ref.band}/{ref.name}: {'; '.join(lines)}", file=sys.stderr)
     refs = [r for r in refs if r not in invalid]
@@ -104,13 +123,16 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
     jobs, shard_plan = [], []
     for (band, split), group in groups.items():
         for start in range(0, len(group), scenes_per_shard):
-            chunk = group[start:start + scenes_per_shard]
+            chunk = group[start : start + scenes_per_shard]
             shard_plan.append((f"{band}/{split}-{start // scenes_per_shard:06d}.tar", band, split, len(chunk)))
             jobs += [(ref, split, norm) for ref in chunk]
     shards = []
     try:
-        with (process_pool(workers) as pool, raising_on_signals("pack"),
-              tqdm(total=len(jobs), desc="pack", unit="scene") as bar):
+        with (
+            process_pool(workers) as pool,
+            raising_on_signals("pack"),
+            tqdm(total=len(jobs), desc="pack", unit="scene") as bar,
+        ):
             samples = pool.map(_load_and_encode, jobs, chunksize=2)
             for rel, band, split, count in shard_plan:
                 path = staging / rel
@@ -131,9 +153,15 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": str(src),
-        "params": {"bands": list(bands), "splits": list(splits), "val_fraction": None if val_list else val_fraction,
-                   "val_list": str(val_list) if val_list else None, "seed": seed,
-                   "scenes_per_shard": scenes_per_shard, "skip_invalid": skip_invalid},
+        "params": {
+            "bands": list(bands),
+            "splits": list(splits),
+            "val_fraction": None if val_list else val_fraction,
+            "val_list": str(val_list) if val_list else None,
+            "seed": seed,
+            "scenes_per_shard": scenes_per_shard,
+            "skip_invalid": skip_invalid,
+        },
         "summary": summary,
         "skipped": [{"scene": f"{r.split}/{r.band}/{r.name}", "problems": lines} for r, lines in invalid.items()],
         "shards": shards,
@@ -143,11 +171,16 @@ def pack(src: Path, out: Path, bands, val_fraction: float, val_list: Path | None
         manifest = _keep_the_rest(manifest, previous, bands, splits)
     target = out / PARTS / f"{'+'.join(bands)}-{'+'.join(splits)}.json" if part else out / MANIFEST
     covered = {(b, sp) for b in bands for sp in splits}
-    stale = [e["path"] for e in (previous or {}).get("shards", []) if (e["band"], e["split"]) in covered
-             and e["path"] not in {s["path"] for s in shards}]
-    _switch(out, {"staging": staging.name, "target": str(target.relative_to(out)), "stale": stale,
-                  "manifest": manifest})
+    stale = [
+        e["path"]
+        for e in (previous or {}).get("shards", [])
+        if (e["band"], e["split"]) in covered and e["path"] not in {s["path"] for s in shards}
+    ]
+    _switch(
+        out, {"staging": staging.name, "target": str(target.relative_to(out)), "stale": stale, "manifest": manifest}
+    )
     return manifest
+
 
 def _keep_the_rest(manifest: dict, previous: dict | None, bands, splits) -> dict:
     """A pack of some bands or splits keeps the previous manifest's others."""
@@ -160,15 +193,21 @@ def _keep_the_rest(manifest: dict, previous: dict | None, bands, splits) -> dict
         summary.setdefault(band, {}).update(counts)
     skipped = [s for s in previous.get("skipped", []) if s["scene"].split("/")[1] not in bands]
     every_split = [sp for sp in SPLITS if any(sp in counts for counts in summary.values())]
-    return {**manifest, "shards": kept + manifest["shards"], "summary": summary,
-            "skipped": skipped + manifest["skipped"],
-            "params": {**manifest["params"], "bands": sorted(summary), "splits": every_split}}
+    return {
+        **manifest,
+        "shards": kept + manifest["shards"],
+        "summary": summary,
+        "skipped": skipped + manifest["skipped"],
+        "params": {**manifest["params"], "bands": sorted(summary), "splits": every_split},
+    }
+
 
 def _switch(out: Path, plan: dict) -> None:
     """Put a staged pack in place: the plan is written first, so an interruption anywhere
     below is finished by the next reader (finish_switch), never left half done."""
     write_json(out / (plan["staging"] + SWITCH), plan)
     finish_switch(out)
+
 
 def merge(out: Path) -> dict:
     """Join the part manifests in DIR/parts/ into DIR/manifest.json; they must agree."""
@@ -180,6 +219,7 @@ def merge(out: Path) -> dict:
     def common(m):
         params = {k: v for k, v in m["params"].items() if k not in ("bands", "splits")}
         return m["source"], json.dumps(params, sort_keys=True)
+
     for p, m in zip(paths[1:], parts[1:]):
         if common(m) != common(parts[0]):
             raise UserError(f"{p}: packed from another source or with other parameters than {paths[0]}")
@@ -193,38 +233,62 @@ def merge(out: Path) -> dict:
         for band, counts in m["summary"].items():
             summary.setdefault(band, {}).update(counts)
         skipped += [s for s in m["skipped"] if s not in skipped]
-    manifest = {**parts[0], "shards": shards, "summary": summary, "skipped": skipped,
-                "params": {**parts[0]["params"], "bands": sorted(summary)}}
+    manifest = {
+        **parts[0],
+        "shards": shards,
+        "summary": summary,
+        "skipped": skipped,
+        "params": {**parts[0]["params"], "bands": sorted(summary)},
+    }
     manifest["params"].pop("splits", None)
     write_json(out / MANIFEST, manifest)
     return manifest
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, nargs="?", help="the PROBA-V tree (train/, test/, norm.csv)")
     parser.add_argument("--out", type=Path, help="where the shards and manifest.json go")
     parser.add_argument("--verify", type=Path, metavar="DIR", help="re-check the shards in DIR against its manifest")
-    parser.add_argument("--merge", type=Path, metavar="DIR",
-                        help="join the part manifests of DIR (packs made with --part) into its manifest.json")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
-                        help="splits to write (default all; val is drawn from the train scenes all the same)")
-    parser.add_argument("--part", action="store_true",
-                        help="write a part manifest (DIR/parts/) for --merge: one task of an array")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        metavar="DIR",
+        help="join the part manifests of DIR (packs made with --part) into its manifest.json",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=SPLITS,
+        default=list(SPLITS),
+        help="splits to write (default all; val is drawn from the train scenes all the same)",
+    )
+    parser.add_argument(
+        "--part", action="store_true", help="write a part manifest (DIR/parts/) for --merge: one task of an array"
+    )
     parser.add_argument("--bands", nargs="+", choices=BANDS, default=list(BANDS), help="bands to pack (default both)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--val-fraction", type=float, default=0.3,
-                       help="share of each band's train scenes held out as val, chosen by --seed (default 0.3)")
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.3,
+        help="share of each band's train scenes held out as val, chosen by --seed (default 0.3)",
+    )
     group.add_argument("--val-list", type=Path, help="file of scene names (one per line) that form val")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val draw (default 0)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="processes reading scenes (default: up to 8)")
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes reading scenes (default: up to 8)"
+    )
     parser.add_argument("--scenes-per-shard", type=int, default=32, help="scenes per tar file (default 32)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="pack the valid scenes and record the invalid ones in the manifest")
+    parser.add_argument(
+        "--skip-invalid", action="store_true", help="pack the valid scenes and record the invalid ones in the manifest"
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     if args.merge:
         manifest = merge(args.merge)
-        print(f"{args.merge}: {len(manifest['shards'])} shards from {len(list((args.merge / PARTS).glob('*.json')))} parts")
+        parts = len(list((args.merge / PARTS).glob("*.json")))
+        print(f"{args.merge}: {len(manifest['shards'])} shards from {parts} parts")
         return 0
     if args.verify:
         if args.src or args.out:
@@ -241,10 +305,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--val-fraction: {args.val_fraction} is not in [0, 1)")
     if args.scenes_per_shard < 1 or args.workers < 1:
         raise UserError("--scenes-per-shard and --workers: must be at least 1")
-    manifest = pack(args.src, args.out, args.bands, args.val_fraction, args.val_list, args.seed,
-                    args.workers, args.scenes_per_shard, args.skip_invalid, args.splits, args.part)
+    manifest = pack(
+        args.src,
+        args.out,
+        args.bands,
+        args.val_fraction,
+        args.val_list,
+        args.seed,
+        args.workers,
+        args.scenes_per_shard,
+        args.skip_invalid,
+        args.splits,
+        args.part,
+    )
     for band, counts in manifest["summary"].items():
         print(f"{band}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
     skipped = len(manifest["skipped"])
-    print(f"{args.out}: {len(manifest['shards'])} shards" + (f", {skipped} invalid scene(s) skipped" if skipped else ""))
+    print(
+        f"{args.out}: {len(manifest['shards'])} shards" + (f", {skipped} invalid scene(s) skipped" if skipped else "")
+    )
     return 0

@@ -8,6 +8,7 @@ those four numbers: the trainer restarts it with a new segment to resume exactly
 EvalScenes: whole scenes, each exactly once across all ranks and workers: shard j goes
 to global worker j mod (world size x workers), read in manifest order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,6 +42,7 @@ def _worker() -> tuple[int, int]:
 @dataclass
 class Tally:
     """What one reader (a rank's loader worker) has read and skipped as corrupt."""
+
     read: int = 0
     skipped: int = 0
 
@@ -51,14 +53,17 @@ MIN_JUDGED = 20  # samples read before the skipped share is judged
 def _scenes(url: str, skip_corrupt: bool, tally: Tally, max_skipped_share: float = 0.0):
     """(Scene, meta) of every sample of one shard; corrupt data raises or, if allowed, is
     skipped, up to max_skipped_share of all that this reader has read."""
+
     def corrupt(what: str):
         if not skip_corrupt:
             raise CorruptData(f"{url}: {what}")
         tally.skipped += 1
         seen = tally.read + tally.skipped
         if seen >= MIN_JUDGED and tally.skipped > max_skipped_share * seen:
-            raise CorruptData(f"data.skip_corrupt: {tally.skipped} of {seen} training samples read were corrupt, "
-                              f"over data.max_skipped_share={max_skipped_share}; the last: {url}: {what}")
+            raise CorruptData(
+                f"data.skip_corrupt: {tally.skipped} of {seen} training samples read were corrupt, "
+                f"over data.max_skipped_share={max_skipped_share}; the last: {url}: {what}"
+            )
         if tally.skipped <= 10 or tally.skipped % 1000 == 0:
             log.warning("skipped corrupt data (%d so far in this worker): %s: %s", tally.skipped, url, what)
 
@@ -80,9 +85,15 @@ def _scenes(url: str, skip_corrupt: bool, tally: Tally, max_skipped_share: float
         yield decoded
 
 
-def prepare_frames(scene: Scene, n_frames: int, policy: str, rng: np.random.Generator,
-                   keep_unclear: bool, register: bool, min_clearance: float = MIN_CLEARANCE
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+def prepare_frames(
+    scene: Scene,
+    n_frames: int,
+    policy: str,
+    rng: np.random.Generator,
+    keep_unclear: bool,
+    register: bool,
+    min_clearance: float = MIN_CLEARANCE,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Selected frames (T,X,Y) float32 DN and their masks, or None for a scene with no clear frame."""
     chosen = select_frames(scene.clearance, n_frames, policy, rng, keep_unclear, min_clearance)
     if chosen is None:
@@ -142,28 +153,42 @@ class TrainPatches(IterableDataset):
             if kept == s.patches_per_scene:
                 break
             x, y = rng.integers(0, side - s.patch + 1, 2)
-            sm = scene.sm[3 * x:3 * (x + s.patch), 3 * y:3 * (y + s.patch)]
+            sm = scene.sm[3 * x : 3 * (x + s.patch), 3 * y : 3 * (y + s.patch)]
             if sm.mean() <= s.min_clear:
                 continue
             kept += 1
-            arrays = [lr[:, x:x + s.patch, y:y + s.patch],
-                      scene.hr[None, 3 * x:3 * (x + s.patch), 3 * y:3 * (y + s.patch)], sm[None]]
+            arrays = [
+                lr[:, x : x + s.patch, y : y + s.patch],
+                scene.hr[None, 3 * x : 3 * (x + s.patch), 3 * y : 3 * (y + s.patch)],
+                sm[None],
+            ]
             if s.augment:
                 k, flip = int(rng.integers(4)), bool(rng.integers(2))
                 arrays = [np.rot90(a, k, axes=(1, 2)) for a in arrays]
                 if flip:
                     arrays = [a[:, :, ::-1] for a in arrays]
             lr_p, hr_p, sm_p = arrays
-            yield (np.ascontiguousarray(lr_p, dtype=np.float32), np.ascontiguousarray(hr_p, dtype=np.float32),
-                   np.ascontiguousarray(sm_p))
+            yield (
+                np.ascontiguousarray(lr_p, dtype=np.float32),
+                np.ascontiguousarray(hr_p, dtype=np.float32),
+                np.ascontiguousarray(sm_p),
+            )
 
 
 class EvalScenes(IterableDataset):
     """Every scene once: a dict with lr (T,X,Y) DN, hr, sm, baseline (DN), name, band, norm."""
 
-    def __init__(self, shards: list[str], n_frames: int = 9, keep_unclear: bool = False,
-                 register: bool = False, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 min_clearance: float = MIN_CLEARANCE):
+    def __init__(
+        self,
+        shards: list[str],
+        n_frames: int = 9,
+        keep_unclear: bool = False,
+        register: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        min_clearance: float = MIN_CLEARANCE,
+    ):
         super().__init__()
         self.shards, self.n_frames, self.keep_unclear = shards, n_frames, keep_unclear
         self.register, self.rank, self.world_size = register, rank, world_size
@@ -176,16 +201,19 @@ class EvalScenes(IterableDataset):
             for scene, _ in _scenes(url, skip_corrupt=False, tally=Tally()):
                 # topping up with repeated frames is random: seeded by the scene, not the reader
                 rng = np.random.default_rng([self.seed, zlib.crc32(scene.name.encode())])
-                frames = prepare_frames(scene, self.n_frames, "paper", rng, self.keep_unclear,
-                                        self.register, self.min_clearance)
+                frames = prepare_frames(
+                    scene, self.n_frames, "paper", rng, self.keep_unclear, self.register, self.min_clearance
+                )
                 if frames is None:
-                    log.info("%s: no frame is %.0f%% clear; left out as in the paper",
-                             scene.name, 100 * self.min_clearance)
+                    log.info(
+                        "%s: no frame is %.0f%% clear; left out as in the paper", scene.name, 100 * self.min_clearance
+                    )
                     continue
                 has_target = scene.hr is not None
                 size = 3 * scene.lr.shape[-1]
                 yield {
-                    "name": scene.name, "band": scene.band,
+                    "name": scene.name,
+                    "band": scene.band,
                     "norm": float("nan") if scene.norm is None else scene.norm,
                     "lr": torch.from_numpy(frames[0]),
                     "hr": torch.from_numpy(scene.hr.astype(np.float32)) if has_target else torch.zeros(size, size),

@@ -6,6 +6,7 @@
 LR and HR are 16-bit greyscale PNGs (14-bit values), quality and status maps any PNG
 kind (nonzero = clear). Train scenes have HR and SM, test scenes do not.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ SCENE_NAME = re.compile(r"imgset\d{4}$")
 @dataclass(frozen=True)
 class SceneRef:
     """Where a scene lies; `split` is the directory it is in (train or test)."""
+
     name: str
     band: str
     split: str
@@ -41,12 +43,13 @@ class SceneRef:
 @dataclass
 class Scene:
     """A scene in memory: all frames, as stored."""
+
     name: str
     band: str
-    lr: np.ndarray                      # (N, 128, 128) uint16
-    qm: np.ndarray                      # (N, 128, 128) bool, True = clear
-    hr: np.ndarray | None = None        # (384, 384) uint16
-    sm: np.ndarray | None = None        # (384, 384) bool
+    lr: np.ndarray  # (N, 128, 128) uint16
+    qm: np.ndarray  # (N, 128, 128) bool, True = clear
+    hr: np.ndarray | None = None  # (384, 384) uint16
+    sm: np.ndarray | None = None  # (384, 384) bool
     norm: float | None = None
     clearance: np.ndarray = field(init=False)
 
@@ -62,8 +65,11 @@ def find_scenes(root: Path, bands=BANDS) -> list[SceneRef]:
         for split in SPLITS:
             folder = root / split / band
             if folder.is_dir():
-                refs += [SceneRef(d.name, band, split, d) for d in sorted(folder.iterdir())
-                         if d.is_dir() and SCENE_NAME.match(d.name)]
+                refs += [
+                    SceneRef(d.name, band, split, d)
+                    for d in sorted(folder.iterdir())
+                    if d.is_dir() and SCENE_NAME.match(d.name)
+                ]
     return refs
 
 
@@ -97,8 +103,7 @@ def missing_norm(refs: list[SceneRef], norm: dict[str, float]) -> list[str]:
 
 
 def _frame_files(ref: SceneRef, prefix: str) -> dict[str, Path]:
-    return {p.name[len(prefix):-4]: p for p in ref.path.glob(f"{prefix}*.png")
-            if p.name[len(prefix):-4].isdigit()}
+    return {p.name[len(prefix) : -4]: p for p in ref.path.glob(f"{prefix}*.png") if p.name[len(prefix) : -4].isdigit()}
 
 
 def validate_scene(ref: SceneRef, where: str | None = None) -> list[str]:
@@ -160,7 +165,8 @@ def load_scene(ref: SceneRef, norm: dict[str, float] | None = None) -> Scene:
     lrs, qms = _frame_files(ref, "LR"), _frame_files(ref, "QM")
     order = sorted(lrs, key=int)
     scene = Scene(
-        name=ref.name, band=ref.band,
+        name=ref.name,
+        band=ref.band,
         lr=np.stack([_read_image(lrs[i]) for i in order]),
         qm=np.stack([_read_mask(qms[i]) for i in order]),
         norm=(norm or {}).get(ref.name),
@@ -171,8 +177,14 @@ def load_scene(ref: SceneRef, norm: dict[str, float] | None = None) -> Scene:
     return scene
 
 
-def select_frames(clearance: np.ndarray, n_frames: int, policy: str, rng: np.random.Generator,
-                  keep_unclear: bool = False, min_clearance: float = MIN_CLEARANCE) -> np.ndarray | None:
+def select_frames(
+    clearance: np.ndarray,
+    n_frames: int,
+    policy: str,
+    rng: np.random.Generator,
+    keep_unclear: bool = False,
+    min_clearance: float = MIN_CLEARANCE,
+) -> np.ndarray | None:
     """Indices of the n_frames frames to use, or None when the scene has no clear frame.
 
     paper: frames more than min_clearance clear, clearest first; fewer than n_frames are

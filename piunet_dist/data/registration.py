@@ -5,6 +5,7 @@ and borders do not dominate the cross-power spectrum. The normalised spectrum is
 weighted by a Gaussian, which turns the correlation peak into a Gaussian blob whose
 centre a three-point fit of its logarithm finds to a fraction of a pixel.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,7 @@ def _gaussian_offset(left: float, centre: float, right: float) -> float:
     return 0.0 if denom == 0 else float(np.clip(0.5 * (left - right) / denom, -0.5, 0.5))
 
 
-def estimate_shift(frame: np.ndarray, mask: np.ndarray, ref: np.ndarray, ref_mask: np.ndarray
-                   ) -> tuple[float, float]:
+def estimate_shift(frame: np.ndarray, mask: np.ndarray, ref: np.ndarray, ref_mask: np.ndarray) -> tuple[float, float]:
     """(dy, dx) such that frame[y, x] ~ ref[y - dy, x - dx]."""
     spectrum = np.fft.fft2(_prepared(frame, mask)) * np.conj(np.fft.fft2(_prepared(ref, ref_mask)))
     h, w = spectrum.shape
@@ -41,8 +41,7 @@ def estimate_shift(frame: np.ndarray, mask: np.ndarray, ref: np.ndarray, ref_mas
     return (dy - h if dy > h / 2 else dy), (dx - w if dx > w / 2 else dx)
 
 
-def shift_frame(frame: np.ndarray, mask: np.ndarray, dy: float, dx: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def shift_frame(frame: np.ndarray, mask: np.ndarray, dy: float, dx: float) -> tuple[np.ndarray, np.ndarray]:
     """Sample frame at (y + dy, x + dx), bilinear; pixels that came from outside are unclear."""
     h, w = frame.shape
     ys = np.arange(h)[:, None] + dy
@@ -54,16 +53,19 @@ def shift_frame(frame: np.ndarray, mask: np.ndarray, dy: float, dx: float
     def at(yy, xx):
         return f[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)]
 
-    out = ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1)
-           + fy * (1 - fx) * at(y0 + 1, x0) + fy * fx * at(y0 + 1, x0 + 1))
+    out = (
+        (1 - fy) * (1 - fx) * at(y0, x0)
+        + (1 - fy) * fx * at(y0, x0 + 1)
+        + fy * (1 - fx) * at(y0 + 1, x0)
+        + fy * fx * at(y0 + 1, x0 + 1)
+    )
     ny, nx = np.rint(ys).astype(int), np.rint(xs).astype(int)
     inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
     new_mask = inside & mask[np.clip(ny, 0, h - 1), np.clip(nx, 0, w - 1)]
     return out.astype(np.float32), new_mask
 
 
-def register_frames(lr: np.ndarray, qm: np.ndarray, reference: int
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def register_frames(lr: np.ndarray, qm: np.ndarray, reference: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Align every frame of (N,H,W) lr/qm to frame `reference`: (lr float32, qm, shifts (N,2))."""
     out_lr = np.empty(lr.shape, np.float32)
     out_qm = np.empty(qm.shape, bool)

@@ -8,6 +8,7 @@ A sample (key imgsetNNNN) holds every frame: lr.npy uint16 (N,128,128), qm.npy b
 target, and json with scene, band, split, per-frame clearance and norm. Frames are
 selected when reading, so one set of shards serves every T and selection policy.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,31 +32,54 @@ PARTS = "parts"
 
 FORMAT = "piunet-dist shards 1"
 
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
 
+
 def encode_scene(scene: Scene, split: str) -> dict:
     """A scene as a WebDataset sample of bytes."""
-    meta = {"scene": scene.name, "band": scene.band, "split": split, "frames": len(scene.lr),
-            "clearance": [round(float(c), 6) for c in scene.clearance], "norm": scene.norm}
-    sample = {"__key__": scene.name, "lr.npy": _npy(scene.lr), "qm.npy": _npy(scene.qm),
-              "json": json.dumps(meta).encode()}
+    meta = {
+        "scene": scene.name,
+        "band": scene.band,
+        "split": split,
+        "frames": len(scene.lr),
+        "clearance": [round(float(c), 6) for c in scene.clearance],
+        "norm": scene.norm,
+    }
+    sample = {
+        "__key__": scene.name,
+        "lr.npy": _npy(scene.lr),
+        "qm.npy": _npy(scene.qm),
+        "json": json.dumps(meta).encode(),
+    }
     if scene.hr is not None:
         sample["hr.npy"] = _npy(scene.hr)
         sample["sm.npy"] = _npy(scene.sm)
     return sample
+
 
 def decode_sample(sample: dict) -> tuple[Scene, dict]:
     """A sample read from a shard back to a Scene and its metadata; ValueError if broken."""
     key = sample.get("__key__", "?")
     try:
         meta = json.loads(sample["json"])
-        arrays = {k: np.load(io.BytesIO(sample[f"{k}.npy"]), allow_pickle=False)
-                  for k in ("lr", "qm", "hr", "sm") if f"{k}.npy" in sample}
-        scene = Scene(name=meta["scene"], band=meta["band"], lr=arrays["lr"], qm=arrays["qm"],
-                      hr=arrays.get("hr"), sm=arrays.get("sm"), norm=meta.get("norm"))
+        arrays = {
+            k: np.load(io.BytesIO(sample[f"{k}.npy"]), allow_pickle=False)
+            for k in ("lr", "qm", "hr", "sm")
+            if f"{k}.npy" in sample
+        }
+        scene = Scene(
+            name=meta["scene"],
+            band=meta["band"],
+            lr=arrays["lr"],
+            qm=arrays["qm"],
+            hr=arrays.get("hr"),
+            sm=arrays.get("sm"),
+            norm=meta.get("norm"),
+        )
     except Exception as e:  # a damaged header or payload fails in many ways inside numpy and json
         raise ValueError(f"sample {key}: cannot decode ({type(e).__name__}: {e})") from None
     if scene.lr.ndim != 3 or scene.lr.shape != scene.qm.shape or len(scene.lr) != meta["frames"]:
@@ -65,6 +89,7 @@ def decode_sample(sample: dict) -> tuple[Scene, dict]:
             raise ValueError(f"sample {scene.name}: {what} values outside the 14-bit range of PROBA-V (damaged)")
     return scene, meta
 
+
 def previous_manifest(out: Path) -> dict | None:
     try:
         manifest = json.loads((out / MANIFEST).read_text())
@@ -72,7 +97,9 @@ def previous_manifest(out: Path) -> dict | None:
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 
+
 SWITCH = ".switch.json"  # beside the staging folder: the plan of its switch-over
+
 
 def finish_switch(out: Path) -> None:
     """Complete every pending switch-over of a pack: move the staged shards in, remove the
@@ -85,6 +112,7 @@ def finish_switch(out: Path) -> None:
         _move_in(Path(out), plan)
         path.unlink(missing_ok=True)
         remove(Path(out) / plan["staging"])
+
 
 def _move_in(out: Path, plan: dict) -> None:
     staging = out / plan["staging"]
@@ -102,6 +130,7 @@ def _move_in(out: Path, plan: dict) -> None:
             raise disk_error(out, e) from None
         raise
 
+
 def load_manifest(root: Path) -> dict:
     finish_switch(Path(root))
     path = Path(root) / MANIFEST
@@ -114,6 +143,7 @@ def load_manifest(root: Path) -> dict:
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path}: not a manifest of this project (format {manifest.get('format')!r})")
     return manifest
+
 
 def shard_paths(root: Path, band: str, split: str, digest: bool = False) -> list[str]:
     """Paths of the shards of one band and split, in manifest order, each present; with
@@ -128,6 +158,7 @@ def shard_paths(root: Path, band: str, split: str, digest: bool = False) -> list
             raise UserError(f"{problem}; pack again, or see every problem with `pack --verify {root}`")
     return [str(Path(root) / s["path"]) for s in entries]
 
+
 def _problem(root: Path, entry: dict, digest: bool) -> str | None:
     """What is wrong with one shard of the manifest: missing, or (with `digest`) changed."""
     path = root / entry["path"]
@@ -137,9 +168,11 @@ def _problem(root: Path, entry: dict, digest: bool) -> str | None:
         return f"{path}: sha256 differs from the manifest (changed or damaged)"
     return None
 
+
 def scene_count(root: Path, band: str, split: str) -> int:
     """Scenes in the shards of one band and split, as the manifest counts them."""
     return sum(s["samples"] for s in load_manifest(root)["shards"] if s["band"] == band and s["split"] == split)
+
 
 def scene_names(paths: list[str]) -> list[str]:
     """Names of the scenes (sample keys) in these shards, in order."""
@@ -151,6 +184,7 @@ def scene_names(paths: list[str]) -> list[str]:
                 if member.isfile() and (not names or names[-1] != key):
                     names.append(key)
     return names
+
 
 def verify(root: Path) -> list[str]:
     """Problems of the shards under root against their manifest; [] when all is well."""

@@ -7,6 +7,7 @@ few-pixel shift and an optical blur, averaged over 3x3 pixels, with its own gain
 offset, sensor noise and clouds that its quality map marks. norm.csv holds the cPSNR of
 the challenge baseline on every scene, test scenes included (their HR is not written).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,9 @@ from ..network.baselines import challenge_baseline
 from ..network.metrics import cpsnr
 from .probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
 
-PAD = 24                      # HR margin that shifted views draw from
-MAX_SHIFT = 4.5               # HR pixels, each axis (1.5 LR pixels)
-FRAMES = (9, 30)              # frames per scene, inclusive
+PAD = 24  # HR margin that shifted views draw from
+MAX_SHIFT = 4.5  # HR pixels, each axis (1.5 LR pixels)
+FRAMES = (9, 30)  # frames per scene, inclusive
 BAND_LEVELS = {"NIR": (9000.0, 1800.0), "RED": (6000.0, 1200.0)}  # mean, spread in DN
 
 
@@ -116,7 +117,7 @@ def view(hr_padded: np.ndarray, dy: float, dx: float, blur: float) -> np.ndarray
     fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
     transfer = np.exp(-2 * (np.pi * blur) ** 2 * (fy**2 + fx**2) - 2j * np.pi * (fy * dy + fx * dx))
     shifted = np.fft.irfft2(np.fft.rfft2(hr_padded) * transfer, s=(size, size))
-    inner = shifted[PAD:PAD + HR_SIZE, PAD:PAD + HR_SIZE]
+    inner = shifted[PAD : PAD + HR_SIZE, PAD : PAD + HR_SIZE]
     return inner.reshape(LR_SIZE, 3, LR_SIZE, 3).mean(axis=(1, 3))
 
 
@@ -124,7 +125,7 @@ def make_scene(seed: int, band: str, index: int) -> dict:
     """One scene's arrays; deterministic for (seed, band, index)."""
     rng = np.random.default_rng([seed, BANDS.index(band), index])
     hr_padded = landscape(rng, band, HR_SIZE + 2 * PAD)
-    hr = hr_padded[PAD:PAD + HR_SIZE, PAD:PAD + HR_SIZE]
+    hr = hr_padded[PAD : PAD + HR_SIZE, PAD : PAD + HR_SIZE]
     n_frames = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
     blur = rng.uniform(0.9, 1.4)
     lr, qm = [], []
@@ -139,8 +140,10 @@ def make_scene(seed: int, band: str, index: int) -> dict:
         qm.append(~cloud)
     hr_cover = 0.0 if rng.random() < 0.6 else rng.beta(1.0, 8.0)
     return {
-        "lr": np.stack(lr), "qm": np.stack(qm),
-        "hr": np.rint(hr).astype(np.uint16), "sm": ~clouds(rng, HR_SIZE, hr_cover),
+        "lr": np.stack(lr),
+        "qm": np.stack(qm),
+        "hr": np.rint(hr).astype(np.uint16),
+        "sm": ~clouds(rng, HR_SIZE, hr_cover),
     }
 
 
@@ -210,8 +213,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scenes", type=int, default=10, help="test scenes per band (default 10)")
     parser.add_argument("--bands", nargs="+", choices=BANDS, default=list(BANDS), help="bands (default both)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes (default 0)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes writing scenes (default: up to 4)")
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes writing scenes (default: up to 4)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

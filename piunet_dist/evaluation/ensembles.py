@@ -5,6 +5,7 @@ cPSNRs, and gives an SR (1,H,W). The ensemble's scale is that of a Laplace with 
 variance: the members' mean variance 2b^2 (aleatoric) plus the variance between their
 predictions (epistemic).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,6 +53,7 @@ METHODS = {f.__name__: f for f in (mean, median, val_weighted, inverse_variance,
 class Uncertainty:
     """Per pixel, (1,H,W) in DN: the members' mean scale, the std of their predictions, and
     the scale of a Laplace with the total variance."""
+
     aleatoric: torch.Tensor
     epistemic: torch.Tensor
     total: torch.Tensor

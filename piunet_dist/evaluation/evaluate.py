@@ -5,14 +5,15 @@
 
 Two phases. predict: each member predicts every scene with its self-ensemble (by default
 the views its training showed it: inference.views_for) and writes OUT/<band>/<member>/
-(outputs.py); an interrupted evaluation resumes where it stopped. score: the members' predictions are read back (the SR as delivered, a
-16-bit PNG), combined by every ensemble method (ensembles.py) and scored (scoring.py); the
-method eval.ensemble names is written to OUT/<band>/ensemble/. Then OUT/scenes.csv,
-OUT/summary.json and, for the test split, the submission (submission.py). The launcher runs
-the predict phase as an array, one task per member, and the score phase after it. Started
-by several processes (accelerate launch, torchrun, srun), every scene is predicted and
-scored once, by one of them.
+(outputs.py); an interrupted evaluation resumes where it stopped. score: the members'
+predictions are read back (the SR as delivered, a 16-bit PNG), combined by every ensemble
+method (ensembles.py) and scored (scoring.py); the method eval.ensemble names is written
+to OUT/<band>/ensemble/. Then OUT/scenes.csv, OUT/summary.json and, for the test split,
+the submission (submission.py). The launcher runs the predict phase as an array, one task
+per member, and the score phase after it. Started by several processes (accelerate
+launch, torchrun, srun), every scene is predicted and scored once, by one of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
     """Predict (phase predict: with every member, or only runs[member]) and score (phase
     score); `all` does both. Returns the summary on the main process after scoring, else None."""
     from accelerate import Accelerator
+
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if member is not None and (phase != "predict" or not 0 <= member < len(runs)):
         raise UserError(f"--member: {member} must go with --phase predict and index one of the {len(runs)} runs")
@@ -65,6 +67,7 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
         results += score_band(ms, shards[band], settings, acc.process_index, acc.num_processes)
     if acc.num_processes > 1:
         from accelerate.utils import gather_object
+
         results = gather_object(results)
     acc.wait_for_everyone()
     if not acc.is_main_process:
@@ -86,8 +89,10 @@ def band_shards(members: list[Member], settings: EvalConfig) -> Path:
         return Path(settings.shards)
     runs = [m for m in members if not m.is_file]
     if not runs:
-        raise UserError(f"--shards: {members[0].source} is a weights file, which does not say where its scenes are; "
-                        "give --shards DIR (a directory that pack wrote)")
+        raise UserError(
+            f"--shards: {members[0].source} is a weights file, which does not say where its scenes are; "
+            "give --shards DIR (a directory that pack wrote)"
+        )
     return Path(runs[0].cfg.data.shards)
 
 
@@ -98,14 +103,23 @@ def scenes(members: list[Member], shards: Path, split: str, rank: int, world: in
     for m in members[1:]:
         d = m.cfg.data
         if (d.n_frames, d.register, d.min_clearance) != (data.n_frames, data.register, data.min_clearance):
-            raise UserError(f"{m.source}: reads scenes unlike {members[0].source} (data.n_frames, "
-                            "data.register or data.min_clearance differ); evaluate them apart")
-    return EvalScenes(shard_paths(shards, data.band, split), data.n_frames, keep_unclear=split == "test",
-                      register=data.register, rank=rank, world_size=world, seed=0, min_clearance=data.min_clearance)
+            raise UserError(
+                f"{m.source}: reads scenes unlike {members[0].source} (data.n_frames, "
+                "data.register or data.min_clearance differ); evaluate them apart"
+            )
+    return EvalScenes(
+        shard_paths(shards, data.band, split),
+        data.n_frames,
+        keep_unclear=split == "test",
+        register=data.register,
+        rank=rank,
+        world_size=world,
+        seed=0,
+        min_clearance=data.min_clearance,
+    )
 
 
-def write_predictions(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig,
-                      acc) -> None:
+def write_predictions(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig, acc) -> None:
     """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/,
     with each view's cPSNR where it averages several and the scene has a target. A scene
     already predicted by the same weights and settings is not predicted again."""
@@ -115,21 +129,41 @@ def write_predictions(members: list[Member], predicting: list[Member], shards: P
     views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in predicting}
     if acc.is_main_process:
         for m in predicting:
-            _keep_if_same(folders[m.name], {"weights_sha256": m.weights_sha256(), "self_ensemble": views[m.name],
-                                            "precision": precision, "n_frames": m.cfg.data.n_frames})
+            _keep_if_same(
+                folders[m.name],
+                {
+                    "weights_sha256": m.weights_sha256(),
+                    "self_ensemble": views[m.name],
+                    "precision": precision,
+                    "n_frames": m.cfg.data.n_frames,
+                },
+            )
     acc.wait_for_everyone()
-    batch_size = scenes_per_batch(settings.batch_size, "eval.batch_size", acc.device, members[0].cfg.data.n_frames,
-                                  LR_SIZE, max(m.cfg.model.n_feat for m in predicting), max(views.values()))
+    batch_size = scenes_per_batch(
+        settings.batch_size,
+        "eval.batch_size",
+        acc.device,
+        members[0].cfg.data.n_frames,
+        LR_SIZE,
+        max(m.cfg.model.n_feat for m in predicting),
+        max(views.values()),
+    )
     todo = scenes(members, shards, settings.split, acc.process_index, acc.num_processes)
-    with tqdm(total=scene_count(shards, band, settings.split), desc=f"predict {band}", unit="scene",
-              disable=not acc.is_main_process, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=scene_count(shards, band, settings.split),
+        desc=f"predict {band}",
+        unit="scene",
+        disable=not acc.is_main_process,
+        dynamic_ncols=True,
+    ) as bar:
         for batch in DataLoader(todo, batch_size=batch_size, num_workers=2):
             for m in predicting:
                 missing = [j for j, name in enumerate(batch["name"]) if not predicted(folders[m.name], name)]
                 if not missing:
                     continue
-                srs, scales = super_resolve_views(m.model, batch["lr"][missing].to(acc.device), views[m.name],
-                                                  precision)
+                srs, scales = super_resolve_views(
+                    m.model, batch["lr"][missing].to(acc.device), views[m.name], precision
+                )
                 sr, scale = srs.mean(dim=0), scales.mean(dim=0)
                 for i, j in enumerate(missing):
                     each = None
@@ -166,7 +200,7 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
     for batch in DataLoader(scenes(members, shards, settings.split, rank, world), batch_size=1, num_workers=2):
         name, has_target = batch["name"][0], bool(batch["has_target"][0])
         predictions = [read_outputs(out / band / m.name, name) for m in members]
-        srs = torch.stack([p[0] for p in predictions])           # (M, 1, H, W)
+        srs = torch.stack([p[0] for p in predictions])  # (M, 1, H, W)
         scales = torch.stack([p[1] for p in predictions])
         ensembles, u = combine(srs, scales, val_cpsnr), uncertainty(srs, scales)
         write_outputs(out / band / ENSEMBLE, name, ensembles[settings.ensemble], u.total)
@@ -181,24 +215,36 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
             candidates |= {method: (sr, u.total) for method, sr in ensembles.items()}
             for method, (sr, scale) in candidates.items():
                 search = shift_search(sr[None], hr, sm)
-                result.scores[method] = score(sr[None], scale[None], hr, sm, norm, search,
-                                              with_cssim=method not in ensembles or method == settings.ensemble)
+                result.scores[method] = score(
+                    sr[None],
+                    scale[None],
+                    hr,
+                    sm,
+                    norm,
+                    search,
+                    with_cssim=method not in ensembles or method == settings.ensemble,
+                )
                 if method == settings.ensemble:
                     result.calibration = Calibration.of(sr[None], scale[None], hr, sm, search)
         results.append(result)
     return results
 
 
-def write_results(results: list[SceneResult], members: list[Member], shards: dict[str, Path],
-                  settings: EvalConfig) -> dict:
+def write_results(
+    results: list[SceneResult], members: list[Member], shards: dict[str, Path], settings: EvalConfig
+) -> dict:
     """scenes.csv, summary.json and, for the test split, the submission; returns the summary."""
     out = Path(settings.out)
     setting = settings.self_ensemble
-    summary = {"split": settings.split, "self_ensemble": int(setting) if setting.isdigit() else setting,
-               "ensemble": settings.ensemble, "runs": {m.name: str(m.source) for m in members},
-               "shards": {b: str(p) for b, p in shards.items()},
-               "members": {m.name: m.describe(views_for(setting, m.trained_with_rotations)) for m in members},
-               "bands": {}}
+    summary = {
+        "split": settings.split,
+        "self_ensemble": int(setting) if setting.isdigit() else setting,
+        "ensemble": settings.ensemble,
+        "runs": {m.name: str(m.source) for m in members},
+        "shards": {b: str(p) for b, p in shards.items()},
+        "members": {m.name: m.describe(views_for(setting, m.trained_with_rotations)) for m in members},
+        "bands": {},
+    }
     for band, ms in by_band(members).items():
         mine = [r for r in results if r.band == band]
         seen = {r.scene for r in mine}
@@ -227,9 +273,14 @@ def view_scores(members: list[Member], results: list[SceneResult], out: Path, de
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """What to evaluate and how: the runs, and a flag for each eval setting (this command's
     and `launch evaluate`'s)."""
-    parser.add_argument("--runs", type=Path, nargs="+", required=True,
-                        help="the members: run directories, a run's best/ or checkpoint directories, or weights files "
-                             "(.pt, .pth, .safetensors: give --band, and --shards where no run of their band says)")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the members: run directories, a run's best/ or checkpoint directories, or weights files "
+        "(.pt, .pth, .safetensors: give --band, and --shards where no run of their band says)",
+    )
     parser.add_argument("--config", type=Path, help="YAML file whose eval section gives the settings the flags do not")
     add_setting_flags(parser, "eval")
 
@@ -240,10 +291,15 @@ def eval_settings(args: argparse.Namespace) -> EvalConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(parser)
-    parser.add_argument("--phase", choices=("all", "predict", "score"), default="all",
-                        help="predict (members' outputs), score (ensembles, scores, summary) or all (default)")
-    parser.add_argument("--member", type=int,
-                        help="with --phase predict: predict only --runs[MEMBER] (a task of the launcher's array)")
+    parser.add_argument(
+        "--phase",
+        choices=("all", "predict", "score"),
+        default="all",
+        help="predict (members' outputs), score (ensembles, scores, summary) or all (default)",
+    )
+    parser.add_argument(
+        "--member", type=int, help="with --phase predict: predict only --runs[MEMBER] (a task of the launcher's array)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,14 +312,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"{band}: {entry['scenes']} scenes predicted")
             continue
         gains = ", ".join(f"{k} {v['gain_over_best_member_db']:+.3f}" for k, v in entry["ensembles"].items())
-        print(f"{band}: baseline {entry['baseline_cpsnr']:.2f} dB, bicubic mean {entry['bicubic_mean_cpsnr']:.2f}, "
-              + ", ".join(f"{k} {v:.2f}" for k, v in entry["members"].items())
-              + f", ensemble ({entry['ensemble_method']}) {entry['ensemble_cpsnr']:.2f}"
-              + (f", score {entry['score']:.4f}" if entry["score"] is not None else ", score n/a (no norm.csv)")
-              + f"\n  each ensemble method against the best member ({entry['best_member']}), dB: {gains}")
+        print(
+            f"{band}: baseline {entry['baseline_cpsnr']:.2f} dB, bicubic mean {entry['bicubic_mean_cpsnr']:.2f}, "
+            + ", ".join(f"{k} {v:.2f}" for k, v in entry["members"].items())
+            + f", ensemble ({entry['ensemble_method']}) {entry['ensemble_cpsnr']:.2f}"
+            + (f", score {entry['score']:.4f}" if entry["score"] is not None else ", score n/a (no norm.csv)")
+            + f"\n  each ensemble method against the best member ({entry['best_member']}), dB: {gains}"
+        )
         for member, views in entry["views"].items():
-            print(f"  {member}, each view alone (cPSNR, dB): " + ", ".join(f"{k} {v:.2f}" for k, v in views.items())
-                  + f"; their average {entry['members'][member]:.2f}")
+            print(
+                f"  {member}, each view alone (cPSNR, dB): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in views.items())
+                + f"; their average {entry['members'][member]:.2f}"
+            )
         if entry["left_out"]:
             print(f"  left out (no clear frame): {', '.join(entry['left_out'])}")
     print(f"{settings.out}/summary.json" + (f", {summary['submission']}" if "submission" in summary else ""))

@@ -3,6 +3,7 @@ the precision asked for, in batches as large as the device holds.
 
 Used by validation (training/trainer.py), evaluate.py and scene.py (predict) alike.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -53,8 +54,9 @@ def views_for(setting: str, trained_with_rotations: bool) -> int:
 
 
 @torch.no_grad()
-def super_resolve(model: PIUNet, lr_dn: torch.Tensor, views: int = 1,
-                  precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
+def super_resolve(
+    model: PIUNet, lr_dn: torch.Tensor, views: int = 1, precision: str = "no"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,T,X,Y) frames in DN -> SR and Laplace scale, both (B,1,3X,3Y) float32 in DN, averaged
     over the self-ensemble's `views`."""
     srs, scales = super_resolve_views(model, lr_dn, views, precision)
@@ -62,16 +64,16 @@ def super_resolve(model: PIUNet, lr_dn: torch.Tensor, views: int = 1,
 
 
 @torch.no_grad()
-def super_resolve_views(model: PIUNet, lr_dn: torch.Tensor, views: int = 1,
-                        precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
+def super_resolve_views(
+    model: PIUNet, lr_dn: torch.Tensor, views: int = 1, precision: str = "no"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each view's SR and scale, turned back: (V,B,1,3X,3Y) each. The views of all B scenes go
     through the model as one batch (two where rotated frames are not square)."""
     chosen = transforms(views)
     by_shape: dict[tuple, list[int]] = {}
     for i, (k, flip) in enumerate(chosen):
         by_shape.setdefault(tuple(_view(lr_dn[:1, :1], k, flip).shape), []).append(i)
-    autocast = (torch.autocast(lr_dn.device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else nullcontext())
+    autocast = torch.autocast(lr_dn.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     srs, scales = [None] * len(chosen), [None] * len(chosen)
     for group in by_shape.values():
         x = torch.cat([_view(lr_dn, *chosen[i]) for i in group])
@@ -89,8 +91,9 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
-def scenes_per_batch(setting: str, what: str, device: torch.device, n_frames: int, side: int, n_feat: int,
-                     views: int = 1) -> int:
+def scenes_per_batch(
+    setting: str, what: str, device: torch.device, n_frames: int, side: int, n_feat: int, views: int = 1
+) -> int:
     """A batch-size setting resolved: its number, or for auto 1 on a CPU (where a larger
     batch is slower per scene) and on a GPU as many scenes as half its free memory holds."""
     count = count_or_auto(what, setting)

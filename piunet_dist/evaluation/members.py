@@ -8,6 +8,7 @@ file: a published `.pt`/`.pth` state_dict or a `.safetensors` file. A file has n
 settings: its band is eval.band, its heads eval.heads, its shape its own, and it reads its
 scenes as the paper does (data section defaults).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -31,9 +32,9 @@ WEIGHTS_FILES = (".pt", ".pth", ".bin", ".safetensors")
 @dataclass
 class Member:
     name: str
-    source: Path          # what was given
-    cfg: Config           # the run's settings; for a weights file, the defaults with its band, shape and heads
-    weights: Path         # a checkpoint or best/ directory, or the weights file
+    source: Path  # what was given
+    cfg: Config  # the run's settings; for a weights file, the defaults with its band, shape and heads
+    weights: Path  # a checkpoint or best/ directory, or the weights file
     run_dir: Path | None  # None for a weights file
     model: PIUNet | None = None  # loaded only where this process predicts with it
 
@@ -78,19 +79,42 @@ class Member:
         from a run, and the views of the self-ensemble it was predicted with."""
         if self.is_file:
             when = datetime.datetime.fromtimestamp(self.weights.stat().st_mtime, datetime.timezone.utc)
-            return {"kind": "weights file", "path": str(self.weights), "sha256": self.weights_sha256(),
-                    "band": self.band, "heads": self.cfg.model.n_heads, "self_ensemble": views,
-                    "trained_with_rotations": False, "weights": self.weights.name, "weights_step": None,
-                    "trained_steps": None, "max_steps": None, "val_cpsnr": None, "config_hash": None,
-                    "date": when.isoformat(timespec="seconds"), "version": "unknown"}
+            return {
+                "kind": "weights file",
+                "path": str(self.weights),
+                "sha256": self.weights_sha256(),
+                "band": self.band,
+                "heads": self.cfg.model.n_heads,
+                "self_ensemble": views,
+                "trained_with_rotations": False,
+                "weights": self.weights.name,
+                "weights_step": None,
+                "trained_steps": None,
+                "max_steps": None,
+                "val_cpsnr": None,
+                "config_hash": None,
+                "date": when.isoformat(timespec="seconds"),
+                "version": "unknown",
+            }
         state = _state(self.weights)
         when = state.get("time") or datetime.datetime.fromtimestamp(
-            self.weights_file().stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
-        return {"kind": "run", "run": str(self.run_dir), "band": self.band, "self_ensemble": views,
-                "trained_with_rotations": self.trained_with_rotations, "weights": self.weights.name,
-                "weights_step": state.get("step"), "trained_steps": checkpoint.latest_step(self.run_dir),
-                "max_steps": self.cfg.train.max_steps, "val_cpsnr": self.val_cpsnr(),
-                "config_hash": config_hash(self.cfg), "date": when, "version": state.get("version", "unknown")}
+            self.weights_file().stat().st_mtime, datetime.timezone.utc
+        ).isoformat(timespec="seconds")
+        return {
+            "kind": "run",
+            "run": str(self.run_dir),
+            "band": self.band,
+            "self_ensemble": views,
+            "trained_with_rotations": self.trained_with_rotations,
+            "weights": self.weights.name,
+            "weights_step": state.get("step"),
+            "trained_steps": checkpoint.latest_step(self.run_dir),
+            "max_steps": self.cfg.train.max_steps,
+            "val_cpsnr": self.val_cpsnr(),
+            "config_hash": config_hash(self.cfg),
+            "date": when,
+            "version": state.get("version", "unknown"),
+        }
 
 
 def trained_with_rotations(weights: Path) -> bool:
@@ -158,8 +182,10 @@ def find_members(paths: list[Path], which: str = "best", band: str = "", heads: 
             run_dir, (cfg, weights) = None, _file_member(source, band, heads)
             stem, base = source.stem, source
         else:
-            raise UserError(f"{source}: not a run directory (no config.yaml), a run's best/ or checkpoint directory, "
-                            f"nor a weights file ({', '.join(WEIGHTS_FILES)})")
+            raise UserError(
+                f"{source}: not a run directory (no config.yaml), a run's best/ or checkpoint directory, "
+                f"nor a weights file ({', '.join(WEIGHTS_FILES)})"
+            )
         key = weights.resolve()
         if key in seen:
             raise UserError(f"--runs: {source} is given twice (as {seen[key]} too); each run is one member")

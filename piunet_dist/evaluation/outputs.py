@@ -3,6 +3,7 @@ challenge takes it), and NAME_scale.npy, the float32 Laplace scale in DN; with a
 self-ensemble scored on a scene with a target, NAME_views.json, each view's cPSNR. Each is
 written whole or not at all, the PNG last, so a scene whose PNG is there is complete.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,9 @@ from ..core.files import replacing, write_json
 from ..network.metrics import PEAK
 
 
-def write_outputs(folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor,
-                  view_cpsnr: list[float] | None = None) -> None:
+def write_outputs(
+    folder: Path, name: str, sr: torch.Tensor, scale: torch.Tensor, view_cpsnr: list[float] | None = None
+) -> None:
     """The SR ((1,H,W), DN) as a 16-bit PNG, its scale map and, if given, each view's cPSNR."""
     if view_cpsnr is not None:
         write_json(folder / f"{name}_views.json", view_cpsnr)
@@ -44,8 +46,9 @@ def read_outputs(folder: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     except FileNotFoundError as e:
         raise UserError(f"{e.filename}: missing (did this member's predictions finish?)") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL and numpy name damage in many ways
-        raise UserError(f"{folder / name}: a damaged prediction ({type(e).__name__}: {e}); "
-                        "delete it and evaluate again") from None
+        raise UserError(
+            f"{folder / name}: a damaged prediction ({type(e).__name__}: {e}); delete it and evaluate again"
+        ) from None
     return torch.from_numpy(sr)[None], torch.from_numpy(scale)[None]
 
 

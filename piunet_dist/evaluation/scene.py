@@ -7,6 +7,7 @@ weights may be a published checkpoint file or this project's (a run's best/ or a
 checkpoint directory). Writes <scene>.png (16-bit SR) and <scene>_scale.npy (float32
 Laplace scale in DN).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,16 @@ from .members import trained_with_rotations
 from .outputs import write_outputs
 
 
-def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: str, n_frames: int,
-                  n_heads: int | None = None, precision: str = "auto", keep_unclear: bool = False) -> Path:
+def predict_scene(
+    weights: Path,
+    scene_dir: Path,
+    out: Path,
+    self_ensemble: str,
+    n_frames: int,
+    n_heads: int | None = None,
+    precision: str = "auto",
+    keep_unclear: bool = False,
+) -> Path:
     if not scene_dir.is_dir():
         raise UserError(f"{scene_dir}: no such scene directory")
     ref = SceneRef(scene_dir.name, "?", "test", scene_dir)  # no target needed
@@ -34,12 +43,21 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: str,
         raise UserError("; ".join(problems))
     scene = load_scene(ref)
     if not keep_unclear and scene.clearance.max() <= MIN_CLEARANCE:
-        raise UserError(f"{scene_dir}: no frame is more than {MIN_CLEARANCE:.0%} clear (the clearest: "
-                        f"{scene.clearance.max():.0%}), too cloudy to trust; --keep-unclear predicts from the "
-                        "clearest frames anyway")
+        raise UserError(
+            f"{scene_dir}: no frame is more than {MIN_CLEARANCE:.0%} clear (the clearest: "
+            f"{scene.clearance.max():.0%}), too cloudy to trust; --keep-unclear predicts from the "
+            "clearest frames anyway"
+        )
     # the clearest frames first; with --keep-unclear a scene without a clear frame keeps its clearest one
-    lr, _ = prepare_frames(scene, n_frames, "paper", np.random.default_rng(0), keep_unclear=True, register=False,
-                           min_clearance=MIN_CLEARANCE)
+    lr, _ = prepare_frames(
+        scene,
+        n_frames,
+        "paper",
+        np.random.default_rng(0),
+        keep_unclear=True,
+        register=False,
+        min_clearance=MIN_CLEARANCE,
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_weights(weights, n_heads).to(device).eval()
     views = views_for(self_ensemble, trained_with_rotations(weights))
@@ -49,21 +67,39 @@ def predict_scene(weights: Path, scene_dir: Path, out: Path, self_ensemble: str,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", type=Path, required=True,
-                        help="a published checkpoint file, or a run's best/ or checkpoint directory")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        required=True,
+        help="a published checkpoint file, or a run's best/ or checkpoint directory",
+    )
     parser.add_argument("--scene", type=Path, required=True, help="directory with LR000.png, QM000.png, ...")
     parser.add_argument("--out", type=Path, default=Path("."), help="where the SR PNG and scale map go (default .)")
-    parser.add_argument("--self-ensemble", default="auto", choices=("auto", "1", "4", "8"),
-                        help="views averaged: auto (the views the weights were trained to expect: 1 for the "
-                             "published files and runs trained without data.augment, the 4 rotations for runs "
-                             "trained with it), 1, 4 (rotations) or 8 (with flips) (default auto)")
+    parser.add_argument(
+        "--self-ensemble",
+        default="auto",
+        choices=("auto", "1", "4", "8"),
+        help="views averaged: auto (the views the weights were trained to expect: 1 for the "
+        "published files and runs trained without data.augment, the 4 rotations for runs "
+        "trained with it), 1, 4 (rotations) or 8 (with flips) (default auto)",
+    )
     parser.add_argument("--frames", type=int, default=9, help="frames used, T (default 9, as trained in the paper)")
-    parser.add_argument("--heads", type=int,
-                        help="attention heads of the weights: read from a run's config.yaml, else 1 (the published)")
-    parser.add_argument("--keep-unclear", action="store_true",
-                        help="predict a scene that has no clear frame from its clearest frames (by default refused)")
-    parser.add_argument("--precision", choices=("auto", "no", "bf16"), default="auto",
-                        help="auto (bf16 on a GPU, no on a CPU), no (float32) or bf16 (default auto)")
+    parser.add_argument(
+        "--heads",
+        type=int,
+        help="attention heads of the weights: read from a run's config.yaml, else 1 (the published)",
+    )
+    parser.add_argument(
+        "--keep-unclear",
+        action="store_true",
+        help="predict a scene that has no clear frame from its clearest frames (by default refused)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "no", "bf16"),
+        default="auto",
+        help="auto (bf16 on a GPU, no on a CPU), no (float32) or bf16 (default auto)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +107,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--frames: must be at least 1")
     if args.heads is not None and args.heads < 1:
         raise UserError("--heads: must be at least 1")
-    path = predict_scene(args.weights, args.scene, args.out, args.self_ensemble, args.frames, args.heads,
-                         args.precision, args.keep_unclear)
+    path = predict_scene(
+        args.weights,
+        args.scene,
+        args.out,
+        args.self_ensemble,
+        args.frames,
+        args.heads,
+        args.precision,
+        args.keep_unclear,
+    )
     print(f"{path} and {path.with_name(path.stem + '_scale.npy')}")
     return 0

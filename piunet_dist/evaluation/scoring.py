@@ -2,6 +2,7 @@
 scene: each member's and each ensemble method's scores) and summary.json (per band, the
 means over scenes, the calibration of the ensemble and what each member is).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,6 +25,7 @@ LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)  # nominal coverages of the Lapla
 @dataclass
 class Scores:
     """One prediction of one scene, scored at its best shift."""
+
     cpsnr: float
     cssim: float  # nan where not asked for: 49 SSIM maps cost more than everything else together
     score: float  # the challenge's: the baseline's cPSNR (norm.csv) over ours; nan without norm.csv
@@ -34,16 +36,28 @@ class Scores:
     scale_error_corr: float
 
 
-def score(sr: torch.Tensor, scale: torch.Tensor, hr: torch.Tensor, sm: torch.Tensor, norm: float,
-          search: ShiftSearch | None = None, with_cssim: bool = True) -> Scores:
+def score(
+    sr: torch.Tensor,
+    scale: torch.Tensor,
+    hr: torch.Tensor,
+    sm: torch.Tensor,
+    norm: float,
+    search: ShiftSearch | None = None,
+    with_cssim: bool = True,
+) -> Scores:
     """Tensors (1,1,H,W) in DN; `search` is shift_search(sr, hr, sm) where the caller has it."""
     search = search or shift_search(sr, hr, sm)
     stats = uncertainty_stats(sr, scale, hr, sm, search)
     return Scores(
-        cpsnr=float(psnr_db(search.cmse)[0]), cssim=float(cssim(sr, hr, sm)[0]) if with_cssim else math.nan,
+        cpsnr=float(psnr_db(search.cmse)[0]),
+        cssim=float(cssim(sr, hr, sm)[0]) if with_cssim else math.nan,
         score=math.nan if math.isnan(norm) else float(challenge_score(sr, hr, sm, torch.tensor([norm]))[0]),
-        shift=int(search.best[0]), nll=float(stats["nll"][0]), coverage50=float(stats["coverage50"][0]),
-        coverage90=float(stats["coverage90"][0]), scale_error_corr=float(stats["scale_error_corr"][0]))
+        shift=int(search.best[0]),
+        nll=float(stats["nll"][0]),
+        coverage50=float(stats["coverage50"][0]),
+        coverage90=float(stats["coverage90"][0]),
+        scale_error_corr=float(stats["scale_error_corr"][0]),
+    )
 
 
 @dataclass
@@ -51,6 +65,7 @@ class Calibration:
     """Sums over clear pixels at the best shift, which add up over scenes: per bin of predicted
     scale the |error|, the scale and the pixels; per nominal level the pixels inside the
     Laplace's central interval of that coverage (|error| <= -b ln(1 - level))."""
+
     error: np.ndarray = field(default_factory=lambda: np.zeros(len(SCALE_BINS) - 1))
     scale: np.ndarray = field(default_factory=lambda: np.zeros(len(SCALE_BINS) - 1))
     pixels: np.ndarray = field(default_factory=lambda: np.zeros(len(SCALE_BINS) - 1))
@@ -65,18 +80,30 @@ class Calibration:
         which = np.clip(np.digitize(b, SCALE_BINS) - 1, 0, len(SCALE_BINS) - 2)
         n = len(SCALE_BINS) - 1
         inside = [(err <= -b * math.log(1 - level)).sum() for level in LEVELS]
-        return cls(np.bincount(which, err, n), np.bincount(which, b, n), np.bincount(which, None, n),
-                   np.array(inside, dtype=float))
+        return cls(
+            np.bincount(which, err, n),
+            np.bincount(which, b, n),
+            np.bincount(which, None, n),
+            np.array(inside, dtype=float),
+        )
 
     def __add__(self, other: Calibration) -> Calibration:
-        return Calibration(self.error + other.error, self.scale + other.scale, self.pixels + other.pixels,
-                           self.inside + other.inside)
+        return Calibration(
+            self.error + other.error, self.scale + other.scale, self.pixels + other.pixels, self.inside + other.inside
+        )
 
     def summary(self) -> dict:
         """Bins with pixels (mean predicted scale, mean observed |error|: a Laplace's equal) and
         the observed coverage of each nominal level."""
-        bins = [{"scale_dn": float(self.scale[i] / self.pixels[i]), "abs_error_dn": float(self.error[i] / self.pixels[i]),
-                 "pixels": int(self.pixels[i])} for i in range(len(self.pixels)) if self.pixels[i]]
+        bins = [
+            {
+                "scale_dn": float(self.scale[i] / self.pixels[i]),
+                "abs_error_dn": float(self.error[i] / self.pixels[i]),
+                "pixels": int(self.pixels[i]),
+            }
+            for i in range(len(self.pixels))
+            if self.pixels[i]
+        ]
         total = self.pixels.sum()
         coverage = [{"nominal": float(level), "observed": float(n / total)} for level, n in zip(LEVELS, self.inside)]
         return {"curve": bins, "coverage": coverage if total else []}
@@ -87,6 +114,7 @@ class SceneResult:
     """A scene of a band: its baselines' cPSNR, the scores of each member and ensemble method
     (by name; none on the test split, which has no target), and the mean uncertainty of the
     ensemble over its clear target pixels (all pixels without a target)."""
+
     scene: str
     band: str
     aleatoric_dn: float
@@ -100,8 +128,19 @@ class SceneResult:
     views: dict[str, int] = field(default_factory=dict)  # the self-ensemble's views of each member
 
     def csv_row(self) -> dict:
-        row = {k: getattr(self, k) for k in ("scene", "band", "aleatoric_dn", "epistemic_dn", "total_dn",
-                                            "epistemic_share", "baseline_cpsnr", "bicubic_mean_cpsnr")}
+        row = {
+            k: getattr(self, k)
+            for k in (
+                "scene",
+                "band",
+                "aleatoric_dn",
+                "epistemic_dn",
+                "total_dn",
+                "epistemic_share",
+                "baseline_cpsnr",
+                "bicubic_mean_cpsnr",
+            )
+        }
         row |= {f"{member}:views": n for member, n in self.views.items()}
         for method, scores in self.scores.items():
             row |= {f"{method}:{k}": v for k, v in dataclasses.asdict(scores).items()}
@@ -122,8 +161,9 @@ def _mean(values) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
-def summarise_band(results: list[SceneResult], members: list[str], methods: list[str], ensemble: str,
-                   left_out: list[str]) -> dict:
+def summarise_band(
+    results: list[SceneResult], members: list[str], methods: list[str], ensemble: str, left_out: list[str]
+) -> dict:
     """summary.json's entry of a band: counts, scene means of every figure, each ensemble
     method's gain over the best member, and the chosen ensemble's calibration."""
     scored = [r for r in results if r.scores]
@@ -138,15 +178,24 @@ def summarise_band(results: list[SceneResult], members: list[str], methods: list
 
     member_cpsnr = {m: mean_of(m, "cpsnr") for m in members}
     best = max(member_cpsnr.values())
-    ensembles = {m: {"cpsnr": mean_of(m, "cpsnr"), "cssim": mean_of(m, "cssim"), "gain_over_best_member_db":
-                     mean_of(m, "cpsnr") - best} for m in methods}
+    ensembles = {
+        m: {
+            "cpsnr": mean_of(m, "cpsnr"),
+            "cssim": mean_of(m, "cssim"),
+            "gain_over_best_member_db": mean_of(m, "cpsnr") - best,
+        }
+        for m in methods
+    }
     entry |= {
         "baseline_cpsnr": _mean(r.baseline_cpsnr for r in scored),
         "bicubic_mean_cpsnr": _mean(r.bicubic_mean_cpsnr for r in scored),
-        "members": member_cpsnr, "members_cssim": {m: mean_of(m, "cssim") for m in members},
+        "members": member_cpsnr,
+        "members_cssim": {m: mean_of(m, "cssim") for m in members},
         "best_member": max(member_cpsnr, key=member_cpsnr.get),
-        "ensemble_method": ensemble, "ensemble_cpsnr": ensembles[ensemble]["cpsnr"],
-        "ensemble_cssim": ensembles[ensemble]["cssim"], "ensembles": ensembles,
+        "ensemble_method": ensemble,
+        "ensemble_cpsnr": ensembles[ensemble]["cpsnr"],
+        "ensemble_cssim": ensembles[ensemble]["cssim"],
+        "ensembles": ensembles,
         "score": mean_of(ensemble, "score"),
         "calibration": {k: mean_of(ensemble, k) for k in ("nll", "coverage50", "coverage90", "scale_error_corr")},
     }

@@ -1,5 +1,6 @@
 """The challenge submission: OUT/submission/ and OUT/submission.zip, one 16-bit PNG per test
 scene of every band, from the ensemble; written whole, and only when no scene is missing."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,8 +23,9 @@ def write_submission(out: Path, shards_by_band: dict[str, Path]) -> Path:
             if not (out / band / ENSEMBLE / f"{name}.png").is_file():
                 missing.append(f"{band}/{name}")
     if missing:
-        raise UserError(f"{out}: {len(missing)} test scene(s) have no prediction ({', '.join(missing[:5])}); "
-                        "no submission written")
+        raise UserError(
+            f"{out}: {len(missing)} test scene(s) have no prediction ({', '.join(missing[:5])}); no submission written"
+        )
     with replacing(folder) as partial:
         partial.mkdir()
         for band, name in expected:

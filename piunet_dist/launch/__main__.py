@@ -1,4 +1,5 @@
 """`python -m piunet_dist.launch`: jobs pickle TrainJob by reference to piunet_dist.launch.jobs."""
+
 import sys
 
 from .cli import main

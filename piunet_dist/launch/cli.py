@@ -1,11 +1,12 @@
 """Submit training to SLURM with submitit, or run it as local processes.
 
-    python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
-    python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
-    python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
-    python -m piunet_dist.launch status runs/piunet        # every member: job, state, step, ETA
-    python -m piunet_dist.launch cancel runs/piunet/nir-seed0
+python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
+python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
+python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
+python -m piunet_dist.launch status runs/piunet        # every member: job, state, step, ETA
+python -m piunet_dist.launch cancel runs/piunet/nir-seed0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,19 +22,29 @@ from .submitting import submit_evaluation, submit_training
 
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch evaluate",
-                                     description="Evaluate runs on SLURM: an array of predict tasks (one per "
-                                                 "run) and, after them, the job that scores and writes summary.json.")
+    parser = argparse.ArgumentParser(
+        prog="python -m piunet_dist.launch evaluate",
+        description="Evaluate runs on SLURM: an array of predict tasks (one per "
+        "run) and, after them, the job that scores and writes summary.json.",
+    )
     add_evaluation_arguments(parser)
     # one task per job, at most one GPU each
-    add_setting_flags(parser, "launch", tuple(f.name for f in dataclasses.fields(LaunchConfig)
-                                              if f.name not in ("nodes", "tasks_per_node")))
+    add_setting_flags(
+        parser,
+        "launch",
+        tuple(f.name for f in dataclasses.fields(LaunchConfig) if f.name not in ("nodes", "tasks_per_node")),
+    )
     parser.add_argument("--wait", action="store_true", help="follow the jobs to the end; non-zero if one failed")
     return parser
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m piunet_dist.launch", description=__doc__, usage=USAGE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m piunet_dist.launch",
+        description=__doc__,
+        usage=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", type=Path, help="YAML file of settings (as for train)")
     add_setting_flags(parser, "launch")
     parser.add_argument("--bands", nargs="+", choices=("NIR", "RED"), help="a job array over these bands (x --seeds)")
@@ -43,16 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings, as for train")
     return parser
 
+
 def build_runs_parser(command: str, doc: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m piunet_dist.launch {command}", description=doc)
-    parser.add_argument("dirs", type=Path, nargs="+", metavar="RUN_DIR",
-                        help="run directories, or a sweep's directory (its members)")
+    parser.add_argument(
+        "dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories, or a sweep's directory (its members)"
+    )
     return parser
 
-USAGE = ("python -m piunet_dist.launch [--config FILE] [flags] [section.key=value ...]\n"
-         "       python -m piunet_dist.launch evaluate --runs RUN_DIR ... [flags]\n"
-         "       python -m piunet_dist.launch status RUN_DIR ...\n"
-         "       python -m piunet_dist.launch cancel RUN_DIR ...")
+
+USAGE = (
+    "python -m piunet_dist.launch [--config FILE] [flags] [section.key=value ...]\n"
+    "       python -m piunet_dist.launch evaluate --runs RUN_DIR ... [flags]\n"
+    "       python -m piunet_dist.launch status RUN_DIR ...\n"
+    "       python -m piunet_dist.launch cancel RUN_DIR ..."
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -61,13 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         if command == "evaluate":
             return submit_evaluation(build_evaluate_parser().parse_intermixed_args(argv[1:]))
         if command == "status":
-            rows = status(build_runs_parser("status", "Each member's job, state, progress and ETA.")
-                          .parse_args(argv[1:]).dirs)
+            rows = status(
+                build_runs_parser("status", "Each member's job, state, progress and ETA.").parse_args(argv[1:]).dirs
+            )
             table(rows)
             return 0
         if command == "cancel":
-            for line in cancel_runs(build_runs_parser("cancel", "Cancel every job of these members.")
-                                    .parse_args(argv[1:]).dirs):
+            for line in cancel_runs(
+                build_runs_parser("cancel", "Cancel every job of these members.").parse_args(argv[1:]).dirs
+            ):
                 print(line)
             return 0
         return submit_training(build_parser().parse_intermixed_args(argv))

@@ -1,4 +1,5 @@
 """Following jobs: waiting for them to end, each member's status, cancelling."""
+
 from __future__ import annotations
 
 import datetime
@@ -38,6 +39,7 @@ def wait_for(jobs, partition: str = "") -> int:
             pause = min(30.0, pause * 1.5)
     return 1 if failed else 0
 
+
 def _ended(job, partition: str) -> str | None:
     """None while the job goes on; "" when it succeeded; else what went wrong, in a line or two."""
     if isinstance(job, submitit.LocalJob):
@@ -48,9 +50,11 @@ def _ended(job, partition: str) -> str | None:
         if state is None or state.state not in ENDED:
             if state is not None and hopeless(state, partition):
                 cancel(job.job_id)
-                return (f"cancelled: it waited for {state.reason}, which will not change by itself: the request "
-                        "does not fit the partition (launch.nodes, cpus_per_task, gpus_per_node, mem, time) or "
-                        "the account or QOS (launch.account, launch.qos)")
+                return (
+                    f"cancelled: it waited for {state.reason}, which will not change by itself: the request "
+                    "does not fit the partition (launch.nodes, cpus_per_task, gpus_per_node, mem, time) or "
+                    "the account or QOS (launch.account, launch.qos)"
+                )
             return None
         if state.state != "COMPLETED" and state.state != "FAILED":
             return f"{state.state} (logs: {job.paths.stderr})"
@@ -59,6 +63,7 @@ def _ended(job, partition: str) -> str | None:
         return ""
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
         return f"failed\n{_job_error(job, e)}"
+
 
 def _job_error(job, error: Exception) -> str:
     """The job's own error: the last 'SomeError: message' line of its trace, and where its logs are."""
@@ -70,6 +75,7 @@ def _job_error(job, error: Exception) -> str:
     else:
         what = next((line for line in reversed(lines) if line), "no error text")
     return f"  {what}\n  (logs: {job.paths.stderr})"
+
 
 def member_dirs(dirs: list[Path]) -> list[Path]:
     """The run dirs among `dirs`, and the members (run dirs with jobs) of any sweep among them."""
@@ -85,8 +91,10 @@ def member_dirs(dirs: list[Path]) -> list[Path]:
             found += inside
     return found
 
+
 def _jobs(run_dir: Path) -> list[dict]:
     return read_json_lines(RunDir(run_dir).jobs)[0]
+
 
 def status(dirs: list[Path]) -> list[dict]:
     """A row per member: its newest job, SLURM's state (and pending reason), progress and ETA."""
@@ -96,12 +104,20 @@ def status(dirs: list[Path]) -> list[dict]:
         if not jobs:
             raise UserError(f"{RunDir(run_dir).jobs}: no whole record of a job in it")
         job = jobs[-1]
-        row = {"run": str(run_dir), "job": job["job_id"], "state": job["cluster"], "step": "-", "val_cpsnr": "-",
-               "samples_s": "-", "eta": "-"}
+        row = {
+            "run": str(run_dir),
+            "job": job["job_id"],
+            "state": job["cluster"],
+            "step": "-",
+            "val_cpsnr": "-",
+            "samples_s": "-",
+            "eta": "-",
+        }
         if job["cluster"] == "slurm":
             state = job_state(job["job_id"])
-            row["state"] = "unknown" if state is None else state.state + (
-                f" ({state.reason})" if state.state == "PENDING" else "")
+            row["state"] = (
+                "unknown" if state is None else state.state + (f" ({state.reason})" if state.state == "PENDING" else "")
+            )
         run = RunDir(run_dir)
         events = read_json_lines(run.metrics)[0] if run.metrics.is_file() else []
         train = [e for e in events if e.get("event") == "train"]
@@ -118,6 +134,7 @@ def status(dirs: list[Path]) -> list[dict]:
         rows.append(row)
     return rows
 
+
 def cancel_runs(dirs: list[Path]) -> list[str]:
     """Cancel every SLURM job of these members that has not ended; what was done, a line each."""
     said = []
@@ -131,6 +148,7 @@ def cancel_runs(dirs: list[Path]) -> list[str]:
                 cancel(job["job_id"])
                 said.append(f"{run_dir}: cancelled job {job['job_id']} ({state.state})")
     return said
+
 
 def table(rows: list[dict]) -> None:
     widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}

@@ -6,6 +6,7 @@ one group, NCCL on GPUs and gloo on CPUs. The job is Checkpointable: on SLURM's 
 before a preemption or the time limit, rank 0 requeues it, and the requeued job resumes
 from the newest complete checkpoint that the run writes every train.ckpt_every steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,6 +32,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         import torch
 
         from ..training.trainer import Trainer  # after the environment: Accelerate reads it when built
+
         # torch would take every core of the node in each process; the task was given cpus_per_task
         torch.set_num_threads(self.cfg.launch.cpus_per_task)
         return Trainer(self.cfg, stop_on_signals=False).train()
@@ -41,10 +43,17 @@ class TrainJob(submitit.helpers.Checkpointable):
         count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         limit = self.cfg.launch.max_requeues
         requeue = count < limit
-        append_record(RunDir(self.cfg.run_dir).metrics, {"event": "requeue" if requeue else "requeue_refused",
-                                               "restart_count": count, "max_requeues": limit,
-                                               "job_id": os.environ.get("SLURM_JOB_ID")})
+        append_record(
+            RunDir(self.cfg.run_dir).metrics,
+            {
+                "event": "requeue" if requeue else "requeue_refused",
+                "restart_count": count,
+                "max_requeues": limit,
+                "job_id": os.environ.get("SLURM_JOB_ID"),
+            },
+        )
         return submitit.helpers.DelayedSubmission(TrainJob(self.cfg)) if requeue else None
+
 
 class EvaluateTask(submitit.helpers.Checkpointable):
     """One phase of an evaluation as a job (a predict task of the array, or the scoring);
@@ -55,5 +64,6 @@ class EvaluateTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> None:
         import torch
+
         torch.set_num_threads(self.threads)
         evaluate(self.runs, self.settings, self.phase, self.member)

@@ -2,6 +2,7 @@
 state and why it waits. The launcher checks a request against the nodes before it sends it,
 and follows its jobs with these.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,12 +15,34 @@ from ..core.errors import UserError
 TIME_FORMATS = "M, M:S, H:M:S, D-H, D-H:M or D-H:M:S"
 # a job that waits for one of these waits forever: the request does not fit what the
 # cluster has or allows (ReqNodeNotAvail only while no node of the partition is up)
-HOPELESS = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "InvalidAccount", "InvalidQOS",
-            "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit", "QOSMaxCpuPerJobLimit",
-            "QOSMaxGRESPerJob", "QOSMaxMemoryPerJob", "QOSMinGRES", "QOSMinCpuNotSatisfied", "BadConstraints",
-            "ReqNodeNotAvail")
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-         "DEADLINE", "REVOKED"}
+HOPELESS = (
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMaxWallDurationPerJobLimit",
+    "QOSMaxNodePerJobLimit",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxGRESPerJob",
+    "QOSMaxMemoryPerJob",
+    "QOSMinGRES",
+    "QOSMinCpuNotSatisfied",
+    "BadConstraints",
+    "ReqNodeNotAvail",
+)
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+}
 UP = {"idle", "mixed", "allocated", "completing", "planned", "reserved"}
 
 
@@ -56,7 +79,7 @@ class Node:
     memory_mb: int
     gpus: int
     state: str
-    time_limit: str   # the partition's, as sinfo prints it
+    time_limit: str  # the partition's, as sinfo prints it
 
 
 def partition_nodes(partition: str) -> tuple[str, list[Node]]:
@@ -74,8 +97,14 @@ def partition_nodes(partition: str) -> tuple[str, list[Node]]:
     for row in rows:
         name, cpus, mem, gres, limit, state = row.split("|")
         gpus = sum(int(g.group(1)) for g in re.finditer(r"gpu(?::[^:(,]+)?:(\d+)", gres))
-        nodes[name] = Node(name, int(cpus.rstrip("+")), int(re.sub(r"\D", "", mem) or 0), gpus,
-                           state.rstrip("*~#!%$@^-").lower(), limit)
+        nodes[name] = Node(
+            name,
+            int(cpus.rstrip("+")),
+            int(re.sub(r"\D", "", mem) or 0),
+            gpus,
+            state.rstrip("*~#!%$@^-").lower(),
+            limit,
+        )
     return partition, list(nodes.values())
 
 
@@ -86,8 +115,9 @@ def memory_mb(text: str) -> int:
     return int(int(found.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[found.group(2)])
 
 
-def check_request(partition: str, nodes: int, tasks_per_node: int, cpus_per_task: int, gpus_per_node: int,
-                  mem: str, time: str) -> None:
+def check_request(
+    partition: str, nodes: int, tasks_per_node: int, cpus_per_task: int, gpus_per_node: int, mem: str, time: str
+) -> None:
     """Refuse, naming the setting, a request that no node of the partition can ever run."""
     name, found = partition_nodes(partition)
     limit = found[0].time_limit
@@ -96,26 +126,32 @@ def check_request(partition: str, nodes: int, tasks_per_node: int, cpus_per_task
     cpus = tasks_per_node * cpus_per_task
     fit = [n for n in found if n.cpus >= cpus]
     if not fit:
-        raise UserError(f"launch.cpus_per_task: {tasks_per_node} task(s) x {cpus_per_task} CPU(s) need {cpus} CPUs "
-                        f"on a node; partition {name}'s nodes have at most {max(n.cpus for n in found)}")
+        raise UserError(
+            f"launch.cpus_per_task: {tasks_per_node} task(s) x {cpus_per_task} CPU(s) need {cpus} CPUs "
+            f"on a node; partition {name}'s nodes have at most {max(n.cpus for n in found)}"
+        )
     if gpus_per_node:
         fit = [n for n in fit if n.gpus >= gpus_per_node]
         if not fit:
-            raise UserError(f"launch.gpus_per_node: {gpus_per_node} GPUs on a node; partition {name}'s nodes have "
-                            f"at most {max(n.gpus for n in found)}")
+            raise UserError(
+                f"launch.gpus_per_node: {gpus_per_node} GPUs on a node; partition {name}'s nodes have "
+                f"at most {max(n.gpus for n in found)}"
+            )
     if mem:
         fit = [n for n in fit if n.memory_mb >= memory_mb(mem)]
         if not fit:
-            raise UserError(f"launch.mem: {mem} per node; partition {name}'s nodes have at most "
-                            f"{max(n.memory_mb for n in found)} MB")
+            raise UserError(
+                f"launch.mem: {mem} per node; partition {name}'s nodes have at most "
+                f"{max(n.memory_mb for n in found)} MB"
+            )
     if len(fit) < nodes:
         raise UserError(f"launch.nodes: {nodes} nodes of this shape; partition {name} has {len(fit)}")
 
 
 @dataclass
 class JobState:
-    state: str      # SLURM's: PENDING, RUNNING, COMPLETED, CANCELLED, ...
-    reason: str     # why it waits ("None" when it does not)
+    state: str  # SLURM's: PENDING, RUNNING, COMPLETED, CANCELLED, ...
+    reason: str  # why it waits ("None" when it does not)
 
 
 def job_state(job_id: str) -> JobState | None:
@@ -127,8 +163,11 @@ def job_state(job_id: str) -> JobState | None:
     if row:
         state, reason = row[0].split("|", 1)
         return JobState(state, reason)
-    rows = [r for r in _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State,Reason"]).splitlines()
-            if r.split("|")[0] == job_id]
+    rows = [
+        r
+        for r in _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "JobID,State,Reason"]).splitlines()
+        if r.split("|")[0] == job_id
+    ]
     if not rows:
         return None
     _, state, reason = rows[-1].split("|")

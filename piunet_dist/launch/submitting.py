@@ -1,4 +1,5 @@
 """Submitting: the SLURM request of a launch, its checks, and the jobs sent (or local processes)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,31 +41,48 @@ def cluster_kind(choice: str) -> str:
         answer = str(e) or type(e).__name__
     if not answer:
         return "slurm"
-    print(f"launch: sbatch is here but no SLURM controller answers ({answer}); running local processes "
-          "(--cluster slurm insists on SLURM)", file=sys.stderr)
+    print(
+        f"launch: sbatch is here but no SLURM controller answers ({answer}); running local processes "
+        "(--cluster slurm insists on SLURM)",
+        file=sys.stderr,
+    )
     return "local"
+
 
 def slurm_request(launch: LaunchConfig) -> dict[str, object]:
     """The job's request, by the names sbatch gives its options: what the executor is given and
     what --dry-run prints."""
-    request = {"nodes": launch.nodes, "ntasks-per-node": launch.gpus_per_node or launch.tasks_per_node,
-               "cpus-per-task": launch.cpus_per_task, "time": minutes(launch.time)}
+    request = {
+        "nodes": launch.nodes,
+        "ntasks-per-node": launch.gpus_per_node or launch.tasks_per_node,
+        "cpus-per-task": launch.cpus_per_task,
+        "time": minutes(launch.time),
+    }
     if launch.gpus_per_node:
         request["gpus-per-node"] = launch.gpus_per_node
-    return request | {k: getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem")
-                      if getattr(launch, k)}
+    return request | {
+        k: getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem") if getattr(launch, k)
+    }
+
 
 # sbatch's option -> submitit's parameter; those not here are SLURM's alone (slurm_<option>)
-SUBMITIT = {"nodes": "nodes", "ntasks-per-node": "tasks_per_node", "cpus-per-task": "cpus_per_task",
-            "time": "timeout_min", "gpus-per-node": "gpus_per_node"}
+SUBMITIT = {
+    "nodes": "nodes",
+    "ntasks-per-node": "tasks_per_node",
+    "cpus-per-task": "cpus_per_task",
+    "time": "timeout_min",
+    "gpus-per-node": "gpus_per_node",
+}
+
 
 def make_executor(cfg: Config, folder: Path, name: str, kind: str):
     """A submitit executor for cfg.launch on `kind` (cluster_kind): SLURM, or local processes."""
     launch = cfg.launch
     if kind == "local" and launch.nodes > 1:
         raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind,
-                                     **{f"{kind}_max_num_timeout": launch.max_requeues})
+    executor = submitit.AutoExecutor(
+        folder=str(folder), cluster=kind, **{f"{kind}_max_num_timeout": launch.max_requeues}
+    )
     params = {"name": name}
     for option, value in slurm_request(launch).items():
         if option in SUBMITIT:
@@ -73,6 +91,7 @@ def make_executor(cfg: Config, folder: Path, name: str, kind: str):
             params[f"slurm_{option}"] = value
     executor.update_parameters(**params)
     return executor
+
 
 def sbatch_request(cfg: Config, name: str) -> str:
     """The job's SLURM request as #SBATCH lines (for --dry-run); submitit adds its own lines for
@@ -83,14 +102,21 @@ def sbatch_request(cfg: Config, name: str) -> str:
     lines += [f"#SBATCH --{option}={value}" for option, value in slurm_request(cfg.launch).items()]
     return "\n".join(lines + ["# then srun, one task per process, runs the training (submitit)"])
 
+
 def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
     """(run dir, overrides) of every run: one, or one per band x seed under run_dir."""
     bands, seeds = args.bands or [cfg.data.band], args.seeds or [cfg.train.seed]
     if not args.bands and not args.seeds:
         return [(cfg.run_dir, [])]
-    return [(str(Path(cfg.run_dir) / f"{band.lower()}-seed{seed}"),
-             [f"data.band={band}", f"train.seed={seed}", f"run_dir={Path(cfg.run_dir) / f'{band.lower()}-seed{seed}'}"])
-            for band in bands for seed in seeds]
+    return [
+        (
+            str(Path(cfg.run_dir) / f"{band.lower()}-seed{seed}"),
+            [f"data.band={band}", f"train.seed={seed}", f"run_dir={Path(cfg.run_dir) / f'{band.lower()}-seed{seed}'}"],
+        )
+        for band in bands
+        for seed in seeds
+    ]
+
 
 def submit_training(args) -> int:
     overrides = list(args.overrides) + flag_overrides(args, "launch")
@@ -117,22 +143,40 @@ def submit_training(args) -> int:
         return 0
     kind = cluster_kind(launch.cluster)
     if kind == "slurm":
-        check_request(launch.partition, launch.nodes, launch.gpus_per_node or launch.tasks_per_node,
-                      launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
+        check_request(
+            launch.partition,
+            launch.nodes,
+            launch.gpus_per_node or launch.tasks_per_node,
+            launch.cpus_per_task,
+            launch.gpus_per_node,
+            launch.mem,
+            launch.time,
+        )
     executor = make_executor(cfg, folder, name, kind)
     with executor.batch() if len(runs) > 1 else contextlib.nullcontext():
         jobs = [executor.submit(TrainJob(member)) for _, member in runs]
     for job, (run_dir, _) in zip(jobs, runs):
-        append_record(RunDir(run_dir).jobs, {"job_id": job.job_id, "cluster": kind, "partition": launch.partition,
-                                             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+        append_record(
+            RunDir(run_dir).jobs,
+            {
+                "job_id": job.job_id,
+                "cluster": kind,
+                "partition": launch.partition,
+                "stdout": str(job.paths.stdout),
+                "stderr": str(job.paths.stderr),
+            },
+        )
         print(f"job {job.job_id} ({kind}): run dir {run_dir}")
         print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
     return wait_for(jobs, launch.partition) if args.wait else 0
 
+
 def submit_evaluation(args) -> int:
     """An array of predict tasks, one per run (a band x member), then the scoring job after them."""
-    cfg = load_config(args.config, flag_overrides(args, "eval") + flag_overrides(args, "launch")
-                      + ["launch.nodes=1", "launch.tasks_per_node=1"])
+    cfg = load_config(
+        args.config,
+        flag_overrides(args, "eval") + flag_overrides(args, "launch") + ["launch.nodes=1", "launch.tasks_per_node=1"],
+    )
     cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
     runs, settings, launch = list(args.runs), cfg.eval, cfg.launch
     plan(runs, settings)  # every member and its scenes found before anything is sent
@@ -142,8 +186,9 @@ def submit_evaluation(args) -> int:
         check_request(launch.partition, 1, 1, launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
     executor = make_executor(cfg, folder, "piunet-predict", kind)
     with executor.batch():
-        tasks = [executor.submit(EvaluateTask(runs, settings, "predict", i, launch.cpus_per_task))
-                 for i in range(len(runs))]
+        tasks = [
+            executor.submit(EvaluateTask(runs, settings, "predict", i, launch.cpus_per_task)) for i in range(len(runs))
+        ]
     for task, run_dir in zip(tasks, runs):
         print(f"job {task.job_id} ({kind}): predict with {run_dir}")
     scorer = make_executor(cfg, folder, "piunet-score", kind)

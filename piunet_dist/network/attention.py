@@ -20,6 +20,7 @@ same arithmetic (`PIUNet(attention=...)`, the setting model.attention):
   core on GPUs (BENCHMARKS.md).
 "auto" takes triton for CUDA tensors when Triton is installed, sdpa otherwise.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -74,8 +75,9 @@ class TemporalAttention(nn.Module):
         return out.view(nt, x, y, f).permute(0, 3, 1, 2)
 
 
-def attend(q: torch.Tensor, x: torch.Tensor, scale: float, impl: str,
-           max_sequences: int = MAX_SEQUENCES) -> torch.Tensor:
+def attend(
+    q: torch.Tensor, x: torch.Tensor, scale: float, impl: str, max_sequences: int = MAX_SEQUENCES
+) -> torch.Tensor:
     """q (B,T,P,H,F) queries, x (B,T,P,F) keys and values -> (B,T,P,H,F): per pixel and head,
     out_i = sum_j softmax_j(scale q_i . x_j) x_j."""
     if impl == "triton":
@@ -89,8 +91,10 @@ def attend(q: torch.Tensor, x: torch.Tensor, scale: float, impl: str,
     elif impl == "sdpa":
         kv = xs.expand(-1, heads, -1, -1)
         step = max(1, max_sequences // heads)
-        parts = [F.scaled_dot_product_attention(qs[i:i + step], kv[i:i + step], kv[i:i + step], scale=scale)
-                 for i in range(0, b * p, step)]
+        parts = [
+            F.scaled_dot_product_attention(qs[i : i + step], kv[i : i + step], kv[i : i + step], scale=scale)
+            for i in range(0, b * p, step)
+        ]
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
         raise ValueError(f"unknown attention implementation {impl!r}")
@@ -105,8 +109,10 @@ def resolve(impl: str, device: torch.device) -> str:
     if impl == "auto":
         return "triton" if device.type == "cuda" and HAS_TRITON else "sdpa"
     if impl == "triton" and not (HAS_TRITON and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")):
-        raise UserError("model.attention=triton: needs the triton package and a CUDA GPU "
-                        "(or TRITON_INTERPRET=1 on a CPU, for tests); use auto, sdpa or matmul")
+        raise UserError(
+            "model.attention=triton: needs the triton package and a CUDA GPU "
+            "(or TRITON_INTERPRET=1 on a CPU, for tests); use auto, sdpa or matmul"
+        )
     if impl not in IMPLEMENTATIONS:
         raise UserError(f"model.attention: {impl!r} is not one of {', '.join(IMPLEMENTATIONS)}")
     return impl
@@ -114,10 +120,12 @@ def resolve(impl: str, device: torch.device) -> str:
 
 # The Triton kernels as an operator torch.compile keeps whole, with its own backward.
 
+
 @torch.library.custom_op("piunet::pixel_attention", mutates_args=())
 def pixel_attention(q: torch.Tensor, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """attend() with impl="triton", and the log-sum-exp (B,T,P,H) of every softmax, float32."""
     from . import pixel_attention_triton as kernels
+
     return kernels.forward(q.contiguous(), x.contiguous(), scale)
 
 
@@ -127,16 +135,17 @@ def _(q, x, scale):
 
 
 @torch.library.custom_op("piunet::pixel_attention_backward", mutates_args=())
-def pixel_attention_backward(q: torch.Tensor, x: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                             dout: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_attention_backward(
+    q: torch.Tensor, x: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     from . import pixel_attention_triton as kernels
+
     return kernels.backward(q.contiguous(), x.contiguous(), out, lse, dout, scale)
 
 
 @pixel_attention_backward.register_fake
 def _(q, x, out, lse, dout, scale):
-    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
-            torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
 def _save(ctx, inputs, output):

@@ -5,6 +5,7 @@ with the most clear pixels, each upscaled x3 by PIL's bicubic resize of the floa
 Keys cubic with a = -0.5), averaged.
 bicubic_mean: torch's bicubic x3 upsampling of the mean of the selected frames (docs/method.md section 6).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,10 @@ def challenge_baseline(lr: np.ndarray | torch.Tensor, qm: np.ndarray | torch.Ten
     lr, qm = np.asarray(lr, dtype=np.float32), np.asarray(qm)
     clear = qm.reshape(len(qm), -1).sum(axis=1, dtype=np.int64)
     height, width = lr.shape[-2:]
-    upscaled = [np.asarray(Image.fromarray(frame).resize((SCALE * width, SCALE * height), Image.BICUBIC))
-                for frame in lr[clear == clear.max()]]
+    upscaled = [
+        np.asarray(Image.fromarray(frame).resize((SCALE * width, SCALE * height), Image.BICUBIC))
+        for frame in lr[clear == clear.max()]
+    ]
     return torch.from_numpy(np.mean(upscaled, axis=0, dtype=np.float32))
 
 

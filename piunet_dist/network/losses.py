@@ -8,6 +8,7 @@ each sample is computed again with a graph. `compiled=True` runs the search thro
 torch.compile, which fuses its passes over the 49 windows into one loop: the fast path
 on CPUs, where the eager search is bound by memory traffic.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,6 +19,7 @@ import torch
 from .shifts import crop, select_shift, shift_windows
 
 log = logging.getLogger(__name__)
+
 
 def _shift_losses(y_w, p, m_w, log_scale, legacy_sigma_bias):
     """Registered loss of windows y_w, m_w (B, ..., h, w) against p (B, h, w) -> (B, ...).
@@ -36,8 +38,13 @@ def _shift_losses(y_w, p, m_w, log_scale, legacy_sigma_bias):
     return (m_w * err).sum(dim=(-2, -1)) / safe_n, n
 
 
-def best_shift(y: torch.Tensor, p: torch.Tensor, m: torch.Tensor,
-               log_scale: torch.Tensor | None = None, legacy_sigma_bias: bool = False) -> torch.Tensor:
+def best_shift(
+    y: torch.Tensor,
+    p: torch.Tensor,
+    m: torch.Tensor,
+    log_scale: torch.Tensor | None = None,
+    legacy_sigma_bias: bool = False,
+) -> torch.Tensor:
     """Index u*7+v of the shift with the smallest loss, (B,); y, m (B,1,H,W), p, log_scale cropped."""
     expand = (slice(None), None, None)  # (B, h, w) -> (B, 1, 1, h, w) against the 7x7 windows
     s = None if log_scale is None else log_scale[:, 0][expand]
@@ -63,8 +70,9 @@ class _CompiledSearch:
             return self.search(*args)
         except Exception as e:  # noqa: BLE001 - inductor fails in many ways; eager is the same function
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log.warning("train.compile_loss: the loss's shift search does not compile here (%s); it runs eagerly",
-                        first[:200])
+            log.warning(
+                "train.compile_loss: the loss's shift search does not compile here (%s); it runs eagerly", first[:200]
+            )
             self.search = best_shift
             return best_shift(*args)
 
@@ -86,14 +94,19 @@ def _registered(y, mu, mask, log_scale, legacy_sigma_bias, compiled) -> torch.Te
     return values.mean()
 
 
-def registered_l1(y: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor,
-                  compiled: bool = False) -> torch.Tensor:
+def registered_l1(y: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor, compiled: bool = False) -> torch.Tensor:
     """Registered L1: (B,1,H,W) target, prediction and clear mask in, scalar out."""
     return _registered(y, mu, mask, None, False, compiled)
 
 
-def registered_laplace(y: torch.Tensor, mu: torch.Tensor, s: torch.Tensor, mask: torch.Tensor,
-                       legacy_sigma_bias: bool = False, compiled: bool = False) -> torch.Tensor:
+def registered_laplace(
+    y: torch.Tensor,
+    mu: torch.Tensor,
+    s: torch.Tensor,
+    mask: torch.Tensor,
+    legacy_sigma_bias: bool = False,
+    compiled: bool = False,
+) -> torch.Tensor:
     """Registered Laplace negative log-likelihood (up to log 2), `s` the log-scale.
 
     `legacy_sigma_bias=True` also adds the brightness bias to `s`, as the published

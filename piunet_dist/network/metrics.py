@@ -4,8 +4,10 @@ torchmetrics Metrics that average them over scenes across processes.
 The shift search of cPSNR needs no pass per shift: with d = y - p on the clear pixels
 of a window, the bias is sum(M d)/n and n*cMSE = sum(M d^2) - (sum(M d))^2/n. Every sum
 is a fixed image correlated with a fixed kernel: n, sum(M y), sum(M y^2) are window
-sums, sum(M p), sum(M y p), sum(M p^2) are FFT correlations, all 49 shifts at once. Float64 and centring keep the cancellation in that difference harmless.
+sums, sum(M p), sum(M y p), sum(M p^2) are FFT correlations, all 49 shifts at once. Float64 and
+centring keep the cancellation in that difference harmless.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,6 +28,7 @@ SSIM_SIGMA = 1.5
 @dataclass
 class ShiftSearch:
     """Per sample (B,): the best of the 49 shifts (index u*7+v), its clear MSE and bias."""
+
     best: torch.Tensor
     cmse: torch.Tensor
     bias: torch.Tensor
@@ -40,13 +43,13 @@ def _window_sums(a: torch.Tensor) -> torch.Tensor:
     b, hgt, wid = a.shape
     zeros = a.new_zeros(b, hgt, 1)
     # per row, the sum over columns v .. v+w-1: the row total less what lies left and right
-    left = torch.cat([zeros, a[:, :, :e].cumsum(2)], dim=2)                     # sum of cols < v
-    right = torch.cat([a[:, :, wid - e:].flip(2).cumsum(2).flip(2), zeros], dim=2)  # cols >= v+w
-    rows = a.sum(dim=2, keepdim=True) - left - right                            # (B, H, 7)
+    left = torch.cat([zeros, a[:, :, :e].cumsum(2)], dim=2)  # sum of cols < v
+    right = torch.cat([a[:, :, wid - e :].flip(2).cumsum(2).flip(2), zeros], dim=2)  # cols >= v+w
+    rows = a.sum(dim=2, keepdim=True) - left - right  # (B, H, 7)
     zeros = rows.new_zeros(b, 1, n)
     top = torch.cat([zeros, rows[:, :e].cumsum(1)], dim=1)
-    bottom = torch.cat([rows[:, hgt - e:].flip(1).cumsum(1).flip(1), zeros], dim=1)
-    return (rows.sum(dim=1, keepdim=True) - top - bottom).flatten(1)            # (B, 7*7)
+    bottom = torch.cat([rows[:, hgt - e :].flip(1).cumsum(1).flip(1), zeros], dim=1)
+    return (rows.sum(dim=1, keepdim=True) - top - bottom).flatten(1)  # (B, 7*7)
 
 
 def _inverse_at_shifts(spectrum: torch.Tensor, size) -> torch.Tensor:
@@ -54,14 +57,14 @@ def _inverse_at_shifts(spectrum: torch.Tensor, size) -> torch.Tensor:
     full inverse transform. Columns 1..W/2-1 of a real signal's half spectrum stand for two."""
     hgt, wid = size
     k = torch.arange(hgt, device=spectrum.device, dtype=torch.float64)
-    l = torch.arange(spectrum.shape[-1], device=spectrum.device, dtype=torch.float64)
+    m = torch.arange(spectrum.shape[-1], device=spectrum.device, dtype=torch.float64)
     u = torch.arange(SIDE, device=spectrum.device, dtype=torch.float64)
-    rows = torch.exp(2j * torch.pi * u[:, None] * k[None, :] / hgt)               # (7, H)
-    weight = torch.full_like(l, 2.0)
+    rows = torch.exp(2j * torch.pi * u[:, None] * k[None, :] / hgt)  # (7, H)
+    weight = torch.full_like(m, 2.0)
     weight[0] = 1.0
     if wid % 2 == 0:
         weight[-1] = 1.0
-    cols = weight[:, None] * torch.exp(2j * torch.pi * l[:, None] * u[None, :] / wid)  # (W/2+1, 7)
+    cols = weight[:, None] * torch.exp(2j * torch.pi * m[:, None] * u[None, :] / wid)  # (W/2+1, 7)
     return (rows @ spectrum @ cols).real.flatten(1) / (hgt * wid)
 
 
@@ -102,8 +105,7 @@ def psnr_db(cmse: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(PEAK**2 / cmse)
 
 
-def challenge_score(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor,
-                    norm: torch.Tensor) -> torch.Tensor:
+def challenge_score(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     """Official score N(scene) / cPSNR, (B,): SR clipped to the valid range; lower is better."""
     return norm.to(torch.float64) / cpsnr(sr.clamp(0, PEAK), hr, mask)
 
@@ -141,8 +143,9 @@ def cssim(sr: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return best.double()
 
 
-def uncertainty_stats(sr: torch.Tensor, scale: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor,
-                      search: ShiftSearch | None = None) -> dict[str, torch.Tensor]:
+def uncertainty_stats(
+    sr: torch.Tensor, scale: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor, search: ShiftSearch | None = None
+) -> dict[str, torch.Tensor]:
     """Quality of the predicted Laplace scale (DN) at the best shift, each (B,).
 
     nll: mean Laplace negative log-likelihood in DN; coverage50/coverage90: share of
@@ -220,8 +223,7 @@ class UncertaintyCalibration(Metric):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.add_state("totals", default=torch.zeros(len(self.names), dtype=torch.float64),
-                       dist_reduce_fx="sum")
+        self.add_state("totals", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, sr: torch.Tensor, scale: torch.Tensor, hr: torch.Tensor, mask: torch.Tensor) -> None:

@@ -8,6 +8,7 @@ once, and batch norm over (B*T, X, Y) equals the published norm over (B, T, X, Y
 features are kept channels-last in memory, so the temporal attention reads its tokens
 without copies and the convolutions take their fastest path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -135,8 +136,15 @@ class PIUNet(nn.Module):
     T frames. `attention` picks the temporal attention's implementation (attention.py).
     """
 
-    def __init__(self, n_feat: int = 42, r_bneck: int = 8, n_tefa: int = 16, n_heads: int = 1,
-                 checkpoint_blocks: bool = False, attention: str = "auto"):
+    def __init__(
+        self,
+        n_feat: int = 42,
+        r_bneck: int = 8,
+        n_tefa: int = 16,
+        n_heads: int = 1,
+        checkpoint_blocks: bool = False,
+        attention: str = "auto",
+    ):
         super().__init__()
         # training only: keep each TEFA block's input and recompute its inside in backward
         self.checkpoint_blocks = checkpoint_blocks
@@ -156,10 +164,10 @@ class PIUNet(nn.Module):
         self.norm_sigma = nn.BatchNorm2d(n_feat)
         self.set_attention(attention)
 
-
     @classmethod
     def from_config(cls, cfg: ModelConfig, checkpoint_blocks: bool = False) -> PIUNet:
         return cls(cfg.n_feat, cfg.r_bneck, cfg.n_tefa, cfg.n_heads, checkpoint_blocks, cfg.attention)
+
     def set_attention(self, impl: str) -> None:
         """Which implementation of the temporal attention's core runs (attention.py): same
         parameters, same function to rounding."""
@@ -203,8 +211,7 @@ class PIUNet(nn.Module):
     def _head(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # bilinear upsampling is linear, so upsampling the mean frame equals the mean of
         # the upsampled frames
-        base = F.interpolate(x.mean(dim=1, keepdim=True), scale_factor=SCALE,
-                             mode="bilinear", align_corners=False)
+        base = F.interpolate(x.mean(dim=1, keepdim=True), scale_factor=SCALE, mode="bilinear", align_corners=False)
         mu = F.pixel_shuffle(self.conv_d2s_mu(h), SCALE) + base
 
         u = F.interpolate(h, scale_factor=SCALE, mode="bilinear", align_corners=False)

@@ -13,6 +13,7 @@ Imported only where the Triton attention runs. Under TRITON_INTERPRET=1 the kern
 on the CPU (slowly), which is how the tests check them without a GPU; the interpreter's
 products of bfloat16 blocks are wrong, so there they are checked in float32.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,13 +31,31 @@ def _offsets(b, p, P, h, H: tl.constexpr, F, T: tl.constexpr, TP: tl.constexpr, 
     rows = (b * T + i[None, :]) * P + p[:, None]
     token = (p < P)[:, None] & (i < T)[None, :]
     inside = token[:, :, None] & (f < F)[None, None, :]
-    return ((rows * H + h)[:, :, None] * F + f[None, None, :], rows[:, :, None] * F + f[None, None, :],
-            rows * H + h, inside, token)
+    return (
+        (rows * H + h)[:, :, None] * F + f[None, None, :],
+        rows[:, :, None] * F + f[None, None, :],
+        rows * H + h,
+        inside,
+        token,
+    )
 
 
 @triton.jit
-def _forward(q_ptr, x_ptr, out_ptr, lse_ptr, P, F, scale, T: tl.constexpr, H: tl.constexpr,
-             TP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_F: tl.constexpr, PRECISION: tl.constexpr):
+def _forward(
+    q_ptr,
+    x_ptr,
+    out_ptr,
+    lse_ptr,
+    P,
+    F,
+    scale,
+    T: tl.constexpr,
+    H: tl.constexpr,
+    TP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     pid = tl.program_id(0)
     blocks = tl.cdiv(P, BLOCK)
     h = pid % H
@@ -56,9 +75,24 @@ def _forward(q_ptr, x_ptr, out_ptr, lse_ptr, P, F, scale, T: tl.constexpr, H: tl
 
 
 @triton.jit
-def _backward(q_ptr, x_ptr, out_ptr, dout_ptr, lse_ptr, dq_ptr, dx_ptr, P, F, scale, T: tl.constexpr,
-              H: tl.constexpr, TP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_F: tl.constexpr,
-              PRECISION: tl.constexpr):
+def _backward(
+    q_ptr,
+    x_ptr,
+    out_ptr,
+    dout_ptr,
+    lse_ptr,
+    dq_ptr,
+    dx_ptr,
+    P,
+    F,
+    scale,
+    T: tl.constexpr,
+    H: tl.constexpr,
+    TP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     pid = tl.program_id(0)
     blocks = tl.cdiv(P, BLOCK)
     b = (pid // blocks).to(tl.int64)
@@ -91,10 +125,15 @@ def _settings(q: torch.Tensor, pixels: int) -> dict:
     features likewise; `pixels` x tokens rows per program, so longer sequences take fewer pixels."""
     frames, features = q.shape[1], q.shape[-1]
     tp = max(16, triton.next_power_of_2(frames))
-    return {"T": frames, "H": q.shape[3], "TP": tp, "BLOCK": max(1, pixels * 16 // tp),
-            "BLOCK_F": max(16, triton.next_power_of_2(features)),
-            # float32 stays float32 (not TF32): the same function to rounding as the other cores
-            "PRECISION": "ieee"}
+    return {
+        "T": frames,
+        "H": q.shape[3],
+        "TP": tp,
+        "BLOCK": max(1, pixels * 16 // tp),
+        "BLOCK_F": max(16, triton.next_power_of_2(features)),
+        # float32 stays float32 (not TF32): the same function to rounding as the other cores
+        "PRECISION": "ieee",
+    }
 
 
 def forward(q: torch.Tensor, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

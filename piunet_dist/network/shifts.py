@@ -2,6 +2,7 @@
 cropped by BORDER pixels on every side, is placed at each of SIDE x SIDE shifts in the
 target; shift index u*SIDE+v puts its top-left corner at (u, v).
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,4 +34,4 @@ def aligned(target: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Te
     prediction of `size` (H, W) on."""
     u, v = divmod(int(index), SIDE)
     h, w = size[0] - 2 * BORDER, size[1] - 2 * BORDER
-    return target[..., u:u + h, v:v + w]
+    return target[..., u : u + h, v : v + w]

@@ -5,6 +5,7 @@ file holding {"model": state_dict}, a `.safetensors` file, or a checkpoint direc
 this project (`model.safetensors` inside, as Accelerate writes it). Anything else is a
 UserError naming the file and what does not fit.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,6 +35,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -42,8 +44,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: not a readable checkpoint ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    if not isinstance(state, dict) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
     ):
         raise UserError(f"{path}: not a checkpoint (expected a state_dict of named tensors)")
     return {_strip_wrappers(k): v for k, v in state.items()}
@@ -55,7 +59,7 @@ def _strip_wrappers(key: str) -> str:
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
@@ -67,11 +71,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
         f"{k} {tuple(state[k].shape)} (model has {tuple(v.shape)})"
-        for k, v in expected.items() if k in state and state[k].shape != v.shape
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
     ]
     problems = []
-    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                       ("wrong shapes", wrong_shape)):
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)):
         if keys:
             more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
             problems.append(f"{len(keys)} {what}: {', '.join(keys[:3])}{more}")

@@ -2,6 +2,7 @@
 scene's cPSNR against the baseline, the ensemble's calibration and coverage, and panels of
 a few scenes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,8 +63,9 @@ def curves_figure(runs: list[Path], out: Path) -> Path | None:
             axes[0].plot([e["step"] for e in train], [e["loss"] for e in train], label=run_dir.name)
             axes[1].plot([e["step"] for e in val], [e["val_cpsnr"] for e in val], marker="o", label=run_dir.name)
             axes[2].plot([e["step"] for e in val], [e["val_nll"] for e in val], marker="o", label=run_dir.name)
-        for ax, title in zip(axes, ("training loss (L1 warm-up, then Laplace)", "validation cPSNR (dB)",
-                                    "validation Laplace NLL (DN)")):
+        for ax, title in zip(
+            axes, ("training loss (L1 warm-up, then Laplace)", "validation cPSNR (dB)", "validation Laplace NLL (DN)")
+        ):
             ax.set_title(f"{band}: {title}")
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
@@ -130,11 +132,24 @@ def calibration_figure(entry: dict, band: str, out: Path) -> Path | None:
     right.plot(nominal, observed, marker="o", label="ensemble")
     right.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated: observed = nominal")
     marked = [nominal.index(level) for level in (0.5, 0.9)]
-    right.plot([nominal[i] for i in marked], [observed[i] for i in marked], "o", color="crimson", ms=8,
-               label="the 50% and 90% intervals")
-    right.text(0.97, 0.04, "\n".join(f"{nominal[i]:.0%} interval: {observed[i]:.1%} inside" for i in marked),
-               transform=right.transAxes, ha="right", va="bottom", fontsize=9,
-               bbox={"facecolor": "white", "edgecolor": "#ccd3df"})
+    right.plot(
+        [nominal[i] for i in marked],
+        [observed[i] for i in marked],
+        "o",
+        color="crimson",
+        ms=8,
+        label="the 50% and 90% intervals",
+    )
+    right.text(
+        0.97,
+        0.04,
+        "\n".join(f"{nominal[i]:.0%} interval: {observed[i]:.1%} inside" for i in marked),
+        transform=right.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        bbox={"facecolor": "white", "edgecolor": "#ccd3df"},
+    )
     right.set_xlim(0, 1)
     right.set_ylim(0, 1)
     right.set_xlabel("nominal coverage of the predicted central interval")
@@ -161,8 +176,14 @@ def panels_figure(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: 
             found[scene["name"]] = scene
         if len(found) == len(names):
             break
-    titles = ("LR frame (x3)", "bicubic mean", "SR (ensemble)", "HR", "|error| (DN), masked in blue",
-              "predicted scale (DN), masked in blue")
+    titles = (
+        "LR frame (x3)",
+        "bicubic mean",
+        "SR (ensemble)",
+        "HR",
+        "|error| (DN), masked in blue",
+        "predicted scale (DN), masked in blue",
+    )
     fig, axes = plt.subplots(len(found), 6, figsize=(18, 3.1 * len(found)), squeeze=False)
     for row, name in zip(axes, sorted(found)):
         scene = found[name]
@@ -175,8 +196,12 @@ def panels_figure(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: 
         err[~aligned(sm, shift, sr.shape).numpy()] = np.nan
         scale = np.where(sm.numpy(), scale, np.nan)
         lo, hi = np.percentile(hr.numpy()[sm.numpy()], [1, 99]) if sm.any() else (hr.min(), hr.max())
-        images = (np.kron(scene["lr"][0].numpy(), np.ones((3, 3))), bicubic_mean(scene["lr"][None])[0, 0].numpy(),
-                  sr.numpy(), hr.numpy())
+        images = (
+            np.kron(scene["lr"][0].numpy(), np.ones((3, 3))),
+            bicubic_mean(scene["lr"][None])[0, 0].numpy(),
+            sr.numpy(),
+            hr.numpy(),
+        )
         for ax, image in zip(row[:4], images):
             ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
         for ax, values, floor in ((row[4], err, 0), (row[5], scale, 1)):  # the scale never nears 0: from its 1%

@@ -4,6 +4,7 @@ The micro-batches arrive in DN; the network and its loss work in normalised unit
 (docs/method.md section 2). The registered L1 loss warms the network up, then the registered
 Laplace loss trains the image and its uncertainty (section 3).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,8 +23,9 @@ def prepare_step(model: torch.nn.Module, cfg: TrainConfig, acc: Accelerator) -> 
     """The step that trains `model`: Adam and its step-wise schedule, as the recipe says, the
     model and optimizer prepared by Accelerate (DDP, mixed precision). The schedule is
     stepped by the step itself, once per optimizer step, so it is not handed to prepare()."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=acc.device.type == "cuda")
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=acc.device.type == "cuda"
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_milestones, cfg.lr_gamma)
     model, optimizer = acc.prepare(model, optimizer)
     return TrainStep(model, optimizer, scheduler, acc, cfg)
@@ -34,14 +36,16 @@ class TrainStep:
     """forward and backward over train.grad_accum micro-batches, then one decision all processes
     agree on: a non-finite loss (on any of them) skips the update, leaving Adam's moments and
     the schedule untouched; otherwise clip, step the optimizer and the schedule."""
+
     model: torch.nn.Module  # as Accelerate prepared it (DDP, autocast)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     acc: Accelerator
     cfg: TrainConfig
 
-    def __call__(self, next_batch: Callable[[], tuple], laplace: bool,
-                 stop_requested: bool = False) -> tuple[torch.Tensor | None, bool]:
+    def __call__(
+        self, next_batch: Callable[[], tuple], laplace: bool, stop_requested: bool = False
+    ) -> tuple[torch.Tensor | None, bool]:
         """The step's mean loss (None where it was not finite and nothing was updated), and
         whether any process was asked to stop."""
         cfg, acc = self.cfg, self.acc
@@ -73,4 +77,3 @@ class TrainStep:
         # the uncertainty branch idles in the L1 warm-up; a zero-weighted term keeps it in the
         # graph so DDP gets a (zero) gradient for every parameter on every rank
         return registered_l1(hr, mu.float(), sm, cfg.compile_loss) + 0.0 * s.float().mean()
-

@@ -8,6 +8,7 @@ reads what a run that never stopped would have read. A run resumed on another nu
 processes cannot draw the same batches (every rank has its own stream); its stream
 restarts a segment at the checkpoint's step instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ class StreamPosition:
     """Where a run's training stream is. `segment`: the step its stream (re)started at;
     `drawn`: the micro-batches each process has drawn from that segment since; `world_size`:
     the processes that drew them."""
+
     segment: int = 0
     drawn: int = 0
     world_size: int = 1
@@ -48,6 +50,7 @@ class StreamPosition:
 class TrainStream:
     """This process's micro-batches (lr, hr, sm in DN), counting what it draws and the corrupt
     samples its loader workers skipped."""
+
     shards: list[str]
     data: DataConfig
     seed: int
@@ -61,10 +64,13 @@ class TrainStream:
 
     def start(self) -> None:
         """Open the stream of the current segment and draw again the batches it already gave."""
-        loader = DataLoader(TrainPatches(self.shards, self.data, seed=self.seed, rank=self.rank,
-                                         segment=self.position.segment),
-                            batch_size=self.micro_batch, num_workers=self.data.workers, pin_memory=self.pin_memory,
-                            worker_init_fn=ignore_interrupts_in_worker)
+        loader = DataLoader(
+            TrainPatches(self.shards, self.data, seed=self.seed, rank=self.rank, segment=self.position.segment),
+            batch_size=self.micro_batch,
+            num_workers=self.data.workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=ignore_interrupts_in_worker,
+        )
         self._batches = iter(loader)
         already, self.position.drawn = self.position.drawn, 0
         for _ in range(already):

@@ -12,6 +12,7 @@ at the checkpoint's step. train.init_weights starts a new run from other weights
 Ctrl-C or SIGTERM: the step under way finishes, every process writes the checkpoint, and
 the run stops with one line; the same command resumes it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ from ..core.version import VERSION
 from ..data.pipeline import EvalScenes
 from ..data.probav import LR_SIZE
 from ..data.shards import shard_paths
-from ..evaluation.inference import super_resolve, scenes_per_batch
+from ..evaluation.inference import scenes_per_batch, super_resolve
 from ..network.attention import resolve
 from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
 from ..network.model import PIUNet
@@ -51,9 +52,10 @@ from .stream import StreamPosition, TrainStream
 @dataclass
 class TrainerState:
     """What a checkpoint's trainer_state.json holds besides the stream's position."""
+
     step: int = 0
     best_val_cpsnr: float = -math.inf
-    skipped_steps: int = 0    # steps whose loss was not finite: nothing was updated
+    skipped_steps: int = 0  # steps whose loss was not finite: nothing was updated
     skipped_samples: int = 0  # corrupt training samples skipped, over all processes
     seed: int = 0
 
@@ -71,13 +73,19 @@ class Trainer:
         self.stop = StopRequest() if stop_on_signals else None
         on_gpu = torch.cuda.is_available()
         _check_process_group_env()
-        self.acc = Accelerator(cpu=not on_gpu, mixed_precision=cfg.train.precision,
-                               log_with="tensorboard", project_dir=str(self.run_dir),
-                               kwargs_handlers=_process_group_kwargs(on_gpu))
+        self.acc = Accelerator(
+            cpu=not on_gpu,
+            mixed_precision=cfg.train.precision,
+            log_with="tensorboard",
+            project_dir=str(self.run_dir),
+            kwargs_handlers=_process_group_kwargs(on_gpu),
+        )
         expected = int(os.environ.get("WORLD_SIZE", "1"))
         if self.acc.num_processes != expected:
-            raise UserError(f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
-                            "start with accelerate launch, torchrun or srun so that all join one group")
+            raise UserError(
+                f"WORLD_SIZE={expected} but Accelerate sees {self.acc.num_processes} process(es): "
+                "start with accelerate launch, torchrun or srun so that all join one group"
+            )
         micro_batch = check_world(cfg, self.acc.num_processes)
         resolve(cfg.model.attention, self.acc.device)  # refused here, not at the first step
         train_shards, self.val_shards = self._shards()
@@ -93,8 +101,15 @@ class Trainer:
         self.model, self.scheduler = self.step.model, self.step.scheduler
         self.acc.register_for_checkpointing(self.scheduler)
         self.state = TrainerState(seed=cfg.train.seed)
-        self.stream = TrainStream(train_shards, cfg.data, cfg.train.seed, self.acc.process_index, micro_batch,
-                                  pin_memory=on_gpu, position=StreamPosition(world_size=self.acc.num_processes))
+        self.stream = TrainStream(
+            train_shards,
+            cfg.data,
+            cfg.train.seed,
+            self.acc.process_index,
+            micro_batch,
+            pin_memory=on_gpu,
+            position=StreamPosition(world_size=self.acc.num_processes),
+        )
 
     def _shards(self) -> tuple[list[str], list[str]]:
         """The shards the run reads, checked before the first step: every one present, and the
@@ -126,8 +141,14 @@ class Trainer:
         try:
             self._start()
             self.stream.start()
-            with tqdm(total=self.cfg.train.max_steps, initial=self.state.step, disable=not self.acc.is_main_process,
-                      desc="train", unit="step", dynamic_ncols=True) as bar:
+            with tqdm(
+                total=self.cfg.train.max_steps,
+                initial=self.state.step,
+                disable=not self.acc.is_main_process,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            ) as bar:
                 self._loop(bar)
         finally:
             if self.stop:
@@ -139,14 +160,19 @@ class Trainer:
         cfg, state = self.cfg.train, self.state
         bad_in_a_row, seen, clock, saved = 0, 0, time.perf_counter(), None
         while state.step < cfg.max_steps:
-            loss, stop = self.step(self.stream.next, laplace=state.step >= cfg.l1_warmup_steps,
-                                   stop_requested=bool(self.stop and self.stop.signal))
+            loss, stop = self.step(
+                self.stream.next,
+                laplace=state.step >= cfg.l1_warmup_steps,
+                stop_requested=bool(self.stop and self.stop.signal),
+            )
             if loss is None:
                 bad_in_a_row += 1
                 state.skipped_steps += 1
                 if bad_in_a_row >= cfg.max_bad_steps:
-                    raise UserError(f"{bad_in_a_row} non-finite losses in a row at step {state.step}: "
-                                    "lower train.lr, use train.precision=bf16 instead of fp16, or check the data")
+                    raise UserError(
+                        f"{bad_in_a_row} non-finite losses in a row at step {state.step}: "
+                        "lower train.lr, use train.precision=bf16 instead of fp16, or check the data"
+                    )
             else:
                 bad_in_a_row = 0
                 state.step += 1
@@ -169,8 +195,16 @@ class Trainer:
 
     def _log_step(self, loss: float, rate: float, bar) -> None:
         lr = self.scheduler.get_last_lr()[0]
-        self._log("train", step=self.state.step, loss=loss, lr=lr, samples_per_s=rate,
-                  skipped_steps=self.state.skipped_steps, skipped_samples=self._skipped_samples(), **self._memory())
+        self._log(
+            "train",
+            step=self.state.step,
+            loss=loss,
+            lr=lr,
+            samples_per_s=rate,
+            skipped_steps=self.state.skipped_steps,
+            skipped_samples=self._skipped_samples(),
+            **self._memory(),
+        )
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", samples_s=f"{rate:.1f}")
 
     def _stopped(self, saved: Path | None) -> None:
@@ -178,8 +212,10 @@ class Trainer:
         step = self.state.step
         if saved is None or saved.name != f"step_{step:07d}":
             saved = self.save()
-        raise Interrupted(f"stopped by {self.stop.signal or 'a signal to another process'} at step {step}; "
-                          f"checkpoint {saved} written: run the same command to resume")
+        raise Interrupted(
+            f"stopped by {self.stop.signal or 'a signal to another process'} at step {step}; "
+            f"checkpoint {saved} written: run the same command to resume"
+        )
 
     def _skipped_samples(self) -> int:
         """Corrupt training samples skipped since the run began, over all processes."""
@@ -193,11 +229,23 @@ class Trainer:
         cfg = self.cfg
         # the bare module: ranks hold different scene counts, and DDP's forward may talk to the others
         model = self.acc.unwrap_model(self.model).eval()
-        scenes = EvalScenes(self.val_shards, cfg.data.n_frames, register=cfg.data.register,
-                            rank=self.acc.process_index, world_size=self.acc.num_processes,
-                            seed=cfg.train.seed, min_clearance=cfg.data.min_clearance)
-        batch_size = scenes_per_batch(cfg.train.val_batch_size, "train.val_batch_size", self.acc.device,
-                                      cfg.data.n_frames, LR_SIZE, cfg.model.n_feat)
+        scenes = EvalScenes(
+            self.val_shards,
+            cfg.data.n_frames,
+            register=cfg.data.register,
+            rank=self.acc.process_index,
+            world_size=self.acc.num_processes,
+            seed=cfg.train.seed,
+            min_clearance=cfg.data.min_clearance,
+        )
+        batch_size = scenes_per_batch(
+            cfg.train.val_batch_size,
+            "train.val_batch_size",
+            self.acc.device,
+            cfg.data.n_frames,
+            LR_SIZE,
+            cfg.model.n_feat,
+        )
         loader = DataLoader(scenes, batch_size=batch_size, num_workers=min(2, cfg.data.workers))
         metrics = [m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration())]
         # eagerly: compiled blocks would compile again for whole scenes in eval mode
@@ -221,9 +269,19 @@ class Trainer:
         self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll, val_scenes=scenes)
         if cpsnr > self.state.best_val_cpsnr:
             self.state.best_val_cpsnr = cpsnr
-            checkpoint.save_best(self.acc, self.model, self.run_dir,
-                                 {"step": step, "val_cpsnr": cpsnr, "val_cssim": cssim, "val_nll": nll,
-                                  "version": VERSION, "time": utc_now()})
+            checkpoint.save_best(
+                self.acc,
+                self.model,
+                self.run_dir,
+                {
+                    "step": step,
+                    "val_cpsnr": cpsnr,
+                    "val_cssim": cssim,
+                    "val_nll": nll,
+                    "version": VERSION,
+                    "time": utc_now(),
+                },
+            )
 
     # --- state and logs -------------------------------------------------------------
 
@@ -239,10 +297,15 @@ class Trainer:
         if self.resume_from is not None:
             self._resume(self.resume_from)
         self.acc.init_trackers("tensorboard")
-        self._log("start", step=self.state.step, world_size=self.acc.num_processes,
-                  precision=cfg.train.precision, config_hash=config_hash(cfg),
-                  resumed_from=None if self.resume_from is None else self.resume_from.name,
-                  init_weights=(cfg.train.init_weights or None) if self.resume_from is None else None)
+        self._log(
+            "start",
+            step=self.state.step,
+            world_size=self.acc.num_processes,
+            precision=cfg.train.precision,
+            config_hash=config_hash(cfg),
+            resumed_from=None if self.resume_from is None else self.resume_from.name,
+            init_weights=(cfg.train.init_weights or None) if self.resume_from is None else None,
+        )
 
     def _resume(self, newest: Path) -> None:
         """Everything as the checkpoint left it, on every process; said on screen."""
@@ -258,15 +321,24 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         self.stream.skipped_before = self.state.skipped_samples  # the count over all processes, kept by one
-        again = (f"; drawing the {position.drawn} batches it had read since step {position.segment} again"
-                 if position.drawn else "")
-        print(f"{self.run_dir}: resuming from {newest} (step {self.state.step} of {self.cfg.train.max_steps}{again})",
-              file=sys.stderr, flush=True)
+        again = (
+            f"; drawing the {position.drawn} batches it had read since step {position.segment} again"
+            if position.drawn
+            else ""
+        )
+        print(
+            f"{self.run_dir}: resuming from {newest} (step {self.state.step} of {self.cfg.train.max_steps}{again})",
+            file=sys.stderr,
+            flush=True,
+        )
         written_by = saved.get("world_size", world)
         if written_by != world:
-            print(f"{self.run_dir}: the process count changed from {written_by} to {world}: the global batch stays "
-                  f"{self.cfg.train.batch_size}, and the data stream restarts its segment at step {self.state.step}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.run_dir}: the process count changed from {written_by} to {world}: the global batch stays "
+                f"{self.cfg.train.batch_size}, and the data stream restarts its segment at step {self.state.step}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def save(self) -> Path:
         self.state.skipped_samples = self._skipped_samples()
@@ -305,8 +377,10 @@ def _check_run_dir(cfg: Config) -> Path | None:
     used = newest is not None or checkpoint.best_dir(run_dir) is not None
     if not cfg.train.resume:
         if used:
-            raise UserError(f"{run_dir}: holds a run already (checkpoints or best/); train.resume=false starts a "
-                            "new run only in an unused run_dir: choose another run_dir, or move this one aside")
+            raise UserError(
+                f"{run_dir}: holds a run already (checkpoints or best/); train.resume=false starts a "
+                "new run only in an unused run_dir: choose another run_dir, or move this one aside"
+            )
         return None
     if used and RunDir(run_dir).config.is_file():
         try:
@@ -315,8 +389,10 @@ def _check_run_dir(cfg: Config) -> Path | None:
             raise UserError(f"cannot resume: {e}") from None
         changed = run_differences(previous, cfg)
         if changed:
-            raise UserError(f"{run_dir}: resuming with settings that define another run ({'; '.join(changed)}); "
-                            "give the run's own, or choose another run_dir")
+            raise UserError(
+                f"{run_dir}: resuming with settings that define another run ({'; '.join(changed)}); "
+                "give the run's own, or choose another run_dir"
+            )
     return newest
 
 
@@ -338,8 +414,10 @@ def _check_process_group_env() -> None:
         return
     missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
-        raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start with "
-                        "accelerate launch, torchrun or srun (python -m piunet_dist.launch does it for SLURM)")
+        raise UserError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start with "
+            "accelerate launch, torchrun or srun (python -m piunet_dist.launch does it for SLURM)"
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
 """Faults the tests inject into real files and disks."""
+
 from pathlib import Path
 
 

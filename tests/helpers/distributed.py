@@ -1,4 +1,5 @@
 """Run a function on N real processes joined in a gloo group (CPU)."""
+
 import datetime
 import os
 import socket
@@ -14,10 +15,10 @@ def free_port() -> int:
 
 
 def _entry(rank, world_size, port, fn, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=60))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank)
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
         fn(rank, world_size, *args)
     finally:
@@ -26,5 +27,6 @@ def _entry(rank, world_size, port, fn, args):
 
 def run_group(fn, world_size=2, *args):
     """fn(rank, world_size, *args) on every rank; a failure on any rank fails the call."""
-    mp.start_processes(_entry, args=(world_size, free_port(), fn, args), nprocs=world_size,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _entry, args=(world_size, free_port(), fn, args), nprocs=world_size, start_method="spawn", join=True
+    )

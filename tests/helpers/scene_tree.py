@@ -1,12 +1,22 @@
 """Write small PROBA-V trees for the tests, file by file, with the masks and flaws asked for."""
+
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 
-def write_scene(root: Path, split: str, band: str, name: str, n_frames: int = 9, seed: int = 0,
-                mask_bits: int = 8, clearance=None, with_target: bool | None = None) -> Path:
+def write_scene(
+    root: Path,
+    split: str,
+    band: str,
+    name: str,
+    n_frames: int = 9,
+    seed: int = 0,
+    mask_bits: int = 8,
+    clearance=None,
+    with_target: bool | None = None,
+) -> Path:
     """One scene; clearance: per-frame clear share (default all clear)."""
     rng = np.random.default_rng(seed)
     d = Path(root) / split / band / name
@@ -15,7 +25,7 @@ def write_scene(root: Path, split: str, band: str, name: str, n_frames: int = 9,
     for i, c in enumerate(clearance):
         Image.fromarray(rng.integers(4000, 12000, (128, 128), dtype=np.uint16)).save(d / f"LR{i:03d}.png")
         mask = np.zeros((128, 128), bool)
-        mask.flat[:round(c * mask.size)] = True
+        mask.flat[: round(c * mask.size)] = True
         _save_mask(mask, d / f"QM{i:03d}.png", mask_bits)
     if split == "train" if with_target is None else with_target:
         Image.fromarray(rng.integers(4000, 12000, (384, 384), dtype=np.uint16)).save(d / "HR.png")

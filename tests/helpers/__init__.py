@@ -1,0 +1,1 @@
+"""What the tests share: real process groups, injected faults, small scene trees, models."""
