@@ -1,17 +1,21 @@
-"""Synthetic scenes written in exactly the PROBA-V challenge layout.
+"""Synthetic scenes written in exactly the PROBA-V challenge layout, with the real sensor's
+physics (docs/method.md section 7; the ranges are data/sensor.Physics).
 
-An HR scene is a landscape with structure at many scales: a fractal base, fields with
-their own brightness and furrow texture, a meandering river, straight roads and fine
-texture, in the 14-bit range. Each LR frame views it through its own sub-pixel and
-few-pixel shift and an optical blur, averaged over 3x3 pixels, with its own gain and
-offset, sensor noise and clouds that its quality map marks. norm.csv holds the cPSNR of
+A scene is a ground image (data/landscape.py) and its target HR, seen on many dates: each
+LR frame views the ground as it was that date (a seasonal brightness field, some land
+changed) through the scene's anisotropic PSF, shifted by the scene's grid offset and its
+own scatter (now and then a whole LR pixel more), averaged over 3x3 pixels, with its own
+gain and offset, noise correlated along x, outlier pixels no mask marks, and small clouds
+that its quality map marks; every value a multiple of 16 DN. norm.csv holds the cPSNR of
 the challenge baseline on every scene, test scenes included (their HR is not written).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,125 +29,108 @@ from ..core.files import replacing
 from ..core.stop import process_pool, raising_on_signals
 from ..network.baselines import challenge_baseline
 from ..network.metrics import cpsnr
+from .landscape import fractal_noise, landscape
 from .probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
+from .sensor import PRESETS, FrameGeometry, Physics, blurred, correlated_noise, quantise, view
 
 PAD = 24  # HR margin that shifted views draw from
-MAX_SHIFT = 4.5  # HR pixels, each axis (1.5 LR pixels)
-FRAMES = (9, 30)  # frames per scene, inclusive
-BAND_LEVELS = {"NIR": (9000.0, 1800.0), "RED": (6000.0, 1200.0)}  # mean, spread in DN
+MAX_CLOUD_COVER = 0.4
+MARKED = 0.15  # the opacity from which a quality map marks a cloud: thinner haze goes unmarked
 
 
-def fractal_noise(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
-    """Zero-mean unit-variance noise with power spectrum 1/f^beta."""
-    f = np.sqrt(np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2)
-    f[0, 0] = 1.0
-    spectrum = np.fft.rfft2(rng.standard_normal((size, size))) / f ** (beta / 2)
-    spectrum[0, 0] = 0.0
-    out = np.fft.irfft2(spectrum, s=(size, size))
-    return out / out.std()
-
-
-def _fields(rng, size):
-    """Voronoi fields, each with a brightness and a furrow texture of its own."""
-    n = rng.integers(25, 70)
-    seeds = rng.uniform(0, size, (n, 2))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    d = (yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2
-    label = d.argmin(axis=-1)
-    level = rng.normal(0, 1, n)[label]
-    angle = rng.uniform(0, np.pi, n)[label]
-    period = rng.uniform(4, 12, n)[label]
-    strength = rng.uniform(0, 0.35, n)[label]
-    furrows = strength * np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
-    return level + furrows
-
-
-def _distance_to_path(points: np.ndarray, size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    best = np.full((size, size), np.inf, np.float32)
-    for (y0, x0), (y1, x1) in zip(points[:-1], points[1:]):
-        dy, dx = y1 - y0, x1 - x0
-        t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / max(dy * dy + dx * dx, 1e-6), 0, 1)
-        best = np.minimum(best, np.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx)))
-    return best
-
-
-def _river(rng, size):
-    angle = rng.uniform(0, 2 * np.pi)
-    pos = np.array([size / 2, size / 2]) - 0.75 * size * np.array([np.sin(angle), np.cos(angle)])
-    points = [pos.copy()]
-    turn = 0.0
-    for _ in range(40):
-        turn = 0.8 * turn + rng.normal(0, 0.12)
-        angle += turn
-        pos = pos + (size / 25) * np.array([np.sin(angle), np.cos(angle)])
-        points.append(pos.copy())
-    width = rng.uniform(2, 7)
-    return np.clip(1.5 - _distance_to_path(np.array(points), size) / width, 0, 1)
-
-
-def _roads(rng, size):
-    out = np.zeros((size, size), np.float32)
-    for _ in range(rng.integers(0, 4)):
-        a, b = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
-        direction = (b - a) / np.linalg.norm(b - a)
-        ends = np.array([a - 2 * size * direction, a + 2 * size * direction])
-        out = np.maximum(out, np.clip(1.5 - _distance_to_path(ends, size) / rng.uniform(1, 2), 0, 1))
-    return out
-
-
-def landscape(rng: np.random.Generator, band: str, size: int) -> np.ndarray:
-    """An HR scene in DN, float64, (size, size)."""
-    mean, spread = BAND_LEVELS[band]
-    relief = 0.7 * fractal_noise(rng, size, 2.2) + 0.6 * _fields(rng, size)
-    relief += 0.15 * fractal_noise(rng, size, 1.0)
-    water, road = _river(rng, size), _roads(rng, size)
-    relief = (1 - water) * relief + water * (-2.5 + 0.1 * relief)
-    relief = (1 - road) * relief + road * 2.0
-    return np.clip(mean + spread * relief, 200, MAX_DN)
-
-
-def clouds(rng: np.random.Generator, size: int, cover: float) -> np.ndarray:
-    """Boolean cloud mask covering about `cover` of the image, in blobs."""
+def clouds(rng: np.random.Generator, size: int, cover: float, scale: float) -> np.ndarray:
+    """How opaque the clouds are at each pixel, 0..1: blobs about `scale` px across over about
+    `cover` of the image (where the opacity passes MARKED), thinning out at their edges."""
     if cover <= 0:
-        return np.zeros((size, size), bool)
-    field = fractal_noise(rng, size, 3.0)
-    return field > np.quantile(field, 1 - cover)
+        return np.zeros((size, size))
+    field = fractal_noise(rng, size, 2.5, lowest=1 / (4 * scale))
+    edge = np.quantile(field, 1 - cover)
+    return np.clip((field - edge) / 0.6 + MARKED, 0, 1)
 
 
-def view(hr_padded: np.ndarray, dy: float, dx: float, blur: float) -> np.ndarray:
-    """The LR view of a padded HR scene: shift by (dy, dx), Gaussian blur, 3x3 mean, crop."""
-    size = hr_padded.shape[0]
-    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
-    transfer = np.exp(-2 * (np.pi * blur) ** 2 * (fy**2 + fx**2) - 2j * np.pi * (fy * dy + fx * dx))
-    shifted = np.fft.irfft2(np.fft.rfft2(hr_padded) * transfer, s=(size, size))
-    inner = shifted[PAD : PAD + HR_SIZE, PAD : PAD + HR_SIZE]
-    return inner.reshape(LR_SIZE, 3, LR_SIZE, 3).mean(axis=(1, 3))
+def frame_cover(rng: np.random.Generator, physics: Physics) -> float:
+    if rng.random() < physics.clear_frames:
+        return 0.0
+    # most cloudy frames hold a little cloud, a few a lot: a median of 3.5% (with the clear
+    # frames, 0.965 of a frame is clear at the median), at most MAX_CLOUD_COVER
+    return float(MAX_CLOUD_COVER * rng.random() ** physics.cloud_skew)
 
 
-def make_scene(seed: int, band: str, index: int) -> dict:
-    """One scene's arrays; deterministic for (seed, band, index)."""
+def make_scene(seed: int, band: str, index: int, physics: Physics | None = None) -> dict:
+    """One scene's arrays and the physics drawn for it (`truth`: per frame shift, PSF,
+    gain, offset; per scene noise); deterministic for (seed, band, index, physics)."""
+    physics = physics or Physics()
     rng = np.random.default_rng([seed, BANDS.index(band), index])
-    hr_padded = landscape(rng, band, HR_SIZE + 2 * PAD)
-    hr = hr_padded[PAD : PAD + HR_SIZE, PAD : PAD + HR_SIZE]
-    n_frames = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
-    blur = rng.uniform(0.9, 1.4)
-    lr, qm = [], []
-    for _ in range(n_frames):
-        dy, dx = rng.uniform(-MAX_SHIFT, MAX_SHIFT, 2)
-        frame = view(hr_padded, dy, dx, blur) * rng.uniform(0.96, 1.04) + rng.uniform(-60, 60)
-        frame += rng.normal(0, 1, frame.shape) * np.sqrt(15.0**2 + 0.5 * frame)
-        cover = 0.0 if rng.random() < 0.45 else rng.beta(1.0, 4.0)
-        cloud = clouds(rng, LR_SIZE, cover)
-        frame = np.where(cloud, 13000 + 1500 * fractal_noise(rng, LR_SIZE, 3.0), frame)
-        lr.append(np.clip(np.rint(frame), 0, MAX_DN).astype(np.uint16))
-        qm.append(~cloud)
-    hr_cover = 0.0 if rng.random() < 0.6 else rng.beta(1.0, 8.0)
+    ground = blurred(landscape(rng, band, HR_SIZE + 2 * PAD), physics.draw(rng, "hr_blur"))
+    hr = ground[PAD : PAD + HR_SIZE, PAD : PAD + HR_SIZE]
+    low, high = physics.frames
+    n_frames = int(rng.integers(low, high + 1))
+    offset = rng.uniform(-physics.shift_offset, physics.shift_offset, 2)
+    scatter = physics.draw(rng, "shift_scatter")
+    jumped = np.zeros(n_frames, bool)
+    jump = np.zeros(2)
+    if rng.random() < physics.jump_chance:
+        jumped = rng.random(n_frames) < physics.draw(rng, "jump_share")
+        jump[rng.integers(2)] = 3.0 * rng.choice([-1, 1])
+    widths = physics.draw(rng, "blur_x"), physics.draw(rng, "blur_y")
+    angle = math.radians(rng.uniform(-physics.blur_angle, physics.blur_angle))
+    gain_spread, change = physics.draw(rng, "gain_spread"), physics.draw(rng, "brightness_change")
+    seasonal, changed = physics.draw(rng, "seasonal"), physics.draw(rng, "local_change")
+    outliers = physics.draw(rng, "outliers")
+    noise, correlation = physics.draw(rng, "noise"), physics.draw(rng, "noise_correlation")
+    mean = float(hr.mean())
+    lr, qm, truth = [], [], []
+    for i in range(n_frames):
+        if physics.uniform_shifts:
+            shift = offset + rng.uniform(-1, 1, 2) * scatter * math.sqrt(3)
+        else:
+            shift = offset + rng.normal(0, scatter, 2)
+        shift = shift + jump * jumped[i]
+        geometry = FrameGeometry(
+            float(shift[0]),
+            float(shift[1]),
+            max(0.2, widths[0] + rng.normal(0, physics.blur_jitter)),
+            max(0.2, widths[1] + rng.normal(0, physics.blur_jitter)),
+            angle,
+        )
+        dated = ground
+        if seasonal > 0:
+            dated = dated * (1 + seasonal * fractal_noise(rng, ground.shape[0], 3.5))
+        if changed > 0:
+            patches = fractal_noise(rng, ground.shape[0], 3.0)
+            dated = dated * (
+                1 + physics.local_strength * rng.choice([-1, 1]) * (patches > np.quantile(patches, 1 - changed))
+            )
+        gain = 1 + rng.normal(0, gain_spread)
+        shift_dn = (1 - gain) * mean + rng.normal(0, change) * mean
+        frame = gain * view(dated, geometry, PAD) + shift_dn
+        sigma = np.sqrt(noise**2 + physics.noise_rise * np.maximum(frame, 0))
+        frame = frame + sigma * correlated_noise(rng, frame.shape, correlation)
+        odd = rng.random(frame.shape) < outliers
+        frame = np.where(odd, frame + rng.choice([-1, 1], frame.shape) * rng.uniform(150, 600, frame.shape), frame)
+        opacity = clouds(rng, LR_SIZE, frame_cover(rng, physics), physics.cloud_scale)
+        top = frame + rng.uniform(1500, 5000) * (1 + 0.3 * fractal_noise(rng, LR_SIZE, 3.0))
+        frame = (1 - opacity) * frame + opacity * top
+        lr.append(quantise(frame, physics.quantum, MAX_DN))
+        qm.append(opacity < MARKED)
+        truth.append(
+            {
+                "dy": geometry.dy,
+                "dx": geometry.dx,
+                "sigma_x": geometry.sigma_x,
+                "sigma_y": geometry.sigma_y,
+                "angle": angle,
+                "gain": gain,
+                "offset": shift_dn,
+            }
+        )
+    hr_cover = physics.draw(rng, "hr_cover")
     return {
         "lr": np.stack(lr),
         "qm": np.stack(qm),
-        "hr": np.rint(hr).astype(np.uint16),
-        "sm": ~clouds(rng, HR_SIZE, hr_cover),
+        "hr": quantise(hr, physics.quantum, MAX_DN),
+        "sm": clouds(rng, HR_SIZE, hr_cover, 3 * physics.cloud_scale) < MARKED,
+        "truth": {"frames": truth, "noise": noise, "noise_correlation": correlation},
     }
 
 
@@ -160,9 +147,9 @@ def _png(array: np.ndarray, path: Path) -> None:
 
 def write_scene(job: tuple) -> tuple[str, float]:
     """Write one scene directory; returns (name, baseline cPSNR) for norm.csv."""
-    seed, band, index, directory, with_target = job
+    seed, band, index, directory, with_target, physics = job
     torch.set_num_threads(1)
-    scene = make_scene(seed, band, index)
+    scene = make_scene(seed, band, index, physics)
     directory.mkdir(parents=True)
     for i, (frame, mask) in enumerate(zip(scene["lr"], scene["qm"])):
         _png(frame, directory / f"LR{i:03d}.png")
@@ -173,7 +160,7 @@ def write_scene(job: tuple) -> tuple[str, float]:
     return directory.name, baseline_cpsnr(scene)
 
 
-def scene_jobs(out: Path, n_train: int, n_test: int, bands, seed: int) -> list[tuple]:
+def scene_jobs(out: Path, n_train: int, n_test: int, bands, seed: int, physics: Physics) -> list[tuple]:
     """Scene numbers as in the challenge: train RED then NIR, then test RED then NIR."""
     jobs, number = [], 0
     ordered = [b for b in ("RED", "NIR") if b in bands]
@@ -182,14 +169,23 @@ def scene_jobs(out: Path, n_train: int, n_test: int, bands, seed: int) -> list[t
             for i in range(count):
                 index = i if split == "train" else n_train + i
                 name = f"imgset{number:04d}"
-                jobs.append((seed, band, index, out / split / band / name, split == "train"))
+                jobs.append((seed, band, index, out / split / band / name, split == "train", physics))
                 number += 1
     return jobs
 
 
-def synthesise(out: Path, n_train: int, n_test: int, bands, seed: int, workers: int) -> bool:
+def synthesise(
+    out: Path, n_train: int, n_test: int, bands, seed: int, workers: int, physics: Physics | None = None
+) -> bool:
     """Write the tree under `out`; False when the same tree is already there."""
-    params = {"scenes": n_train, "test_scenes": n_test, "bands": sorted(bands), "seed": seed}
+    physics = physics or Physics()
+    params = {
+        "scenes": n_train,
+        "test_scenes": n_test,
+        "bands": sorted(bands),
+        "seed": seed,
+        "physics": json.loads(json.dumps(dataclasses.asdict(physics))),
+    }
     stamp = out / "synth.json"
     if out.exists():
         if stamp.is_file() and json.loads(stamp.read_text()) == params:
@@ -199,7 +195,7 @@ def synthesise(out: Path, n_train: int, n_test: int, bands, seed: int, workers: 
     if n_train + n_test > 9999:
         raise UserError("--scenes and --test-scenes: at most 9999 scenes in all (imgsetNNNN)")
     with replacing(out) as partial:  # the tree appears whole or not at all
-        jobs = scene_jobs(partial, n_train, n_test, bands, seed)
+        jobs = scene_jobs(partial, n_train, n_test, bands, seed, physics)
         with process_pool(workers) as pool, raising_on_signals("synth"):
             results = list(tqdm(pool.map(write_scene, jobs), total=len(jobs), desc="synth", unit="scene"))
         (partial / "norm.csv").write_text("".join(f"{name} {value:.6f}\n" for name, value in results))
@@ -208,7 +204,9 @@ def synthesise(out: Path, n_train: int, n_test: int, bands, seed: int, workers: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="directory to create (the PROBA-V layout goes inside)")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = physics_help()
+    parser.add_argument("out", type=Path, nargs="?", help="directory to create (the PROBA-V layout goes inside)")
     parser.add_argument("--scenes", type=int, default=40, help="train scenes per band (default 40)")
     parser.add_argument("--test-scenes", type=int, default=10, help="test scenes per band (default 10)")
     parser.add_argument("--bands", nargs="+", choices=BANDS, default=list(BANDS), help="bands (default both)")
@@ -216,13 +214,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes writing scenes (default: up to 4)"
     )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="proba-v",
+        help="the physics: proba-v (the real sensor's, the default) or simple (the easier world of earlier versions)",
+    )
+    parser.add_argument(
+        "--physics",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="physics settings over the preset's, e.g. noise=12,16 blur_angle=0 (listed below)",
+    )
+    parser.add_argument(
+        "--describe",
+        type=Path,
+        metavar="TREE",
+        help="fit the sensor model to the train scenes of a PROBA-V tree (real or synthetic) and "
+        "print what it finds; writes nothing",
+    )
+    parser.add_argument("--describe-scenes", type=int, default=20, help="with --describe: scenes per band fitted")
+
+
+def physics_help() -> str:
+    lines = ["physics (--physics NAME=VALUE; a range as LOW,HIGH; defaults of the proba-v preset):"]
+    for f in dataclasses.fields(Physics):
+        default = f.default if not isinstance(f.default, tuple) else ",".join(map(str, f.default))
+        lines.append(f"  {f.name:<18}  {f.metadata['help']} [{default}]")
+    return "\n".join(lines)
+
+
+def physics_from(preset: str, settings: list[str]) -> Physics:
+    """The preset's physics with NAME=VALUE settings over it; each mistake one line."""
+    physics = Physics.preset(preset)
+    known = {f.name: f for f in dataclasses.fields(Physics)}
+    for text in settings:
+        name, _, raw = text.partition("=")
+        if name not in known or not raw:
+            raise UserError(f"--physics {text}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+        default = known[name].default
+        try:
+            if isinstance(default, tuple):
+                low, high = (float(v) for v in raw.split(","))
+                if high < low:
+                    raise ValueError
+                parsed = (low, high)
+            elif isinstance(default, bool):
+                parsed = {"true": True, "false": False}[raw.lower()]
+            else:
+                parsed = type(default)(raw)
+        except (ValueError, KeyError):
+            kind = "LOW,HIGH with LOW <= HIGH" if isinstance(default, tuple) else type(default).__name__
+            raise UserError(f"--physics {text}: {name} takes {kind}") from None
+        physics = dataclasses.replace(physics, **{name: parsed})
+    if physics.frames[0] < 1 or physics.quantum < 1:
+        raise UserError("--physics: frames must be at least 1 and quantum at least 1")
+    return physics
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.describe:
+        from .scene_fit import describe
+
+        print(describe(args.describe, args.describe_scenes, args.workers))
+        return 0
+    if args.out is None:
+        raise UserError("give OUT to write scenes, or --describe TREE to fit a tree")
     if args.scenes < 0 or args.test_scenes < 0 or args.scenes + args.test_scenes == 0:
         raise UserError("--scenes and --test-scenes: counts must be >= 0 and not both 0")
     if args.workers < 1:
         raise UserError("--workers: must be at least 1")
-    written = synthesise(args.out, args.scenes, args.test_scenes, args.bands, args.seed, args.workers)
+    physics = physics_from(args.preset, args.physics)
+    written = synthesise(args.out, args.scenes, args.test_scenes, args.bands, args.seed, args.workers, physics)
     print(f"{args.out}: {'written' if written else 'already there, same parameters'}")
     return 0
