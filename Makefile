@@ -43,8 +43,9 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -q -m "not (processes or faults or slurm or demo)"
 
-# The flow on synthetic scenes: two members per band, each trained by two processes
-# through the launcher (SLURM when a cluster answers, local processes otherwise), their
+# The flow on synthetic scenes: two members per band, each trained by one process (the
+# four at once) through the launcher (SLURM when a cluster answers, local processes
+# otherwise), followed in a live view; their
 # ensembles evaluated (each member with the views its training showed it), the report. Run again, it reuses
 # the scenes, the shards, the trained members and, while no member changed, their
 # evaluation. DEMO_SETTINGS adds settings to every member (section.key=value ...).
@@ -60,7 +61,7 @@ demo: install
 	$(PY) -m piunet_dist pack --verify $(DEMO_SHARDS) >/dev/null 2>&1 \
 	  || $(PY) -m piunet_dist pack $(DEMO)/scenes --out $(DEMO_SHARDS) --scenes-per-shard 8
 	$(PY) -m piunet_dist.launch --config configs/demo.yaml --bands NIR RED --seeds 0 1 \
-	  --tasks-per-node 2 --cpus-per-task 1 --wait run_dir=$(DEMO) data.shards=$(DEMO_SHARDS) $(DEMO_SETTINGS)
+	  --tasks-per-node 1 --cpus-per-task 1 --wait run_dir=$(DEMO) data.shards=$(DEMO_SHARDS) $(DEMO_SETTINGS)
 	@$(MAKE) --no-print-directory -o install $(DEMO)/report/summary.json
 	$(PY) -m piunet_dist report $(DEMO)/report $(DEMO_MEMBERS) --out $(DEMO)/report
 

@@ -58,7 +58,7 @@ def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
     out = make_demo(tmp_path)
     for member in MEMBERS:
         start = json.loads((demo / member / "metrics.jsonl").read_text().splitlines()[0])
-        assert start["event"] == "start" and start["world_size"] == 2
+        assert start["event"] == "start" and start["world_size"] == 1
     summary = json.loads((demo / "report" / "summary.json").read_text())
     assert summary["self_ensemble"] == "auto" and set(summary["bands"]) == {"NIR", "RED"}
     rotated = load_config(ROOT / "configs" / "demo.yaml").data.augment  # each member predicts as it was trained

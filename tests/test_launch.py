@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from piunet_dist.__main__ import main
+from piunet_dist.core.config import load_config
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
@@ -352,6 +354,70 @@ def test_band_seed_array_trains_every_member(shards, tmp_path):
 
 @needs_slurm
 @pytest.mark.slurm
+def test_a_sweep_of_two_settings_is_one_array_followed_live_and_tabled_per_grid_point(shards, tmp_path):
+    run_dir = tmp_path / "grid"
+    args = [
+        "--config",
+        "configs/demo.yaml",
+        "--sweep",
+        "train.lr=1e-3,3e-3",
+        "model.n_tefa=1,2",
+        "--seeds",
+        "0",
+        "--cpus-per-task",
+        "1",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=4",
+        "train.ckpt_every=2",
+        "train.val_every=2",
+        "train.log_every=2",
+    ]
+    result = launch(*args, "--wait")
+    names = [
+        "nir-lr1e-3-n_tefa1-seed0",
+        "nir-lr1e-3-n_tefa2-seed0",
+        "nir-lr3e-3-n_tefa1-seed0",
+        "nir-lr3e-3-n_tefa2-seed0",
+    ]
+    assert sorted(p.name for p in run_dir.iterdir() if (p / "config.yaml").is_file()) == names
+    ids = {job_id(line) for line in result.stdout.splitlines() if line.startswith("job ") and "run dir" in line}
+    assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array
+    for name in names:
+        cfg = load_config(run_dir / name / "config.yaml")
+        assert (cfg.train.lr, cfg.model.n_tefa, cfg.sweep) == (float(name[6:10]), int(name[17]), {})
+    # the live view, in a log: a line per change, the last of each run the figures status gives
+    shown = launch("status", str(run_dir)).stdout.splitlines()
+    assert shown[0].split()[:8] == ["run", "job", "state", "step", "loss", "val_cpsnr", "samples_s", "eta"]
+    assert shown[0].split()[8:] == ["model.n_tefa", "train.lr"]  # the grid
+    for line in shown[1:]:
+        run, job, state, step, loss, val = line.split()[:6]
+        said = [s for s in result.stdout.splitlines() if s.startswith(f"{run}: job {job}")]
+        assert said and said[-1].startswith(f"{run}: job {job} ")  # one view line (or more) per run
+        last = said[-1]
+        assert f"step {step}" in last and f"loss {loss}" in last and f"val cPSNR {val} dB" in last, last
+        assert state == "COMPLETED" and step == "4/4"
+    # sent again, nothing is trained again
+    again = launch(*args)
+    assert all(f"{run_dir / n}: trained to train.max_steps=4 already; not submitted" in again.stdout for n in names)
+    assert "job " not in again.stdout
+    # the evaluation and the report give the grid points of the band, the best on validation
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--runs", *(str(run_dir / n) for n in names), "--out", str(out)]) == 0
+    grid = json.loads((out / "summary.json").read_text())["bands"]["NIR"]["grid"]
+    assert [p["settings"] for p in grid["points"]] == [
+        {"model.n_tefa": n, "train.lr": lr} for lr in (0.001, 0.003) for n in (1, 2)
+    ]
+    best = max(grid["points"], key=lambda p: p["cpsnr_mean"])
+    assert grid["best"] == best["settings"] and grid["best_by"] == "cpsnr_mean"
+    assert main(["report", str(out), "--out", str(out / "report")]) == 0
+    page = (out / "report" / "report.md").read_text()
+    assert "### Sweep" in page and "| model.n_tefa | train.lr | members | cPSNR mean (dB) |" in page
+
+
+@needs_slurm
+@pytest.mark.slurm
 def test_failing_job_makes_wait_exit_non_zero_with_its_error(tmp_path):
     result = launch(
         "--config",
@@ -449,6 +515,10 @@ def test_train_sbatch_runs_a_tiny_job_to_completion(shards, tmp_path):
     assert wait_for_job(job) == "COMPLETED", out.read_text()[-3000:]
     assert events(run_dir)[0]["world_size"] == 2 and sacct_nodes(job) == "n[1-2]"
     assert (run_dir / "checkpoints/step_0000004").is_dir()
+    # a run started by hand is one of status's rows, with the job SLURM gave it
+    shown = launch("status", str(tmp_path)).stdout.splitlines()
+    row = next(line.split() for line in shown[1:] if line.startswith(str(run_dir)))
+    assert row[:4] == [str(run_dir), job, "COMPLETED", "4/4"]
 
 
 @pytest.fixture(scope="module")
@@ -680,7 +750,7 @@ def test_a_request_no_node_can_run_is_refused_before_it_is_sent(shards, tmp_path
 @pytest.mark.slurm
 def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, capsys):
     from piunet_dist.core.config import load_config
-    from piunet_dist.launch.following import wait_for
+    from piunet_dist.launch.following import Watched, wait_for
     from piunet_dist.launch.slurm import job_state
     from piunet_dist.launch.submitting import make_executor
 
@@ -691,7 +761,7 @@ def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, ca
         cfg = load_config(None, ["launch.cpus_per_task=1", "launch.time=5"])
         job = make_executor(cfg, tmp_path, "hopeless", "slurm").submit(print, "never")
         started = time.time()
-        assert wait_for([job], "debug") == 1
+        assert wait_for([Watched(job, "hopeless")], "debug") == 1
         assert time.time() - started < 90
     finally:
         subprocess.run(["scontrol", "update", "PartitionName=debug", "MaxTime=UNLIMITED"], check=True)
@@ -736,7 +806,7 @@ def test_status_then_cancel_and_wait_reports_the_cancelled_job_promptly(shards, 
         time.sleep(1)
     job = json.loads((run_dir / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
     shown = launch("status", str(run_dir)).stdout.splitlines()
-    assert shown[0].split() == ["run", "job", "state", "step", "val_cpsnr", "samples_s", "eta"]
+    assert shown[0].split() == ["run", "job", "state", "step", "loss", "val_cpsnr", "samples_s", "eta"]
     row = shown[1].split()
     assert row[:3] == [str(run_dir), job, "RUNNING"] and row[3].endswith("/100000")
     assert launch("cancel", str(tmp_path)).stdout.strip() == f"{run_dir}: cancelled job {job} (RUNNING)"

@@ -64,7 +64,9 @@ def test_scenes_look_like_land_seen_through_many_shifted_blurred_frames():
     lr = scene["lr"].astype(float)
     down = hr.reshape(128, 3, 128, 3).mean(axis=(1, 3))
     clearest = int(scene["qm"].mean(axis=(1, 2)).argmax())
-    assert np.corrcoef(down.ravel(), lr[clearest].ravel())[0, 1] > 0.9  # each frame views the HR scene
+    other = make_scene(0, "RED", 1)["hr"].astype(float).reshape(128, 3, 128, 3).mean(axis=(1, 3))
+    own = np.corrcoef(down.ravel(), lr[clearest].ravel())[0, 1]
+    assert own > 0.7 and np.corrcoef(other.ravel(), lr[clearest].ravel())[0, 1] < own - 0.5  # it views its HR
     assert np.abs(lr[0] - lr[1]).mean() > 20  # and each its own way
 
 
@@ -102,9 +104,10 @@ def largest_blob(cloud: np.ndarray) -> int:
 
 
 def test_clouds_come_in_the_real_proportions_as_many_small_blobs():
-    scenes = [make_scene(2, "NIR", i) for i in range(4)]
+    scenes = [make_scene(2, "NIR", i) for i in range(8)]
     clear = np.concatenate([s["qm"].mean(axis=(1, 2)) for s in scenes])
-    assert len(clear) >= 36 and 0.93 < np.median(clear) < 0.99 and clear.min() >= 0.6
+    # the real median is 0.965; over ~130 frames the median lies within 0.94..0.99 nineteen times in twenty
+    assert len(clear) >= 72 and 0.94 < np.median(clear) < 0.99 and clear.min() >= 0.6
     frames = [~qm for s in scenes for qm in s["qm"] if 0.9 < qm.mean() < 0.99]
     assert frames and max(largest_blob(c) for c in frames) < 0.04 * 128 * 128  # no big patch
     assert all(s["sm"].mean() >= 0.93 for s in scenes)
@@ -115,7 +118,7 @@ def test_fitting_the_generators_scenes_gives_back_the_physics_it_drew():
     model = FrameModel(scene["hr"])
     target_clear = scene["sm"].reshape(128, 3, 128, 3).all(axis=(1, 3))
     truth = scene["truth"]
-    fitted = 0
+    fitted, along = 0, []
     for frame, qm, drawn in zip(scene["lr"], scene["qm"], truth["frames"]):
         if qm.mean() < 0.9 or fitted == 6:
             continue
@@ -129,9 +132,11 @@ def test_fitting_the_generators_scenes_gives_back_the_physics_it_drew():
         # the noise as drawn at this brightness, with the 16-DN steps' own
         expected = math.sqrt(truth["noise"] ** 2 + Physics().noise_rise * frame.mean() + QUANTUM**2 / 12)
         assert abs(fit.noise - expected) < 0.35 * expected
-        assert fit.correlation_x > fit.correlation_y
+        along.append((fit.correlation_x, fit.correlation_y))
         fitted += 1
     assert fitted == 6
+    x, y = np.median(along, axis=0)  # correlated along the rows, not across them, as drawn
+    assert abs(x - truth["noise_correlation"]) < 0.15 and y < x - 0.1
 
 
 def test_describe_fits_a_tree_and_prints_what_it_shows(synth, capsys):

@@ -328,7 +328,7 @@ def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path
     synthesise(tmp_path / "scenes", 24, 0, ["NIR"], seed=11, workers=2)
     pack(tmp_path / "scenes", tmp_path / "shards", ["NIR"], 0.3, None, 0, 2, 8, False)
     run_dir = tmp_path / "demo"
-    # the demo's settings with 300 of its 800 steps, to keep the test pass short: on these scenes
+    # the demo's settings with 300 of its 600 steps, to keep the test pass short: on these scenes
     # it is 1.7 dB above bilinear at step 300 (0.8 at 200, 2.1 at 400)
     run(
         [
@@ -372,6 +372,46 @@ def test_the_readme_launch_lines_run_train_py_on_two_processes(shards, tmp_path,
     )
     assert events(run_dir)[0]["world_size"] == 2
     assert (run_dir / "checkpoints/step_0000002").is_dir() and (run_dir / "best/model.safetensors").is_file()
+
+
+def test_a_run_resumes_on_another_number_of_processes_without_repeating_a_step(shards, tmp_path):
+    run_dir = tmp_path / "moved"
+    common = [
+        "--config",
+        "configs/demo.yaml",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.val_every=100",
+        "train.ckpt_every=2",
+    ]
+    run([*LAUNCHERS["torchrun"], "train.py", *common, "train.max_steps=4"])  # two processes
+    one = run([sys.executable, "train.py", *common, "train.max_steps=6"])  # one
+    said = [line for line in one.stderr.splitlines() if "process count changed" in line]
+    assert said == [
+        f"{run_dir}: the process count changed from 2 to 1: the global batch stays 4, and the data "
+        "stream restarts its segment at step 4"
+    ]
+    run([*LAUNCHERS["torchrun"], "train.py", *common, "train.max_steps=8"])  # two again
+    starts = [e for e in events(run_dir) if e["event"] == "start"]
+    assert [(s["world_size"], s["step"], s["resumed_from"]) for s in starts] == [
+        (2, 0, None),
+        (1, 4, "step_0000004"),
+        (2, 6, "step_0000006"),
+    ]
+    assert [e["step"] for e in events(run_dir) if e["event"] == "train"] == [2, 4, 6, 8]  # none twice
+    state = json.loads((run_dir / "checkpoints" / "step_0000008" / "trainer_state.json").read_text())
+    assert (state["step"], state["world_size"], state["segment"]) == (8, 2, 8)
+    # what cannot work is refused before anything is written: 4 patches over 3 processes
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    three = run(
+        [str(VENV_BIN / "torchrun"), "--nproc_per_node", "3", "train.py", *common, "train.max_steps=10"], check=False
+    )
+    # torchrun reports that its processes failed; none of them printed a trace of this project's code
+    assert three.returncode != 0 and not re.search(r'File ".*piunet_dist/', three.stderr)
+    refused = re.findall(r"piunet-dist train: error: (.*? processes)", three.stderr)  # ranks write at once
+    assert set(refused) == {"train.batch_size: 4 patches (train.grad_accum=1) do not split evenly over 3 processes"}
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_sync_batchnorm_on_without_gpus_is_refused(shards, tmp_path):

@@ -47,8 +47,8 @@ def setting(
         "auto_or_count": auto_or_count,
         "resumable": resumable,
     }
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=rules)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=rules)
     return field(default=default, metadata=rules)
 
 
@@ -233,6 +233,12 @@ class LaunchConfig:
 @dataclass
 class Config:
     run_dir: str = setting("runs/piunet", "where checkpoints, logs and metrics of the run go", resumable=True)
+    sweep: dict = setting(
+        {},
+        "settings the launcher sweeps, each with its values ({section.key: [v1, v2]}): their grid x --bands x "
+        "--seeds is one job array, a run directory each",
+        resumable=True,
+    )
     model: ModelConfig = section(ModelConfig)
     data: DataConfig = section(DataConfig)
     train: TrainConfig = section(TrainConfig)
@@ -282,7 +288,7 @@ def _from_raw(key: str, value: Raw, origin):
             return int(text)
         if origin is float:
             return float(text)
-        if origin is list:
+        if origin in (list, dict):
             return yaml.safe_load(text)
     except (ValueError, yaml.YAMLError):
         pass
@@ -305,9 +311,18 @@ def _check_type(key: str, value, kind, choices=()):
             pass
     if origin is list and isinstance(value, list):
         return value
+    if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: v if isinstance(v, list) else [v] for k, v in value.items()}
     if origin in (int, str, bool, float) and type(value) is origin:
         return value
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping of settings to their values",
+    }
     raise UserError(f"{key}: expected {names.get(origin, origin)}, got {value!r}")
 
 
@@ -429,8 +444,25 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"train.batch_size: {cfg.train.batch_size} is not divisible by train.grad_accum={cfg.train.grad_accum}"
         )
+    for key, values in cfg.sweep.items():
+        check_sweep(key, values)
     if cfg.data.workers < 0 or cfg.launch.gpus_per_node < 0:
         raise UserError("data.workers and launch.gpus_per_node: must be >= 0")
+
+
+NOT_SWEPT = ("run_dir", "sweep", "data.band", "train.seed")  # --bands and --seeds sweep those two
+
+
+def check_sweep(key: str, values: list) -> None:
+    """A swept setting: one that a run has (not where it is, nor how it is launched or evaluated)."""
+    if key not in RULES or key in NOT_SWEPT or key.startswith(("eval.", "launch.")):
+        near = difflib.get_close_matches(key, [k for k in RULES if k not in NOT_SWEPT], n=1)
+        hint = f"; did you mean {near[0]}?" if near and key not in RULES else ""
+        raise UserError(
+            f"sweep: {key} is not a setting a sweep can vary{hint} (--bands and --seeds sweep data.band and train.seed)"
+        )
+    if not values:
+        raise UserError(f"sweep: {key} has no values")
 
 
 def count_or_auto(what: str, value: str) -> int | None:
@@ -504,15 +536,14 @@ def to_yaml(cfg: Config) -> str:
 
 def flat(cfg: Config) -> dict:
     """Every setting of cfg by its dotted key."""
-
-    def walk(d, prefix):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from walk(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-
-    return dict(walk(to_dict(cfg), ""))
+    found = {}
+    for top in dataclasses.fields(cfg):
+        value = getattr(cfg, top.name)
+        if dataclasses.is_dataclass(value):
+            found |= {f"{top.name}.{k}": v for k, v in dataclasses.asdict(value).items()}
+        else:
+            found[top.name] = value
+    return found
 
 
 def run_differences(run: Config, new: Config) -> list[str]:
@@ -521,11 +552,29 @@ def run_differences(run: Config, new: Config) -> list[str]:
     return [f"{k}: {old[k]!r} -> {now[k]!r}" for k in old if old[k] != now[k] and not RULES[k]["resumable"]]
 
 
+def sweep_point(configs: list[Config]) -> list[dict]:
+    """Each run's values of the settings that tell these runs apart (a sweep's grid point):
+    the settings that define a run, but for its seed and band, which every sweep has."""
+    flats = [flat(c) for c in configs]
+    keys = (
+        [
+            k
+            for k in flats[0]
+            if not RULES[k]["resumable"]
+            and k not in ("train.seed", "data.band")
+            and len({repr(f[k]) for f in flats}) > 1
+        ]
+        if flats
+        else []
+    )
+    return [{k: f[k] for k in keys} for f in flats]
+
+
 def config_hash(cfg: Config) -> str:
     """Short hash of every setting that shapes the result (not run_dir, logging or launch)."""
     d = to_dict(cfg)
-    d.pop("run_dir")
-    d.pop("launch")
+    for where in ("run_dir", "launch", "sweep"):
+        d.pop(where)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config
+from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config, sweep_point
 from ..core.errors import UserError
 from ..core.files import write_json
 from ..data.pipeline import EvalScenes
@@ -38,7 +38,7 @@ from .ensembles import METHODS, combine, uncertainty
 from .inference import resolve_precision, scenes_per_batch, super_resolve_views, view_names, views_for
 from .members import Member, by_band, find_members
 from .outputs import predicted, read_outputs, read_view_cpsnr, write_outputs
-from .scoring import Calibration, SceneResult, score, summarise_band, write_csv
+from .scoring import Calibration, SceneResult, grid, score, summarise_band, write_csv
 from .submission import ENSEMBLE, write_submission
 
 STAMP = "predictions.json"
@@ -251,6 +251,14 @@ def write_results(
         left_out = [n for n in scene_names(shard_paths(shards[band], band, settings.split)) if n not in seen]
         summary["bands"][band] = summarise_band(mine, [m.name for m in ms], list(METHODS), settings.ensemble, left_out)
         summary["bands"][band]["views"] = view_scores(ms, mine, out, summary["members"])
+        runs = [m for m in ms if not m.is_file]
+        if len(runs) > 1 and any(sweep_point([m.cfg for m in runs])[0].values()):
+            cpsnr = summary["bands"][band].get("members", {})
+            summary["bands"][band]["grid"] = grid(
+                dict(zip([m.name for m in runs], sweep_point([m.cfg for m in runs]))),
+                cpsnr,
+                {m.name: m.val_cpsnr() for m in runs},
+            )
     write_csv(out / "scenes.csv", results)
     write_json(out / "summary.json", summary)
     if settings.split == "test":
@@ -268,6 +276,19 @@ def view_scores(members: list[Member], results: list[SceneResult], out: Path, de
         if len(names) > 1 and found:
             scores[m.name] = dict(zip(names, np.mean(found, axis=0).tolist()))
     return scores
+
+
+def grid_text(found: dict) -> str:
+    """The sweep's grid points of a band, a line each, and the best on validation."""
+    out = ["  grid points (mean and spread over seeds, cPSNR dB):"]
+    for point in found["points"]:
+        settings = ", ".join(f"{k}={v}" for k, v in point["settings"].items())
+        here = "-" if point["cpsnr_mean"] is None else f"{point['cpsnr_mean']:.3f} +- {point['cpsnr_spread']:.3f}"
+        out.append(f"    {settings}: {here} ({len(point['members'])} member(s))")
+    if found["best"] is not None:
+        which = "this split" if found["best_by"] == "cpsnr_mean" else "training's validation"
+        out.append(f"  best on validation ({which}): " + ", ".join(f"{k}={v}" for k, v in found["best"].items()))
+    return "\n".join(out)
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v:.2f}" for k, v in views.items())
                 + f"; their average {entry['members'][member]:.2f}"
             )
+        if "grid" in entry:
+            print(grid_text(entry["grid"]))
         if entry["left_out"]:
             print(f"  left out (no clear frame): {', '.join(entry['left_out'])}")
     print(f"{settings.out}/summary.json" + (f", {summary['submission']}" if "submission" in summary else ""))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,3 +203,30 @@ def summarise_band(
     calibration = sum((r.calibration for r in scored), Calibration()).summary()
     entry["calibration_curve"], entry["coverage"] = calibration["curve"], calibration["coverage"]
     return entry
+
+
+def grid(points: dict[str, dict], cpsnr: dict[str, float | None], val_cpsnr: dict[str, float | None]) -> dict:
+    """A sweep's grid points (members whose settings differ only in their seed share one):
+    each one's members, their mean cPSNR here and its spread over the seeds, their mean
+    validation cPSNR from training; and the best one on validation (this split's cPSNR where
+    it has targets, else training's)."""
+    groups: dict[str, dict] = {}
+    for member, point in points.items():
+        key = json.dumps(point, sort_keys=True)
+        groups.setdefault(key, {"settings": point, "members": []})["members"].append(member)
+    rows = []
+    for entry in groups.values():
+        here = [cpsnr[m] for m in entry["members"] if cpsnr.get(m) is not None]
+        trained = [val_cpsnr[m] for m in entry["members"] if val_cpsnr.get(m) is not None]
+        rows.append(
+            entry
+            | {
+                "cpsnr_mean": _mean(here),
+                "cpsnr_spread": float(np.std(here)) if here else None,
+                "val_cpsnr_mean": _mean(trained),
+            }
+        )
+    by = "cpsnr_mean" if any(r["cpsnr_mean"] is not None for r in rows) else "val_cpsnr_mean"
+    scored = [r for r in rows if r[by] is not None]
+    best = max(scored, key=lambda r: r[by])["settings"] if scored else None
+    return {"points": rows, "best": best, "best_by": by}

@@ -2,6 +2,7 @@
 
 python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
 python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
+    python -m piunet_dist.launch --config configs/nir.yaml --sweep train.lr=1e-4,3e-4 model.n_tefa=8,16 --seeds 0 1
 python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
 python -m piunet_dist.launch status runs/piunet        # every member: job, state, step, ETA
 python -m piunet_dist.launch cancel runs/piunet/nir-seed0
@@ -17,7 +18,8 @@ from pathlib import Path
 from ..core.config import LaunchConfig, add_setting_flags
 from ..core.errors import UserError
 from ..evaluation.evaluate import add_evaluation_arguments
-from .following import cancel_runs, status, table
+from .following import cancel_runs
+from .progress import lines, status
 from .submitting import submit_evaluation, submit_training
 
 
@@ -49,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(parser, "launch")
     parser.add_argument("--bands", nargs="+", choices=("NIR", "RED"), help="a job array over these bands (x --seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, help="a job array over these seeds (x --bands)")
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        metavar="section.key=V1,V2",
+        help="settings to sweep, each over its values: their grid x --bands x --seeds is one job array, each "
+        "member in a directory named by its values (over the config's sweep section)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the job's SLURM request; submit nothing")
     parser.add_argument("--wait", action="store_true", help="follow the job(s) to the end; non-zero if one failed")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings, as for train")
@@ -79,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             return submit_evaluation(build_evaluate_parser().parse_intermixed_args(argv[1:]))
         if command == "status":
             rows = status(
-                build_runs_parser("status", "Each member's job, state, progress and ETA.").parse_args(argv[1:]).dirs
+                build_runs_parser(
+                    "status",
+                    "Every run under these directories (launched or started by hand): its job, state, step, last "
+                    "loss and validation cPSNR, samples/s, ETA and, for a sweep, its grid point.",
+                )
+                .parse_args(argv[1:])
+                .dirs
             )
-            table(rows)
+            print("\n".join(lines(rows)))
             return 0
         if command == "cancel":
             for line in cancel_runs(

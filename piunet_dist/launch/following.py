@@ -1,52 +1,142 @@
-"""Following jobs: waiting for them to end, each member's status, cancelling."""
+"""Following jobs: waiting for them to end with a live view of where each stands, cancelling."""
 
 from __future__ import annotations
 
-import datetime
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
 
-from ..core.config import load_config
-from ..core.errors import UserError
 from ..core.files import read_json_lines
 from ..core.run_dir import RunDir
-from .slurm import ENDED, cancel, hopeless, job_state
+from .progress import lines, run_dirs, run_row, state_text
+from .slurm import ENDED, JobState, cancel, hopeless, job_state
 
 
-def wait_for(jobs, partition: str = "") -> int:
-    """Follow jobs to their end, asking SLURM at least every 30 s; non-zero with each failed
-    job's own error or final state. A job that waits for a reason that will not resolve by
-    itself is cancelled and named with that reason."""
-    print(f"waiting for {len(jobs)} job(s); their progress is in their logs", flush=True)
-    failed, pending, pause = 0, list(jobs), 2.0
+@dataclass
+class Watched:
+    """A job followed by --wait: a training run's (with its run directory) or an evaluation task's."""
+
+    job: object  # a submitit job
+    label: str
+    run_dir: Path | None = None
+
+
+class LiveView:
+    """One table of the jobs on a terminal, redrawn in place at each poll; elsewhere (a SLURM
+    log, a pipe) a line for each row when its state or validation changes or its step passes
+    another tenth of its run."""
+
+    def __init__(self, out=None):
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.drawn = 0
+        self.said: dict[str, tuple] = {}
+
+    def show(self, rows: list[dict]) -> None:
+        if self.tty:
+            table = lines(rows)
+            self.out.write((f"\x1b[{self.drawn}F\x1b[J" if self.drawn else "") + "\n".join(table) + "\n")
+            self.drawn = len(table)
+        else:
+            for row in rows:
+                mark = (row["state"], row["val_cpsnr"], _tenth(row["step"]))
+                if self.said.get(row["run"]) != mark:
+                    self.said[row["run"]] = mark
+                    self.out.write(_line(row) + "\n")
+        self.out.flush()
+
+    def said_below(self) -> None:
+        """What is printed next goes below the table, which is not redrawn over it."""
+        self.drawn = 0
+
+
+def _tenth(step: str) -> int:
+    done, _, planned = step.partition("/")
+    return int(10 * int(done) / int(planned)) if planned.isdigit() and done.isdigit() and int(planned) else -1
+
+
+def _line(row: dict) -> str:
+    parts = [f"job {row['job']} {row['state']}"]
+    parts += [f"step {row['step']}"] if row["step"] != "-" else []
+    parts += [f"loss {row['loss']}"] if row["loss"] != "-" else []
+    parts += [f"val cPSNR {row['val_cpsnr']} dB"] if row["val_cpsnr"] != "-" else []
+    parts += [f"{row['samples_s']} samples/s, ETA {row['eta']}"] if row["samples_s"] != "-" else []
+    return f"{row['run']}: " + ", ".join(parts)
+
+
+def wait_for(watched: list[Watched], partition: str = "", view: LiveView | None = None) -> int:
+    """Follow jobs to their end, showing where each stands (the rows of `launch status`),
+    asking SLURM at least every 30 s; non-zero with each failed job's own error or final
+    state. A job that waits for a reason that will not resolve by itself is cancelled and
+    named with that reason."""
+    view = view or LiveView()
+    failed, pending, pause, asked, states = 0, list(watched), 2.0, 0.0, {}
     while pending:
-        for job in list(pending):
-            verdict = _ended(job, partition)
-            if verdict is None:
-                continue
-            pending.remove(job)
-            if verdict:
-                failed += 1
-                print(f"job {job.job_id}: {verdict}", file=sys.stderr, flush=True)
-            else:
-                print(f"job {job.job_id}: done", flush=True)
+        if time.time() - asked >= pause:  # SLURM is asked on a schedule that lengthens to 30 s
+            asked, pause = time.time(), min(30.0, pause * 1.5)
+            for w in list(pending):
+                states[w.label], verdict = _progress(w.job, partition)
+                if verdict is None:
+                    continue
+                pending.remove(w)
+                view.show(_rows(watched, states))
+                view.said_below()
+                if verdict:
+                    failed += 1
+                    print(f"job {w.job.job_id}: {verdict}", file=sys.stderr, flush=True)
+                else:
+                    print(f"job {w.job.job_id}: done", flush=True)
+        view.show(_rows(watched, states))
         if pending:
-            time.sleep(pause)
-            pause = min(30.0, pause * 1.5)
+            time.sleep(REFRESH)
     return 1 if failed else 0
 
 
-def _ended(job, partition: str) -> str | None:
+REFRESH = 2.0  # seconds between two redraws of the view: the run's files are read, SLURM is not asked
+
+
+def _rows(watched: list[Watched], states: dict[str, str]) -> list[dict]:
+    rows = []
+    for w in watched:
+        state = states.get(w.label, "PENDING")
+        if w.run_dir is not None:
+            row = run_row(w.run_dir, state)
+            row["run"] = w.label
+        else:
+            row = {
+                "run": w.label,
+                "job": w.job.job_id,
+                "state": state,
+                "step": "-",
+                "loss": "-",
+                "val_cpsnr": "-",
+                "samples_s": "-",
+                "eta": "-",
+            }
+        rows.append(row)
+    return rows
+
+
+def _progress(job, partition: str) -> tuple[str, str | None]:
+    """The job's state now, and None while it goes on, "" once it succeeded, else what went
+    wrong, in a line or two."""
+    if isinstance(job, submitit.LocalJob):
+        state = "DONE" if job.done() else "RUNNING"
+        return state, _ended(job, partition) if job.done() else None
+    found = job_state(job.job_id)
+    return state_text(found), _ended(job, partition, found)
+
+
+def _ended(job, partition: str, state: JobState | None = None) -> str | None:
     """None while the job goes on; "" when it succeeded; else what went wrong, in a line or two."""
     if isinstance(job, submitit.LocalJob):
         if not job.done():
             return None
     else:
-        state = job_state(job.job_id)
         if state is None or state.state not in ENDED:
             if state is not None and hopeless(state, partition):
                 cancel(job.job_id)
@@ -77,69 +167,11 @@ def _job_error(job, error: Exception) -> str:
     return f"  {what}\n  (logs: {job.paths.stderr})"
 
 
-def member_dirs(dirs: list[Path]) -> list[Path]:
-    """The run dirs among `dirs`, and the members (run dirs with jobs) of any sweep among them."""
-    found = []
-    for d in dirs:
-        jobs = RunDir(d).jobs.name
-        if RunDir(d).jobs.is_file():
-            found.append(d)
-        else:
-            inside = sorted(p.parent for p in d.glob(f"*/{jobs}"))
-            if not inside:
-                raise UserError(f"{d}: no job was submitted for it (no {jobs}, nor members with one)")
-            found += inside
-    return found
-
-
-def _jobs(run_dir: Path) -> list[dict]:
-    return read_json_lines(RunDir(run_dir).jobs)[0]
-
-
-def status(dirs: list[Path]) -> list[dict]:
-    """A row per member: its newest job, SLURM's state (and pending reason), progress and ETA."""
-    rows = []
-    for run_dir in member_dirs(dirs):
-        jobs = _jobs(run_dir)
-        if not jobs:
-            raise UserError(f"{RunDir(run_dir).jobs}: no whole record of a job in it")
-        job = jobs[-1]
-        row = {
-            "run": str(run_dir),
-            "job": job["job_id"],
-            "state": job["cluster"],
-            "step": "-",
-            "val_cpsnr": "-",
-            "samples_s": "-",
-            "eta": "-",
-        }
-        if job["cluster"] == "slurm":
-            state = job_state(job["job_id"])
-            row["state"] = (
-                "unknown" if state is None else state.state + (f" ({state.reason})" if state.state == "PENDING" else "")
-            )
-        run = RunDir(run_dir)
-        events = read_json_lines(run.metrics)[0] if run.metrics.is_file() else []
-        train = [e for e in events if e.get("event") == "train"]
-        val = [e for e in events if e.get("event") == "val"]
-        planned = load_config(run.config).train if run.config.is_file() else None
-        if train and planned:
-            last = train[-1]
-            row["step"] = f"{last['step']}/{planned.max_steps}"
-            row["samples_s"] = f"{last['samples_per_s']:.1f}"
-            left = (planned.max_steps - last["step"]) * planned.batch_size / max(last["samples_per_s"], 1e-9)
-            row["eta"] = str(datetime.timedelta(seconds=round(left)))
-        if val:
-            row["val_cpsnr"] = f"{val[-1]['val_cpsnr']:.3f}"
-        rows.append(row)
-    return rows
-
-
 def cancel_runs(dirs: list[Path]) -> list[str]:
     """Cancel every SLURM job of these members that has not ended; what was done, a line each."""
     said = []
-    for run_dir in member_dirs(dirs):
-        for job in _jobs(run_dir):
+    for run_dir in run_dirs(dirs):
+        for job in read_json_lines(RunDir(run_dir).jobs)[0] if RunDir(run_dir).jobs.is_file() else []:
             if job["cluster"] != "slurm":
                 said.append(f"{run_dir}: job {job['job_id']} runs as a local process; stop it with Ctrl-C")
                 continue
@@ -148,10 +180,3 @@ def cancel_runs(dirs: list[Path]) -> list[str]:
                 cancel(job["job_id"])
                 said.append(f"{run_dir}: cancelled job {job['job_id']} ({state.state})")
     return said
-
-
-def table(rows: list[dict]) -> None:
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in rows[0]}
-    print("  ".join(k.ljust(w) for k, w in widths.items()))
-    for r in rows:
-        print("  ".join(str(r[k]).ljust(w) for k, w in widths.items()))

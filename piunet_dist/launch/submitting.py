@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,13 +14,13 @@ from pathlib import Path
 import submitit
 
 from ..core import checkpoint
-from ..core.config import Config, LaunchConfig, check_world, flag_overrides, load_config
+from ..core.config import Config, LaunchConfig, check_sweep, check_world, flag_overrides, load_config
 from ..core.errors import UserError
 from ..core.files import append_record
 from ..core.run_dir import RunDir
 from ..evaluation.evaluate import plan
 from ..training.trainer import initial_model
-from .following import wait_for
+from .following import Watched, wait_for
 from .jobs import EvaluateTask, TrainJob
 from .slurm import check_request, minutes
 
@@ -103,19 +106,49 @@ def sbatch_request(cfg: Config, name: str) -> str:
     return "\n".join(lines + ["# then srun, one task per process, runs the training (submitit)"])
 
 
-def members(args, cfg: Config) -> list[tuple[str, list[str]]]:
-    """(run dir, overrides) of every run: one, or one per band x seed under run_dir."""
+def sweep_members(args, cfg: Config) -> list[tuple[str, list[str]]]:
+    """(run dir, overrides) of every run: one, or one per point of the grid of the swept
+    settings (the config's sweep section, then --sweep) x band x seed, each in a directory
+    under run_dir named by its values (nir-lr3e-4-n_tefa8-seed0)."""
+    grid = dict(cfg.sweep) | dict(parse_sweep(text) for text in args.sweep or [])
     bands, seeds = args.bands or [cfg.data.band], args.seeds or [cfg.train.seed]
-    if not args.bands and not args.seeds:
+    if not args.bands and not args.seeds and not grid:
         return [(cfg.run_dir, [])]
-    return [
-        (
-            str(Path(cfg.run_dir) / f"{band.lower()}-seed{seed}"),
-            [f"data.band={band}", f"train.seed={seed}", f"run_dir={Path(cfg.run_dir) / f'{band.lower()}-seed{seed}'}"],
-        )
-        for band in bands
-        for seed in seeds
-    ]
+    names = _short_names(list(grid))
+    runs = []
+    for point in itertools.product(*(list(v) for v in grid.values())) if grid else [()]:
+        values = dict(zip(grid, point))
+        label = "".join(f"-{names[k]}{_text(v)}" for k, v in values.items())
+        for band in bands:
+            for seed in seeds:
+                run_dir = Path(cfg.run_dir) / f"{band.lower()}{label}-seed{seed}"
+                settings = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in values.items()]
+                runs.append(
+                    (
+                        str(run_dir),
+                        [f"data.band={band}", f"train.seed={seed}", f"run_dir={run_dir}", "sweep={}", *settings],
+                    )
+                )
+    return runs
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """--sweep train.lr=1e-4,3e-4: the setting and the text of each of its values."""
+    key, _, values = text.partition("=")
+    if not values:
+        raise UserError(f"--sweep {text}: expected section.key=VALUE,VALUE,...")
+    check_sweep(key.strip(), values)
+    return key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """A swept setting's name in its run directories: its own, or its dotted key where two share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: n if last.count(n) == 1 else k.replace(".", "_") for k, n in zip(keys, last)}
+
+
+def _text(value) -> str:
+    return re.sub(r"[^\w.+-]", "_", str(value).replace(" ", ""))
 
 
 def submit_training(args) -> int:
@@ -127,7 +160,7 @@ def submit_training(args) -> int:
     folder = RunDir(cfg.run_dir).slurm
     name = f"piunet-{Path(cfg.run_dir).name}"
     runs = []
-    for run_dir, extra in members(args, cfg):
+    for run_dir, extra in sweep_members(args, cfg):
         member = load_config(args.config, overrides + extra)  # every member is valid before anything is sent
         check_world(member, world)
         if member.train.init_weights and checkpoint.latest(Path(run_dir)) is None:
@@ -168,7 +201,8 @@ def submit_training(args) -> int:
         )
         print(f"job {job.job_id} ({kind}): run dir {run_dir}")
         print(f"  logs: {job.paths.stdout}  {job.paths.stderr}")
-    return wait_for(jobs, launch.partition) if args.wait else 0
+    watched = [Watched(job, run_dir, Path(run_dir)) for job, (run_dir, _) in zip(jobs, runs)]
+    return wait_for(watched, launch.partition) if args.wait else 0
 
 
 def submit_evaluation(args) -> int:
@@ -194,9 +228,11 @@ def submit_evaluation(args) -> int:
     scorer = make_executor(cfg, folder, "piunet-score", kind)
     if kind == "slurm":
         scorer.update_parameters(slurm_dependency=f"afterok:{tasks[0].job_id.split('_')[0]}")
-    elif wait_for(tasks, launch.partition):  # local processes: no scheduler to hold the scoring back
+    predicting = [Watched(task, f"predict {run_dir}") for task, run_dir in zip(tasks, runs)]
+    if kind != "slurm" and wait_for(predicting, launch.partition):  # no scheduler to hold the scoring back
         return 1
     score = scorer.submit(EvaluateTask(runs, settings, "score", None, launch.cpus_per_task))
     print(f"job {score.job_id} ({kind}): ensembles and scores -> {settings.out}/summary.json")
     print(f"  logs: {folder}")
-    return wait_for([*tasks, score] if kind == "slurm" else [score], launch.partition) if args.wait else 0
+    scoring = [Watched(score, f"score -> {settings.out}")]
+    return wait_for([*predicting, *scoring] if kind == "slurm" else scoring, launch.partition) if args.wait else 0

@@ -128,6 +128,24 @@ def members_table(summary: dict, band: str) -> tuple[list[str], list[list[str]]]
     return head, rows
 
 
+def grid_table(found: dict) -> tuple[list[str], list[list[str]], set[int]]:
+    """A sweep's grid points: their settings, members, mean and spread over seeds; the best marked."""
+    keys = list(dict.fromkeys(k for p in found["points"] for k in p["settings"]))
+    head = [*keys, "members", "cPSNR mean (dB)", "spread over seeds", "training's val cPSNR (dB)"]
+    rows = [
+        [
+            *(str(p["settings"].get(k)) for k in keys),
+            str(len(p["members"])),
+            _fmt(p["cpsnr_mean"]),
+            _fmt(p["cpsnr_spread"]),
+            _fmt(p["val_cpsnr_mean"]),
+        ]
+        for p in found["points"]
+    ]
+    best = {i for i, p in enumerate(found["points"]) if p["settings"] == found["best"]}
+    return head, rows, best
+
+
 def views_table(entry: dict) -> tuple[list[str], list[list[str]]]:
     """Each view's cPSNR of the members that averaged several, beside their average."""
     views = entry.get("views", {})
@@ -212,6 +230,18 @@ def band_section(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: P
             "views: the predictions averaged per scene (eval.self_ensemble; auto gives a network the views "
             "its training showed it: 1 without data.augment, the rotations with it)."
         )
+    if "grid" in entry:
+        parts.append("<h3>Sweep</h3>")
+        md.append("\n### Sweep\n")
+        head, rows, best = grid_table(entry["grid"])
+        show(head, rows, best)
+        which = "this split's cPSNR" if entry["grid"]["best_by"] == "cpsnr_mean" else "training's validation cPSNR"
+        if entry["grid"]["best"] is not None:
+            say(
+                f"Best on validation ({which}): "
+                + ", ".join(f"{k}={v}" for k, v in entry["grid"]["best"].items())
+                + "."
+            )
     head, rows = views_table(entry)
     if rows:
         parts.append("<h3>Each view alone</h3>")

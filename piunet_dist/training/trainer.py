@@ -304,6 +304,7 @@ class Trainer:
             precision=cfg.train.precision,
             config_hash=config_hash(cfg),
             resumed_from=None if self.resume_from is None else self.resume_from.name,
+            slurm_job_id=os.environ.get("SLURM_JOB_ID"),
             init_weights=(cfg.train.init_weights or None) if self.resume_from is None else None,
         )
 
