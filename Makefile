@@ -61,13 +61,13 @@ demo: install
 	$(PY) -m piunet_dist pack --verify $(DEMO_SHARDS) >/dev/null 2>&1 \
 	  || $(PY) -m piunet_dist pack $(DEMO)/scenes --out $(DEMO_SHARDS) --scenes-per-shard 8
 	$(PY) -m piunet_dist.launch --config configs/demo.yaml --bands NIR RED --seeds 0 1 \
-	  --tasks-per-node 1 --cpus-per-task 1 --wait run_dir=$(DEMO) data.shards=$(DEMO_SHARDS) $(DEMO_SETTINGS)
+	  --tasks-per-node 1 --cpus-per-task 1 --mem 1500M --wait run_dir=$(DEMO) data.shards=$(DEMO_SHARDS) $(DEMO_SETTINGS)
 	@$(MAKE) --no-print-directory -o install $(DEMO)/report/summary.json
 	$(PY) -m piunet_dist report $(DEMO)/report $(DEMO_MEMBERS) --out $(DEMO)/report
 
 $(DEMO)/report/summary.json: $(DEMO_MEMBERS:=/best/model.safetensors)
 	$(PY) -m piunet_dist.launch evaluate --runs $(DEMO_MEMBERS) --split val \
-	  --cpus-per-task 1 --out $(DEMO)/report --wait
+	  --cpus-per-task 1 --mem 1500M --out $(DEMO)/report --wait
 
 # figures for BENCHMARKS.md: each benchmark prints its table, then one table of them all
 bench: install

@@ -62,7 +62,8 @@ def _config(run_dir: Path) -> Config | None:
 def state_text(state: JobState | None) -> str:
     if state is None:
         return "unknown"
-    return state.state + (f" ({state.reason})" if state.state == "PENDING" and state.reason else "")
+    waits = state.state == "PENDING" and state.reason not in ("", "None")
+    return state.state + (f" ({state.reason})" if waits else "")
 
 
 def run_row(run_dir: Path, state: str | None = None) -> dict:
