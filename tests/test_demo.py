@@ -70,7 +70,8 @@ def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
         assert all(isinstance(e["gain_over_best_member_db"], float) for e in entry["ensembles"].values())
         assert set(entry["calibration"]) == {"nll", "coverage50", "coverage90", "scale_error_corr"}
         assert f"{band}, val split" in out
-    assert "ensemble (mean)" in out and out.strip().splitlines()[-1] == str(demo / "report" / "index.html")
+    assert "ensemble (weighted by validation cPSNR) *" in out
+    assert out.strip().splitlines()[-1] == str(demo / "report" / "index.html")
     assert (demo / "report" / "index.html").is_file()
 
     evaluated = (demo / "report" / "summary.json").stat().st_mtime_ns

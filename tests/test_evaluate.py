@@ -94,10 +94,10 @@ def test_two_members_write_every_promised_file_once_per_scene(members, tmp_path)
     for key in ("baseline_cpsnr", "bicubic_mean_cpsnr", "ensemble_cpsnr", "score"):
         assert 20 < summary[key] < 80 or key == "score"
     best = max(summary["members"].values())
-    assert set(summary["ensembles"]) == set(METHODS) and summary["ensemble_method"] == "mean"
+    assert set(summary["ensembles"]) == set(METHODS) and summary["ensemble_method"] == "val_weighted"
     for method, entry in summary["ensembles"].items():
         assert entry["gain_over_best_member_db"] == pytest.approx(entry["cpsnr"] - best), method
-    assert summary["ensemble_cpsnr"] == summary["ensembles"]["mean"]["cpsnr"]
+    assert summary["ensemble_cpsnr"] == summary["ensembles"]["val_weighted"]["cpsnr"]
     assert set(summary["calibration"]) == {"nll", "coverage50", "coverage90", "scale_error_corr"}
     coverage = {c["nominal"]: c["observed"] for c in summary["coverage"]}
     assert len(coverage) == 9 and coverage[0.5] == pytest.approx(summary["calibration"]["coverage50"], abs=0.05)
@@ -279,7 +279,7 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
     for name in ("index.html", "report.md", "curves.png", "scenes_NIR.png", "calibration_NIR.png", "panels_NIR.png"):
         assert (report / name).is_file(), name
     md = (report / "report.md").read_text()
-    assert "| ensemble (mean) * |" in md and "![scene panels](panels_NIR.png)" in md
+    assert "| ensemble (weighted by validation cPSNR) * |" in md and "![scene panels](panels_NIR.png)" in md
     assert "### Members" in md and "### Uncertainty" in md and "n/a (no norm.csv)" not in md
     assert f"| nir-seed0 | run {runs[0]} | best (2) | 2 / 2 |" in md
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())

@@ -191,7 +191,7 @@ class EvalConfig:
     )
     checkpoint: str = setting("best", "which weights of a run: best or last", choices=("best", "last"))
     ensemble: str = setting(
-        "mean",
+        "val_weighted",
         "how members combine into the ensemble that is written and submitted: mean, "
         "median, val_weighted (by each member's validation cPSNR), inverse_variance "
         "(per pixel, 1/b^2) or inverse_total_variance (per pixel, with the members' "
