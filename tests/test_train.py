@@ -213,6 +213,70 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
     assert_same_weights(straight / "checkpoints/step_0000012", run_dir / "checkpoints/step_0000012")
 
 
+def test_queued_steps_are_the_steps_read_one_by_one_also_when_stopped_and_resumed(shards, straight, tmp_path):
+    # each step queued before the previous one's outcome is read (as on GPUs), stopped by a
+    # signal, resumed: the weights of the run that read every step before the next
+    run_dir = tmp_path / "queued"
+    command = [
+        sys.executable,
+        "-m",
+        "piunet_dist",
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        f"run_dir={run_dir}",
+        f"data.shards={shards}",
+        *TINY,
+        "train.max_steps=12",
+        *RESUMABLE,
+        "train.pipeline=on",
+        "train.log_every=100",
+    ]  # most steps quiet: only the checkpoints' and validations' are read at once
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    metrics = run_dir / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
+        time.sleep(0.01)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "stopped by SIGTERM at step" in err.strip().splitlines()[-1], err[-2000:]
+    run(command)
+    assert_same_weights(straight / "checkpoints/step_0000012", run_dir / "checkpoints/step_0000012")
+
+
+def test_a_step_with_a_non_finite_loss_changes_nothing_on_the_device():
+    from accelerate import Accelerator
+
+    from piunet_dist.core.config import TrainConfig
+    from piunet_dist.network.model import PIUNet
+    from piunet_dist.training.step import prepare_step
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(compile_loss=False, lr=1e-2)
+    step = prepare_step(PIUNet(n_feat=8, r_bneck=4, n_tefa=1), cfg, Accelerator(cpu=True))
+    lr, hr = 7000 + 500 * torch.rand(2, 3, 8, 8), 7000 + 500 * torch.rand(2, 1, 24, 24)
+    mask = torch.ones(2, 1, 24, 24, dtype=torch.bool)
+    loss, stop = step(lambda: (lr, hr, mask), laplace=True)
+    assert loss is not None and not stop
+    params = {k: v.detach().clone() for k, v in step.model.named_parameters()}
+    moments = {(i, k): v.clone() for i, s in step.optimizer.state_dict()["state"].items() for k, v in s.items()}
+    rate = step.scheduler.get_last_lr()
+    flags = step.compute(lambda: (lr, hr * float("nan"), mask), laplace=True)
+    step.apply(flags)  # queued like any other step: the device skips it
+    assert step.outcome(flags) == (None, False)
+    assert all(torch.equal(v, params[k]) for k, v in step.model.named_parameters())
+    after = {(i, k): v for i, s in step.optimizer.state_dict()["state"].items() for k, v in s.items()}
+    assert all(torch.equal(after[k], moments[k]) for k in moments)  # moments and step count untouched
+    assert step.scheduler.get_last_lr() == rate and step.scheduler.last_epoch == 1
+
+
 def test_a_fresh_start_in_a_used_run_dir_is_refused(shards, straight):
     before = sorted(p.name for p in (straight / "checkpoints").iterdir())
     result = train(straight, shards, "train.max_steps=12", *RESUMABLE, "train.resume=false", check=False)

@@ -142,6 +142,13 @@ class TrainConfig:
         "faster steps after a compile of a minute or two",
         resumable=True,
     )
+    pipeline: str = setting(
+        "auto",
+        "queue each step before the host reads the one before (the host then never waits for the device): "
+        "auto (on GPUs), on or off; the same steps either way",
+        choices=("auto", "on", "off"),
+        resumable=True,
+    )
     activation_checkpointing: bool = setting(
         False, "recompute each TEFA block in backward: less memory, slower steps", resumable=True
     )

@@ -22,10 +22,9 @@ from ..network.model import normalise
 def prepare_step(model: torch.nn.Module, cfg: TrainConfig, acc: Accelerator) -> TrainStep:
     """The step that trains `model`: Adam and its step-wise schedule, as the recipe says, the
     model and optimizer prepared by Accelerate (DDP, mixed precision). The schedule is
-    stepped by the step itself, once per optimizer step, so it is not handed to prepare()."""
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=acc.device.type == "cuda"
-    )
+    stepped by the step itself, once per optimizer step, so it is not handed to prepare().
+    Adam's fused kernel (on GPUs and CPUs alike) can skip an update on the device."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.lr_milestones, cfg.lr_gamma)
     model, optimizer = acc.prepare(model, optimizer)
     return TrainStep(model, optimizer, scheduler, acc, cfg)
@@ -35,7 +34,13 @@ def prepare_step(model: torch.nn.Module, cfg: TrainConfig, acc: Accelerator) -> 
 class TrainStep:
     """forward and backward over train.grad_accum micro-batches, then one decision all processes
     agree on: a non-finite loss (on any of them) skips the update, leaving Adam's moments and
-    the schedule untouched; otherwise clip, step the optimizer and the schedule."""
+    the schedule untouched; otherwise clip, step the optimizer and the schedule.
+
+    In three parts, so that the host need not wait for the device: compute() and apply()
+    only queue work (the skip is decided on the device: Adam's fused step takes it as
+    found_inf), outcome() is the step's one host read, and steps the schedule. Taken one
+    after the other they are one step; the trainer may compute the next step before it reads
+    this one's outcome, and apply it after."""
 
     model: torch.nn.Module  # as Accelerate prepared it (DDP, autocast)
     optimizer: torch.optim.Optimizer
@@ -45,9 +50,16 @@ class TrainStep:
 
     def __call__(
         self, next_batch: Callable[[], tuple], laplace: bool, stop_requested: bool = False
-    ) -> tuple[torch.Tensor | None, bool]:
-        """The step's mean loss (None where it was not finite and nothing was updated), and
-        whether any process was asked to stop."""
+    ) -> tuple[float | None, bool]:
+        """One whole step: its mean loss (None where it was not finite and nothing was
+        updated), and whether any process was asked to stop."""
+        flags = self.compute(next_batch, laplace, stop_requested)
+        self.apply(flags)
+        return self.outcome(flags)
+
+    def compute(self, next_batch: Callable[[], tuple], laplace: bool, stop_requested: bool = False) -> torch.Tensor:
+        """The gradients of the next micro-batches, and the step's flags summed over every
+        process: [processes whose loss was finite, their losses, processes asked to stop]."""
         cfg, acc = self.cfg, self.acc
         total = torch.zeros((), device=acc.device)
         for micro in range(cfg.grad_accum):
@@ -56,18 +68,25 @@ class TrainStep:
                 loss = self.loss(normalise(lr), normalise(hr), sm, laplace)
                 acc.backward(loss / cfg.grad_accum)
             total += loss.detach() / cfg.grad_accum
-        # every rank takes the same decisions, or DDP's next all-reduce would mix states; reading
-        # them is the step's one host synchronisation, the price of skipping a bad update exactly
-        # and of stopping together
         stop = total.new_full((), float(stop_requested))  # a fill, no copy from the host
-        summed = acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num(), stop]), "sum")
-        finite = bool(summed[0].item() == acc.num_processes)
-        if finite:
-            acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+        return acc.reduce(torch.stack([torch.isfinite(total).float(), total.nan_to_num(), stop]), "sum")
+
+    def apply(self, flags: torch.Tensor) -> None:
+        """Clip and update, unless a loss was not finite: decided on the device, so nothing waits."""
+        self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.acc.scaler is None:  # under fp16 the gradient scaler decides, on the same gradients
+            self.optimizer.optimizer.found_inf = (flags[0] < self.acc.num_processes).float()
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return (summed[1] / acc.num_processes if finite else None), bool(summed[2].item())
+
+    def outcome(self, flags: torch.Tensor) -> tuple[float | None, bool]:
+        """The host read of an applied step: its mean loss (None where it was skipped), and
+        whether any process was asked to stop; a step taken steps the schedule."""
+        finite, total, stop = flags.tolist()
+        taken = finite == self.acc.num_processes
+        if taken:
+            self.scheduler.step()
+        return (total / self.acc.num_processes if taken else None), bool(stop)
 
     def loss(self, lr: torch.Tensor, hr: torch.Tensor, sm: torch.Tensor, laplace: bool) -> torch.Tensor:
         cfg = self.cfg

@@ -98,6 +98,7 @@ class Trainer:
             model.compile_blocks()
         set_seed(cfg.train.seed + self.acc.process_index)
         self.step = prepare_step(model, cfg.train, self.acc)
+        self.pipelined = on_gpu if cfg.train.pipeline == "auto" else cfg.train.pipeline == "on"
         self.model, self.scheduler = self.step.model, self.step.scheduler
         self.acc.register_for_checkpointing(self.scheduler)
         self.state = TrainerState(seed=cfg.train.seed)
@@ -158,40 +159,68 @@ class Trainer:
 
     def _loop(self, bar) -> None:
         cfg, state = self.cfg.train, self.state
-        bad_in_a_row, seen, clock, saved = 0, 0, time.perf_counter(), None
-        while state.step < cfg.max_steps:
-            loss, stop = self.step(
-                self.stream.next,
-                laplace=state.step >= cfg.l1_warmup_steps,
-                stop_requested=bool(self.stop and self.stop.signal),
-            )
-            if loss is None:
-                bad_in_a_row += 1
-                state.skipped_steps += 1
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    raise UserError(
-                        f"{bad_in_a_row} non-finite losses in a row at step {state.step}: "
-                        "lower train.lr, use train.precision=bf16 instead of fp16, or check the data"
-                    )
-            else:
-                bad_in_a_row = 0
-                state.step += 1
-                seen += cfg.batch_size
-                bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
-                    rate = seen / (time.perf_counter() - clock)
-                    self._log_step(loss.item(), rate, bar)
-                    seen, clock = 0, time.perf_counter()
-                # the checkpoint first: a validation that fails loses no step
-                if state.step % cfg.ckpt_every == 0:
-                    self.stream.restart_at(state.step)  # what a run resumed here reads
-                    saved = self.save()
-                elif state.step == cfg.max_steps:
-                    saved = self.save()  # the stream goes on: extending the run continues it
-                if state.step % cfg.val_every == 0 or state.step == cfg.max_steps:
-                    self._validate()
-            if stop:
-                self._stopped(saved)
+        self._bad_in_a_row, self._seen, self._clock, saved = 0, 0, time.perf_counter(), None
+        pending, stopping = None, False  # a step applied whose outcome the host has not read
+        while pending is not None or (state.step < cfg.max_steps and not stopping):
+            if pending is None:
+                pending = self._compute(state.step)
+                self.step.apply(pending)
+            # where nothing waits on this step's outcome, the next one is queued before it is read
+            queue_next = self.pipelined and not stopping and self._quiet(state.step + 1)
+            ahead = self._compute(state.step + 1) if queue_next else None
+            loss, stop = self.step.outcome(pending)
+            saved = self._took(loss, bar) or saved
+            stopping = stopping or stop
+            if ahead is not None:
+                self.step.apply(ahead)  # after the outcome: the schedule has stepped
+            pending = ahead
+        if stopping:
+            self._stopped(saved)
+
+    def _compute(self, step: int) -> torch.Tensor:
+        """Queue the gradients of the step that follows `step` steps taken."""
+        laplace = step >= self.cfg.train.l1_warmup_steps
+        return self.step.compute(self.stream.next, laplace, stop_requested=bool(self.stop and self.stop.signal))
+
+    def _quiet(self, step: int) -> bool:
+        """Whether taking step `step` asks nothing of the host, so the next may be queued first:
+        no log, checkpoint or validation, not the last step, nor the first of the Laplace loss
+        (a step skipped for its loss would take its number, and the next would be computed as
+        the wrong one)."""
+        cfg = self.cfg.train
+        cadences = (cfg.log_every, cfg.ckpt_every, cfg.val_every)
+        return step < cfg.max_steps and step != cfg.l1_warmup_steps and all(step % every for every in cadences)
+
+    def _took(self, loss: float | None, bar) -> Path | None:
+        """What a step's outcome asks: count a skipped step; or count, log, checkpoint (returned)
+        and validate a step taken."""
+        cfg, state = self.cfg.train, self.state
+        if loss is None:
+            self._bad_in_a_row += 1
+            state.skipped_steps += 1
+            if self._bad_in_a_row >= cfg.max_bad_steps:
+                raise UserError(
+                    f"{self._bad_in_a_row} non-finite losses in a row at step {state.step}: "
+                    "lower train.lr, use train.precision=bf16 instead of fp16, or check the data"
+                )
+            return None
+        self._bad_in_a_row = 0
+        state.step += 1
+        self._seen += cfg.batch_size
+        bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == cfg.max_steps:
+            self._log_step(loss, self._seen / (time.perf_counter() - self._clock), bar)
+            self._seen, self._clock = 0, time.perf_counter()
+        saved = None
+        # the checkpoint first: a validation that fails loses no step
+        if state.step % cfg.ckpt_every == 0:
+            self.stream.restart_at(state.step)  # what a run resumed here reads
+            saved = self.save()
+        elif state.step == cfg.max_steps:
+            saved = self.save()  # the stream goes on: extending the run continues it
+        if state.step % cfg.val_every == 0 or state.step == cfg.max_steps:
+            self._validate()
+        return saved
 
     def _log_step(self, loss: float, rate: float, bar) -> None:
         lr = self.scheduler.get_last_lr()[0]
