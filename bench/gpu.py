@@ -1,6 +1,6 @@
 """GPU benchmark (`make bench-gpu`): one command, one table, one JSON file.
 
-    python bench/gpu.py [--published DIR] [--json PATH] [--sections ...] [--quick]
+    python bench/gpu.py [--published DIR] [--json PATH] [--sections ... | --headline] [--quick]
 
 Sections, each in a process of its own (a CUDA fault in one leaves the others their
 figures), in order of what matters most; rows are printed as they come and the JSON is
@@ -20,7 +20,8 @@ rewritten after every section, so a run cut short keeps what it measured:
   scene by scene with the reference and the published code; the weights trained above.
 - profile: torch.profiler's top kernels of the default step.
 - matrix: the remaining implementation x precision x eager/compiled steps.
---quick runs every section at toy sizes (a check of the script itself, CPU or GPU).
+--headline runs only what the goals are judged by (sections step, train and evaluate, a few
+rows each); --quick runs at toy sizes (a check of the script itself, CPU or GPU).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import torch
 from common import RESULTS, ROOT, fmt, machine, sync, table, trainer_step  # noqa: E402  (sets up the path to the references)
 
 SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")  # SECTION_RUNS runs them
+HEADLINE = ("step", "train", "evaluate")  # what the goals are judged by, and only that
 PAPER = {"n_feat": 42, "r_bneck": 8, "n_tefa": 16, "n_heads": 1}
 TOY = {"n_feat": 8, "r_bneck": 4, "n_tefa": 1, "n_heads": 1}
 
@@ -341,15 +343,18 @@ def measure_step(
 def section_step(args) -> None:
     pub = published(args.published)
     q = args.quick
+    impl = "triton" if device() == "cuda" else "sdpa"
     step_row("step", "reference", quick=q)
     if pub:
         step_row("step", "published", quick=q, pub=pub)
-        step_row("step", "published", precision="bf16", quick=q, pub=pub)
-    impl = "triton" if device() == "cuda" else "sdpa"
     step_row("step", "this", impl, "bf16", compiled=True, quick=q)
+    step_row("step", "this", impl, "bf16", compiled=True, ckpt=True, quick=q)
+    if args.headline:
+        return
+    if pub:
+        step_row("step", "published", precision="bf16", quick=q, pub=pub)
     step_row("step", "this", impl, "bf16", quick=q)
     step_row("step", "this", impl, "fp32", quick=q)
-    step_row("step", "this", impl, "bf16", compiled=True, ckpt=True, quick=q)
     step_row("step", "this", impl, "bf16", ckpt=True, quick=q)
     step_row("step", "this", impl, "bf16", compiled=True, batch=96, quick=q)
     step_row("step", "this", "sdpa", "bf16", batch=96, quick=q)
@@ -589,7 +594,10 @@ def section_evaluate(args) -> None:
         net = pub.model.PIUNET(cfg).to(dev).eval()
         net.load_state_dict(model.state_dict())
         baselines["published, scene by scene"] = lambda: one_by_one(net, lambda s, h, m: pub.losses.cpsnr(h, s, m, 384))
-    _ = ours(1, "no")  # warm-up: kernels picked, caches filled
+    variants = (
+        ((32, "bf16"), (32, "no")) if args.headline else ((1, "no"), (1, "bf16"), (8, "bf16"), (32, "bf16"), (32, "no"))
+    )
+    _ = ours(*variants[0])  # warm-up: kernels picked, caches filled
     rates = {}
     for name, fn in baselines.items():
         sync()
@@ -599,7 +607,7 @@ def section_evaluate(args) -> None:
         rates[name] = count / (time.perf_counter() - t0)
         emit(section="evaluate", case=case, variant=name, scenes_per_s=rates[name])
     fp32 = None
-    for batch_size, precision in ((1, "no"), (1, "bf16"), (8, "bf16"), (32, "bf16"), (32, "no")):
+    for batch_size, precision in variants:
         reset_memory()
         sync()
         t0 = time.perf_counter()
@@ -684,6 +692,12 @@ def main():
         help="scratch folder for shards and runs",
     )
     parser.add_argument("--quick", action="store_true", help="toy sizes: a check of this script")
+    parser.add_argument(
+        "--headline",
+        action="store_true",
+        help="only the goals' figures (a few minutes): the batch-24 step with and without checkpointing, "
+        "train end to end, a band's evaluation at the default batch; beside the reference and published code",
+    )
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--row", help=argparse.SUPPRESS)  # one step of this project's, in a process of its own
     args = parser.parse_args()
@@ -696,9 +710,10 @@ def main():
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows, started = [], time.perf_counter()
     print(f"# gpu: {machine()}, {stamp}", flush=True)
-    for section in args.sections:
+    for section in HEADLINE if args.headline else args.sections:
         cmd = [sys.executable, __file__, "--section", section, "--json", str(args.json), "--work", args.work]
-        cmd += (["--published", args.published] if args.published else []) + (["--quick"] if args.quick else [])
+        cmd += ["--published", args.published] if args.published else []
+        cmd += [flag for flag, on in (("--quick", args.quick), ("--headline", args.headline)) if on]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         for line in proc.stdout:
             if line.startswith("ROW "):
