@@ -16,20 +16,14 @@ from piunet_dist.core.config import load_config
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
+from tests.helpers.runs import TINY_RUN
 
 pytestmark = pytest.mark.processes
 
 ROOT = Path(__file__).parent.parent
 TINY = [
-    "model.n_feat=8",
-    "model.r_bneck=4",
-    "model.n_tefa=1",
-    "train.batch_size=4",
-    "data.patch=16",
-    "data.patches_per_scene=4",
-    "data.shuffle_buffer=16",
+    *TINY_RUN,
     "data.workers=0",
-    "train.val_cssim=false",
     "train.compile_loss=false",
     "train.l1_warmup_steps=2",
     "train.val_batch_size=1",

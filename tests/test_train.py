@@ -19,21 +19,15 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 from tests.helpers.faults import fill, flip_bytes
+from tests.helpers.runs import TINY_RUN
 
 pytestmark = pytest.mark.processes
 
 ROOT = Path(__file__).parent.parent
 VENV_BIN = Path(sys.executable).parent
 TINY = [
-    "model.n_feat=8",
-    "model.r_bneck=4",
-    "model.n_tefa=1",
-    "train.batch_size=4",
-    "data.patch=16",
-    "data.patches_per_scene=4",
-    "data.shuffle_buffer=16",
+    *TINY_RUN,
     "data.workers=1",
-    "train.val_cssim=false",
     "train.l1_warmup_steps=3",
     "train.log_every=2",
     "train.val_batch_size=1",
@@ -164,9 +158,9 @@ def test_extending_a_finished_run_equals_an_uninterrupted_run(shards, straight, 
     assert [e["step"] for e in log if e["event"] == "train"] == [2, 4, 6, 8, 10, 12]  # appended, none repeated
 
 
-def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards, straight, tmp_path):
-    run_dir = tmp_path / "run"
-    command = [
+def resumable_command(run_dir, shards, *extra):
+    """A 12-step run with checkpoints to resume from, as `python -m piunet_dist train` is given it."""
+    return [
         sys.executable,
         "-m",
         "piunet_dist",
@@ -178,7 +172,13 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
         *TINY,
         "train.max_steps=12",
         *RESUMABLE,
+        *extra,
     ]
+
+
+def sigterm_once_started(command, run_dir, after=0.0):
+    """Start `command`, send it SIGTERM `after` seconds after its run began; its exit status
+    and standard error."""
     proc = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -190,9 +190,17 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
     metrics = run_dir / "metrics.jsonl"
     while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
         time.sleep(0.01)
+    time.sleep(after)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 2, err[-2000:]
+    return proc.returncode, err
+
+
+def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards, straight, tmp_path):
+    run_dir = tmp_path / "run"
+    command = resumable_command(run_dir, shards)
+    returncode, err = sigterm_once_started(command, run_dir)
+    assert returncode == 2, err[-2000:]
     stopped = re.fullmatch(
         r"piunet-dist train: error: stopped by SIGTERM at step (\d+); checkpoint (.+) written: "
         r"run the same command to resume",
@@ -203,6 +211,7 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
     assert 1 <= step < 12 and stopped.group(2) == str(run_dir / f"checkpoints/step_{step:07d}")
     assert json.loads((run_dir / f"checkpoints/step_{step:07d}/trainer_state.json").read_text())["step"] == step
 
+    metrics = run_dir / "metrics.jsonl"
     torn = '{"event": "train", "step": 99, "lo'  # a write cut short by a kill
     with open(metrics, "a") as f:
         f.write(torn)
@@ -215,38 +224,12 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
 
 def test_queued_steps_are_the_steps_read_one_by_one_also_when_stopped_and_resumed(shards, straight, tmp_path):
     # each step queued before the previous one's outcome is read (as on GPUs), stopped by a
-    # signal, resumed: the weights of the run that read every step before the next
+    # signal, resumed: the weights of the run that read every step before the next; most
+    # steps quiet, only the checkpoints' and validations' read at once
     run_dir = tmp_path / "queued"
-    command = [
-        sys.executable,
-        "-m",
-        "piunet_dist",
-        "train",
-        "--config",
-        "configs/demo.yaml",
-        f"run_dir={run_dir}",
-        f"data.shards={shards}",
-        *TINY,
-        "train.max_steps=12",
-        *RESUMABLE,
-        "train.pipeline=on",
-        "train.log_every=100",
-    ]  # most steps quiet: only the checkpoints' and validations' are read at once
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    metrics = run_dir / "metrics.jsonl"
-    while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
-        time.sleep(0.01)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 2 and "stopped by SIGTERM at step" in err.strip().splitlines()[-1], err[-2000:]
+    command = resumable_command(run_dir, shards, "train.pipeline=on", "train.log_every=100")
+    returncode, err = sigterm_once_started(command, run_dir, after=1.0)
+    assert returncode == 2 and "stopped by SIGTERM at step" in err.strip().splitlines()[-1], err[-2000:]
     run(command)
     assert_same_weights(straight / "checkpoints/step_0000012", run_dir / "checkpoints/step_0000012")
 

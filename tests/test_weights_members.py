@@ -19,18 +19,12 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.synthetic import synthesise
 from piunet_dist.network.model import PIUNet
+from tests.helpers.runs import TINY_RUN
 
 ROOT = Path(__file__).parent.parent
 TINY = [
-    "model.n_feat=8",
-    "model.r_bneck=4",
-    "model.n_tefa=1",
-    "train.batch_size=4",
-    "data.patch=16",
-    "data.patches_per_scene=4",
-    "data.shuffle_buffer=16",
+    *TINY_RUN,
     "data.workers=0",
-    "train.val_cssim=false",
     "train.compile_loss=false",
     "train.l1_warmup_steps=1",
     "train.max_steps=4",
