@@ -176,9 +176,8 @@ def resumable_command(run_dir, shards, *extra):
     ]
 
 
-def sigterm_once_started(command, run_dir, after=0.0):
-    """Start `command`, send it SIGTERM `after` seconds after its run began; its exit status
-    and standard error."""
+def sigterm_once(command, ready):
+    """Start `command`, send it SIGTERM once `ready()`; its exit status and standard error."""
     proc = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -187,10 +186,8 @@ def sigterm_once_started(command, run_dir, after=0.0):
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    metrics = run_dir / "metrics.jsonl"
-    while proc.poll() is None and not (metrics.is_file() and '"event": "start"' in metrics.read_text()):
+    while proc.poll() is None and not ready():
         time.sleep(0.01)
-    time.sleep(after)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     return proc.returncode, err
@@ -199,7 +196,8 @@ def sigterm_once_started(command, run_dir, after=0.0):
 def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards, straight, tmp_path):
     run_dir = tmp_path / "run"
     command = resumable_command(run_dir, shards)
-    returncode, err = sigterm_once_started(command, run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    returncode, err = sigterm_once(command, lambda: metrics.is_file() and '"event": "start"' in metrics.read_text())
     assert returncode == 2, err[-2000:]
     stopped = re.fullmatch(
         r"piunet-dist train: error: stopped by SIGTERM at step (\d+); checkpoint (.+) written: "
@@ -211,7 +209,6 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
     assert 1 <= step < 12 and stopped.group(2) == str(run_dir / f"checkpoints/step_{step:07d}")
     assert json.loads((run_dir / f"checkpoints/step_{step:07d}/trainer_state.json").read_text())["step"] == step
 
-    metrics = run_dir / "metrics.jsonl"
     torn = '{"event": "train", "step": 99, "lo'  # a write cut short by a kill
     with open(metrics, "a") as f:
         f.write(torn)
@@ -224,12 +221,14 @@ def test_sigterm_writes_a_checkpoint_and_the_same_command_resumes_exactly(shards
 
 def test_queued_steps_are_the_steps_read_one_by_one_also_when_stopped_and_resumed(shards, straight, tmp_path):
     # each step queued before the previous one's outcome is read (as on GPUs), stopped by a
-    # signal, resumed: the weights of the run that read every step before the next; most
-    # steps quiet, only the checkpoints' and validations' read at once
+    # signal among the quiet steps after the first checkpoint, resumed: the weights of the
+    # run that read every step before the next (only the checkpoints' and validations'
+    # steps are read at once)
     run_dir = tmp_path / "queued"
     command = resumable_command(run_dir, shards, "train.pipeline=on", "train.log_every=100")
-    returncode, err = sigterm_once_started(command, run_dir, after=1.0)
-    assert returncode == 2 and "stopped by SIGTERM at step" in err.strip().splitlines()[-1], err[-2000:]
+    returncode, err = sigterm_once(command, (run_dir / "checkpoints/step_0000004").is_dir)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+)", err.strip().splitlines()[-1])
+    assert returncode == 2 and stopped and int(stopped.group(1)) > 4, err[-2000:]
     run(command)
     assert_same_weights(straight / "checkpoints/step_0000012", run_dir / "checkpoints/step_0000012")
 
