@@ -22,7 +22,7 @@ from piunet_dist.data.synthetic import synthesise
 from piunet_dist.evaluation.ensembles import METHODS
 from piunet_dist.evaluation.submission import write_submission
 from tests.helpers.faults import fill
-from tests.helpers.runs import TINY_RUN
+from tests.helpers.runs import TINY_RUN, train_command
 
 ROOT = Path(__file__).parent.parent
 TINY = [
@@ -45,18 +45,7 @@ def members(tmp_path_factory):
     for seed in (0, 1):
         run_dir = root / f"nir-seed{seed}"
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "piunet_dist",
-                "train",
-                "--config",
-                "configs/demo.yaml",
-                f"run_dir={run_dir}",
-                f"data.shards={root / 'shards'}",
-                f"train.seed={seed}",
-                *TINY,
-            ],
+            train_command(run_dir, root / "shards", f"train.seed={seed}", *TINY),
             cwd=ROOT,
             check=True,
             capture_output=True,

@@ -16,7 +16,7 @@ from piunet_dist.core.config import load_config
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
-from tests.helpers.runs import TINY_RUN
+from tests.helpers.runs import TINY_RUN, train_command
 
 pytestmark = pytest.mark.processes
 
@@ -523,21 +523,15 @@ def two_runs(shards, tmp_path_factory):
     for band in ("NIR", "RED"):
         run_dir = root / band.lower()
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "piunet_dist",
-                "train",
-                "--config",
-                "configs/demo.yaml",
-                f"run_dir={run_dir}",
-                f"data.shards={shards}",
+            train_command(
+                run_dir,
+                shards,
                 f"data.band={band}",
                 *TINY,
                 "train.max_steps=2",
                 "train.val_every=2",
                 "train.ckpt_every=2",
-            ],
+            ),
             cwd=ROOT,
             check=True,
             capture_output=True,

@@ -19,7 +19,7 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 from tests.helpers.faults import fill, flip_bytes
-from tests.helpers.runs import TINY_RUN
+from tests.helpers.runs import TINY_RUN, train_command
 
 pytestmark = pytest.mark.processes
 
@@ -58,18 +58,7 @@ def run(args, env=None, check=True):
 
 def train(run_dir, shards, *extra, **kw):
     return run(
-        [
-            sys.executable,
-            "-m",
-            "piunet_dist",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            f"run_dir={run_dir}",
-            f"data.shards={shards}",
-            *TINY,
-            *extra,
-        ],
+        train_command(run_dir, shards, *TINY, *extra),
         **kw,
     )
 
@@ -160,20 +149,7 @@ def test_extending_a_finished_run_equals_an_uninterrupted_run(shards, straight, 
 
 def resumable_command(run_dir, shards, *extra):
     """A 12-step run with checkpoints to resume from, as `python -m piunet_dist train` is given it."""
-    return [
-        sys.executable,
-        "-m",
-        "piunet_dist",
-        "train",
-        "--config",
-        "configs/demo.yaml",
-        f"run_dir={run_dir}",
-        f"data.shards={shards}",
-        *TINY,
-        "train.max_steps=12",
-        *RESUMABLE,
-        *extra,
-    ]
+    return train_command(run_dir, shards, *TINY, "train.max_steps=12", *RESUMABLE, *extra)
 
 
 def sigterm_once(command, ready):
@@ -376,20 +352,7 @@ def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path
     run_dir = tmp_path / "demo"
     # the demo's settings with 300 of its 600 steps, to keep the test pass short: on these scenes
     # it is 1.7 dB above bilinear at step 300 (0.8 at 200, 2.1 at 400)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "piunet_dist",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            f"run_dir={run_dir}",
-            f"data.shards={tmp_path / 'shards'}",
-            "train.max_steps=300",
-            "train.val_every=300",
-        ]
-    )
+    run(train_command(run_dir, tmp_path / "shards", "train.max_steps=300", "train.val_every=300"))
     best = max(e["val_cpsnr"] for e in events(run_dir) if e["event"] == "val")
     bilinear = []
     for scene in EvalScenes(shard_paths(tmp_path / "shards", "NIR", "val")):
@@ -502,18 +465,7 @@ def test_a_damaged_val_shard_stops_the_run_before_its_first_step(shards, tmp_pat
 def test_an_attention_this_machine_cannot_run_is_refused_before_the_run_starts(shards, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "piunet_dist",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            f"run_dir={tmp_path / 'run'}",
-            f"data.shards={shards}",
-            *TINY,
-            "model.attention=triton",
-        ],
+        train_command(tmp_path / "run", shards, *TINY, "model.attention=triton"),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -532,20 +484,7 @@ def test_a_validation_that_fails_comes_after_the_checkpoint_of_its_step(shards, 
     data, val = damaged_copy(shards, tmp_path)
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "piunet_dist",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            f"run_dir={run_dir}",
-            f"data.shards={data}",
-            *TINY,
-            "train.max_steps=60",
-            "train.val_every=60",
-            "train.ckpt_every=60",
-        ],
+        train_command(run_dir, data, *TINY, "train.max_steps=60", "train.val_every=60", "train.ckpt_every=60"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -595,21 +534,15 @@ def test_skipped_corrupt_samples_are_counted_and_have_a_budget(shards, tmp_path)
 def test_a_disk_that_fills_up_mid_run_is_one_line_and_leaves_no_half_checkpoint(shards, small_disk):
     run_dir = small_disk / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "piunet_dist",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            f"run_dir={run_dir}",
-            f"data.shards={shards}",
+        train_command(
+            run_dir,
+            shards,
             *TINY,
             "train.max_steps=40",
             "train.ckpt_every=20",
             "train.val_every=40",
             "train.log_every=100",
-        ],
+        ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -19,7 +19,7 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.synthetic import synthesise
 from piunet_dist.network.model import PIUNet
-from tests.helpers.runs import TINY_RUN
+from tests.helpers.runs import TINY_RUN, train_command
 
 ROOT = Path(__file__).parent.parent
 TINY = [
@@ -36,18 +36,7 @@ TINY = [
 
 def train(run_dir, shards, *extra, check=True):
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "piunet_dist",
-            "train",
-            "--config",
-            "configs/demo.yaml",
-            f"run_dir={run_dir}",
-            f"data.shards={shards}",
-            *TINY,
-            *extra,
-        ],
+        train_command(run_dir, shards, *TINY, *extra),
         cwd=ROOT,
         capture_output=True,
         text=True,
