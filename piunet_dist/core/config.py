@@ -563,17 +563,11 @@ def sweep_point(configs: list[Config]) -> list[dict]:
     """Each run's values of the settings that tell these runs apart (a sweep's grid point):
     the settings that define a run, but for its seed and band, which every sweep has."""
     flats = [flat(c) for c in configs]
-    keys = (
-        [
-            k
-            for k in flats[0]
-            if not RULES[k]["resumable"]
-            and k not in ("train.seed", "data.band")
-            and len({repr(f[k]) for f in flats}) > 1
-        ]
-        if flats
-        else []
-    )
+    keys = [
+        k
+        for k in (flats[0] if flats else {})
+        if not RULES[k]["resumable"] and k not in ("train.seed", "data.band") and len({repr(f[k]) for f in flats}) > 1
+    ]
     return [{k: f[k] for k in keys} for f in flats]
 
 

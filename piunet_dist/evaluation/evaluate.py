@@ -252,11 +252,11 @@ def write_results(
         summary["bands"][band] = summarise_band(mine, [m.name for m in ms], list(METHODS), settings.ensemble, left_out)
         summary["bands"][band]["views"] = view_scores(ms, mine, out, summary["members"])
         runs = [m for m in ms if not m.is_file]
-        if len(runs) > 1 and any(sweep_point([m.cfg for m in runs])[0].values()):
-            cpsnr = summary["bands"][band].get("members", {})
+        points = sweep_point([m.cfg for m in runs]) if len(runs) > 1 else []
+        if any(p.values() for p in points):
             summary["bands"][band]["grid"] = grid(
-                dict(zip([m.name for m in runs], sweep_point([m.cfg for m in runs]))),
-                cpsnr,
+                dict(zip([m.name for m in runs], points)),
+                summary["bands"][band].get("members", {}),
                 {m.name: m.val_cpsnr() for m in runs},
             )
     write_csv(out / "scenes.csv", results)

@@ -12,7 +12,7 @@ import submitit
 
 from ..core.files import read_json_lines
 from ..core.run_dir import RunDir
-from .progress import lines, run_dirs, run_row, state_text
+from .progress import blank_row, lines, run_dirs, run_row, state_text
 from .slurm import ENDED, JobState, cancel, hopeless, job_state
 
 
@@ -107,16 +107,7 @@ def _rows(watched: list[Watched], states: dict[str, str]) -> list[dict]:
             row = run_row(w.run_dir, state)
             row["run"] = w.label
         else:
-            row = {
-                "run": w.label,
-                "job": w.job.job_id,
-                "state": state,
-                "step": "-",
-                "loss": "-",
-                "val_cpsnr": "-",
-                "samples_s": "-",
-                "eta": "-",
-            }
+            row = blank_row(w.label, w.job.job_id, state)
         rows.append(row)
     return rows
 

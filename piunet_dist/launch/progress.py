@@ -66,6 +66,11 @@ def state_text(state: JobState | None) -> str:
     return state.state + (f" ({state.reason})" if waits else "")
 
 
+def blank_row(run: str, job: str, state: str | None) -> dict:
+    """A row before its run has logged anything: every figure a dash."""
+    return {"run": run, "job": job, "state": state} | dict.fromkeys(COLUMNS[3:], "-")
+
+
 def run_row(run_dir: Path, state: str | None = None) -> dict:
     """One run's row: its job and state (asked of SLURM unless given), the step it reached of
     its max_steps, its last loss and validation cPSNR, its samples/s and the time it needs."""
@@ -73,16 +78,7 @@ def run_row(run_dir: Path, state: str | None = None) -> dict:
     job, cluster = recorded_job(run_dir)
     train = [e for e in events if e.get("event") == "train"]
     val = [e for e in events if e.get("event") == "val"]
-    row = {
-        "run": str(run_dir),
-        "job": job or "-",
-        "state": state,
-        "step": "-",
-        "loss": "-",
-        "val_cpsnr": "-",
-        "samples_s": "-",
-        "eta": "-",
-    }
+    row = blank_row(str(run_dir), job or "-", state)
     if state is None:
         row["state"] = _state(job, cluster, cfg, train, events)
     if train and cfg is not None:
