@@ -2,7 +2,7 @@
 
 python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
 python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
-    python -m piunet_dist.launch --config configs/nir.yaml --sweep train.lr=1e-4,3e-4 model.n_tefa=8,16 --seeds 0 1
+python -m piunet_dist.launch --config configs/nir.yaml --sweep train.lr=1e-4,3e-4 model.n_tefa=8,16 --seeds 0 1
 python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
 python -m piunet_dist.launch status runs/piunet        # every member: job, state, step, ETA
 python -m piunet_dist.launch cancel runs/piunet/nir-seed0

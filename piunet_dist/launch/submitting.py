@@ -142,11 +142,18 @@ def sweep_members(args, cfg: Config) -> list[tuple[str, list[str]]]:
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
     """--sweep train.lr=1e-4,3e-4: the setting and the text of each of its values."""
-    key, _, values = text.partition("=")
+    key, _, text_values = text.partition("=")
+    key, values = key.strip(), [v.strip() for v in text_values.split(",") if v.strip()]
     if not values:
         raise UserError(f"--sweep {text}: expected section.key=VALUE,VALUE,...")
-    check_sweep(key.strip(), values)
-    return key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+    try:
+        check_sweep(key, values)
+    except UserError as e:
+        if len(values) > 1:
+            raise
+        # --sweep takes every section.key=value after it: a setting of the run may be among them
+        raise UserError(f"{e}; --sweep {text}: settings that are not swept go before --sweep") from None
+    return key, values
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:
