@@ -186,6 +186,9 @@ def test_the_simple_preset_and_physics_settings(tmp_path, capsys):
     for bad, said in (
         ("noise=20", "--physics noise=20: noise takes LOW,HIGH with LOW <= HIGH"),
         ("nois=1,2", "--physics nois=1,2: expected NAME=VALUE with NAME one of hr_blur,"),
+        ("clear_frames=2", "--physics clear_frames=2: clear_frames takes values from 0 to 1"),
+        ("noise=-3,4", "--physics noise=-3,4: noise takes values at least 0"),
+        ("frames=0,4", "--physics frames=0,4: frames takes values at least 1"),
     ):
         assert main(["synth", str(tmp_path / "b"), "--physics", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -17,13 +17,16 @@ import numpy as np
 QUANTUM = 16  # every real LR and HR value is a multiple of 16 DN
 
 
-def span(low: float, high: float, meaning: str):
-    """A setting drawn per scene uniformly from [low, high]."""
-    return field(default=(low, high), metadata={"help": meaning, "span": True})
+def span(low: float, high: float, meaning: str, bounds: tuple = (0.0, math.inf)):
+    """A setting drawn per scene uniformly from [low, high], both within `bounds`."""
+    return field(default=(low, high), metadata={"help": meaning, "span": True, "bounds": bounds})
 
 
-def value(default: float, meaning: str):
-    return field(default=default, metadata={"help": meaning, "span": False})
+def value(default: float, meaning: str, bounds: tuple = (0.0, math.inf)):
+    return field(default=default, metadata={"help": meaning, "span": False, "bounds": bounds})
+
+
+SHARE = (0.0, 1.0)
 
 
 @dataclass
@@ -35,8 +38,10 @@ class Physics:
     hr_blur: tuple = span(0.6, 1.0, "the HR image's own PSF: the ground as the 100 m camera saw it (HR px)")
     shift_offset: float = value(1.0, "the scene's grid offset from the HR: each axis uniform in +-this (HR px)")
     shift_scatter: tuple = span(0.3, 0.6, "standard deviation of each frame's shift about the offset (HR px)")
-    jump_chance: float = value(0.3, "share of scenes in which some frames sit one LR pixel (3 HR px) off the others")
-    jump_share: tuple = span(0.15, 0.35, "share of such a scene's frames that sit off")
+    jump_chance: float = value(
+        0.3, "share of scenes in which some frames sit one LR pixel (3 HR px) off the others", SHARE
+    )
+    jump_share: tuple = span(0.15, 0.35, "share of such a scene's frames that sit off", SHARE)
     blur_x: tuple = span(0.7, 1.1, "PSF width along its first axis, near x (HR px, beyond the 3x3 mean)")
     blur_y: tuple = span(0.6, 0.75, "PSF width along its second axis, near y (HR px)")
     blur_angle: float = value(10.0, "angle of the PSF's first axis from x: uniform in +-this (degrees)")
@@ -44,20 +49,20 @@ class Physics:
     gain_spread: tuple = span(0.03, 0.07, "standard deviation of a frame's gain about 1")
     brightness_change: tuple = span(0.015, 0.03, "standard deviation of a frame's mean change between dates (share)")
     seasonal: tuple = span(0.004, 0.012, "amplitude of a smooth brightness field that changes between dates (share)")
-    local_change: tuple = span(0.0, 0.04, "share of the land whose brightness changes between dates")
+    local_change: tuple = span(0.0, 0.04, "share of the land whose brightness changes between dates", SHARE)
     local_strength: float = value(0.08, "how much such land changes (share of its brightness)")
-    outliers: tuple = span(0.01, 0.02, "share of each frame's pixels that are outliers no mask marks")
+    outliers: tuple = span(0.01, 0.02, "share of each frame's pixels that are outliers no mask marks", SHARE)
     noise: tuple = span(10.0, 14.0, "sensor noise in dark flat areas (DN)")
     noise_rise: float = value(0.004, "noise variance added per DN of brightness (DN)")
-    noise_correlation: tuple = span(0.25, 0.33, "correlation of the noise of neighbours along x (none along y)")
-    quantum: int = value(QUANTUM, "every LR and HR value a multiple of this (DN; 1: none)")
-    frames: tuple = span(9, 30, "frames per scene (whole numbers)")
-    clear_frames: float = value(0.1, "share of frames without a cloud")
+    noise_correlation: tuple = span(0.25, 0.33, "correlation of the noise of neighbours along x (none along y)", SHARE)
+    quantum: int = value(QUANTUM, "every LR and HR value a multiple of this (DN; 1: none)", (1, math.inf))
+    frames: tuple = span(9, 30, "frames per scene (whole numbers)", (1, math.inf))
+    clear_frames: float = value(0.1, "share of frames without a cloud", SHARE)
     cloud_skew: float = value(
         3.0, "a cloudy frame's cover is 0.4 u^skew, u uniform in 0..1: the larger, the more frames with little cloud"
     )
     cloud_scale: float = value(6.0, "size of the cloud blobs (LR px): the largest are a few % of a frame")
-    hr_cover: tuple = span(0.0, 0.07, "share of the HR's status map that is not clear")
+    hr_cover: tuple = span(0.0, 0.07, "share of the HR's status map that is not clear", SHARE)
     uniform_shifts: bool = value(False, "shifts drawn uniformly over +-shift_scatter*sqrt(3), not normally")
 
     @classmethod
