@@ -262,48 +262,30 @@ def make_step(
     return step, model
 
 
-def step_row(
-    section: str,
-    kind: str,
-    impl: str = "-",
-    precision: str = "fp32",
-    compiled: bool = False,
-    ckpt: bool = False,
-    batch: int = 24,
-    quick: bool = False,
-    pub=None,
-) -> dict | None:
-    """One step's figures, emitted as a row. This project's steps each run in a process of their
-    own: Accelerate fixes the precision once per process, and the peak memory is the row's own."""
-    if kind == "this":
-        spec = {
-            "section": section,
-            "kind": kind,
-            "impl": impl,
-            "precision": precision,
-            "compiled": compiled,
-            "ckpt": ckpt,
-            "batch": batch,
-            "quick": quick,
-        }
-        done = subprocess.run(
-            [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
-        )
-        rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
-        if rows:
-            print("ROW " + json.dumps(rows[-1]), flush=True)
-            return rows[-1]
-        error = " | ".join(done.stderr.strip().splitlines()[-2:])[:300]
-        emit(
-            section=section,
-            kind=kind,
-            impl=impl,
-            precision=precision,
-            batch=batch,
-            error=f"exit {done.returncode}: {error}",
-        )
-        return None
-    return measure_step(section, kind, impl, precision, compiled, ckpt, batch, quick, pub)
+def step_row(section: str, kind: str, impl: str = "-", precision: str = "fp32", pub=None, **options) -> dict | None:
+    """One step's figures (measure_step's, with its options), emitted as a row. This project's
+    steps each run in a process of their own: Accelerate fixes the precision once per process,
+    and the peak memory is the row's own."""
+    if kind != "this":
+        return measure_step(section, kind, impl, precision, pub=pub, **options)
+    spec = {"section": section, "kind": kind, "impl": impl, "precision": precision, **options}
+    done = subprocess.run(
+        [sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True, cwd=ROOT
+    )
+    rows = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if rows:
+        print("ROW " + json.dumps(rows[-1]), flush=True)
+        return rows[-1]
+    error = " | ".join(done.stderr.strip().splitlines()[-2:])[:300]
+    emit(
+        section=section,
+        kind=kind,
+        impl=impl,
+        precision=precision,
+        batch=options.get("batch", 24),
+        error=f"exit {done.returncode}: {error}",
+    )
+    return None
 
 
 def measure_step(
@@ -368,13 +350,13 @@ def section_matrix(args) -> None:
     pub = published(args.published)
     for precision in ("bf16", "fp32"):
         for impl in impls:
-            step_row("matrix", "this", impl, precision, True, quick=args.quick)
+            step_row("matrix", "this", impl, precision, compiled=True, quick=args.quick)
     if pub:
         step_row("matrix", "published", quick=args.quick, pub=pub)
     for batch in (24, 96):
         for impl in impls:
             for precision in ("fp32", "bf16"):
-                step_row("matrix", "this", impl, precision, False, batch=batch, quick=args.quick)
+                step_row("matrix", "this", impl, precision, batch=batch, quick=args.quick)
 
 
 # --- profile -------------------------------------------------------------------------
