@@ -23,11 +23,10 @@ def test_the_live_view_redraws_one_table_on_a_terminal():
 
     screen = Terminal()
     view = LiveView(screen)
-    row = ROW
-    view.show([row, {**row, "run": "b"}])
-    view.show([{**row, "step": "4/8"}, {**row, "run": "b"}])
+    view.show([ROW, {**ROW, "run": "b"}])
+    view.show([{**ROW, "step": "4/8"}, {**ROW, "run": "b"}])
     first, second = screen.getvalue().split("\x1b[3F\x1b[J")  # back up over the header and two rows
-    assert first.splitlines()[0].split() == list(row) and len(first.splitlines()) == 3
+    assert first.splitlines()[0].split() == list(ROW) and len(first.splitlines()) == 3
     assert second.splitlines()[1].split()[3] == "4/8"
 
 

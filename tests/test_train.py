@@ -209,6 +209,38 @@ def test_queued_steps_are_the_steps_read_one_by_one_also_when_stopped_and_resume
     assert_same_weights(straight / "checkpoints/step_0000012", run_dir / "checkpoints/step_0000012")
 
 
+@pytest.mark.parametrize(
+    "pipeline, order",
+    [
+        # queued ahead only where the step being read asks nothing of the host: not at the last
+        # L1 step (3), the checkpoint and validation (4) or the last step (8)
+        ("on", "c1 c2 o1 c3 o2 o3 c4 o4 c5 c6 o5 c7 o6 c8 o7 o8"),
+        ("off", "c1 o1 c2 o2 c3 o3 c4 o4 c5 o5 c6 o6 c7 o7 c8 o8"),
+    ],
+)
+def test_a_quiet_step_is_queued_before_the_one_before_is_read(shards, tmp_path, pipeline, order):
+    from piunet_dist.core.config import load_config
+    from piunet_dist.training.trainer import Trainer
+
+    settings = [f"run_dir={tmp_path / 'run'}", f"data.shards={shards}", *TINY, "train.max_steps=8", *RESUMABLE]
+    settings += [f"train.pipeline={pipeline}", "train.log_every=100", "train.compile_loss=false"]
+    trainer = Trainer(load_config("configs/demo.yaml", settings), stop_on_signals=False)
+    seen, counts = [], {"compute": 0, "outcome": 0}
+
+    def recorded(name, real):
+        def call(*args, **kwargs):
+            counts[name] += 1
+            seen.append(f"{name[0]}{counts[name]}")
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in counts:  # the real step's parts, each call noted
+        setattr(trainer.step, name, recorded(name, getattr(trainer.step, name)))
+    assert trainer.train().step == 8
+    assert " ".join(seen) == order
+
+
 def test_a_step_with_a_non_finite_loss_changes_nothing_on_the_device():
     from accelerate import Accelerator
 
