@@ -62,8 +62,7 @@ def _config(run_dir: Path) -> Config | None:
 def state_text(state: JobState | None) -> str:
     if state is None:
         return "unknown"
-    waits = state.state == "PENDING" and state.reason not in ("", "None")
-    return state.state + (f" ({state.reason})" if waits else "")
+    return state.state + (f" ({state.reason})" if state.state == "PENDING" and state.reason else "")
 
 
 def blank_row(run: str, job: str, state: str | None) -> dict:

@@ -151,7 +151,11 @@ def check_request(
 @dataclass
 class JobState:
     state: str  # SLURM's: PENDING, RUNNING, COMPLETED, CANCELLED, ...
-    reason: str  # why it waits ("None" when it does not)
+    reason: str  # why it waits ("" when it does not)
+
+    def __post_init__(self):
+        if self.reason.strip() == "None":  # squeue's and sacct's word for no reason
+            self.reason = ""
 
 
 def job_state(job_id: str) -> JobState | None:
