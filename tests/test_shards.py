@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ from PIL import Image
 
 from piunet_dist.__main__ import main
 from piunet_dist.core.errors import UserError
+from piunet_dist.core.files import sha256
 from piunet_dist.data.packing import pack
+from piunet_dist.data.pipeline import EvalScenes
 from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.shards import decode_sample, load_manifest, shard_paths, verify
 from tests.helpers.scene_tree import write_norm, write_scene
@@ -177,6 +180,76 @@ def test_verify_finds_changed_missing_and_short_shards(packed, tmp_path, capsys)
     assert main(["pack", "--verify", str(tmp_path)]) == 2  # no manifest: one clear line
 
 
+@pytest.mark.faults
+def test_verify_decodes_every_sample_as_the_loaders_do(packed, tmp_path, capsys):
+    """A shard whose bytes match its manifest but whose sample no loader can read is not whole."""
+    _, out = packed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    entry = manifest["shards"][0]
+    path = copy / entry["path"]
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    damaged = members[1][0].name.split(".")[0]
+    with tarfile.open(path, "w") as tar:
+        for member, data in members:
+            if member.name == f"{damaged}.qm.npy":
+                buffer = io.BytesIO()
+                np.save(buffer, np.ones((3, 128, 128), bool))  # fewer masks than frames
+                data = buffer.getvalue()
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    entry["sha256"] = sha256(path)  # the digest agrees: only decoding finds it
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    shard_paths(copy, entry["band"], entry["split"], digest=True)
+    problems = verify(copy)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}: sample {damaged}: quality maps are bool (3, 128, 128), expected bool (")
+    assert problems[0].endswith(", 128, 128) like the frames (damaged)")
+    assert main(["pack", "--verify", str(copy)]) == 1
+    assert f"{len(manifest['shards']) - 1} of {len(manifest['shards'])} shards verified" in capsys.readouterr().out
+
+
+def test_the_summary_counts_how_scenes_will_be_read_and_an_sm_with_no_clear_pixel_is_refused(tmp_path, capsys):
+    src = tmp_path / "src"
+    names = [
+        write_scene(src, "train", "NIR", "imgset0600", clearance=[1.0] * 5 + [0.0] * 5).name,  # 5 clear frames
+        write_scene(src, "train", "NIR", "imgset0601", clearance=[0.6] * 9).name,  # none
+        write_scene(src, "train", "NIR", "imgset0602", sm_clear=0.5).name,
+        write_scene(src, "test", "NIR", "imgset1306", clearance=[0.0] * 9).name,  # every QM all zeros
+    ]
+    odd = src / "train" / "NIR" / "imgset0600" / "LR003.png"
+    frame = np.asarray(Image.open(odd)).copy()
+    frame[:3, :3], frame[5, 5] = 65520, 28656
+    Image.fromarray(frame).save(odd)
+    write_norm(src, names)
+    assert main(["pack", str(src), "--out", str(tmp_path / "out"), "--val-fraction", "0", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "  fewer than 9 frames over 85% clear (topped up with repeats when read): 1 train, 0 test" in out
+    assert "  no frame over 85% clear (train and val: left out when read, as in the paper; test: read from its " in out
+    assert "clearest frame): 1 train, 1 test" in out
+    assert "  values above 16,383 DN (bright clouds; read as they are): 1 train, 0 test" in out
+    assert "  65,520 (no data) in some frame (read as it is): 1 train, 0 test" in out
+    assert "  HR under 75% clear, the data set's own floor (scored on its clear pixels): 1 train, 0 test" in out
+    facts = load_manifest(tmp_path / "out")["facts"]["NIR"]
+    assert facts["train"] == {
+        "fewer_clear_frames": 1,
+        "no_clear_frame": 1,
+        "above_14_bits": 1,
+        "no_data": 1,
+        "target_under_75": 1,
+    }
+    assert verify(tmp_path / "out") == []
+    (test,) = EvalScenes(shard_paths(tmp_path / "out", "NIR", "test"), keep_unclear=True)
+    assert test["name"] == "imgset1306" and test["lr"].shape == (9, 128, 128)  # from its clearest frame
+    write_scene(src, "train", "NIR", "imgset0603", sm_clear=0.0)
+    write_norm(src, [*names, "imgset0603"])
+    assert main(["pack", str(src), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "train/NIR/imgset0603: SM.png marks no pixel clear: nothing of its HR can be learnt or scored" in err
+
+
 def test_cli_refuses_impossible_settings(tmp_path, capsys):
     assert main(["pack", str(tmp_path), "--out", str(tmp_path / "o"), "--val-fraction", "1.5"]) == 2
     assert "--val-fraction: 1.5 is not in [0, 1)" in capsys.readouterr().err
@@ -216,7 +289,7 @@ def test_parts_packed_apart_merge_into_the_manifest_of_one_pack(packed, tmp_path
     merged, single = load_manifest(out), load_manifest(whole)
     key = lambda m: sorted((s["path"], s["samples"], s["sha256"]) for s in m["shards"])  # noqa: E731
     assert key(merged) == key(single)
-    assert merged["summary"] == single["summary"]
+    assert merged["summary"] == single["summary"] and merged["facts"] == single["facts"]
     assert verify(out) == []
 
 

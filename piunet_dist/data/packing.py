@@ -18,10 +18,22 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from ..core.config import DataConfig
 from ..core.errors import UserError
 from ..core.files import PARTIAL, disk_error, disk_failure, remove, sha256, write_json
 from ..core.stop import process_pool, raising_on_signals
-from .probav import BANDS, SceneRef, find_scenes, load_scene, missing_norm, read_norm, validate_scene
+from .probav import (
+    BANDS,
+    NO_DATA,
+    NOMINAL_DN,
+    Scene,
+    SceneRef,
+    find_scenes,
+    load_scene,
+    missing_norm,
+    read_norm,
+    validate_scene,
+)
 from .shards import (
     FORMAT,
     MANIFEST,
@@ -35,10 +47,46 @@ from .shards import (
     verify,
 )
 
+READ_WITH = DataConfig()  # the frame selection the summary counts against
 
-def _load_and_encode(job: tuple[SceneRef, str, dict]) -> dict:
+
+def _load_and_encode(job: tuple[SceneRef, str, dict]) -> tuple[dict, dict[str, bool]]:
     ref, split, norm = job
-    return encode_scene(load_scene(ref, norm), split)
+    scene = load_scene(ref, norm)
+    return encode_scene(scene, split), scene_facts(scene)
+
+
+# what the pack's summary counts, per band and split: how the scenes will be read
+FACTS = {
+    "fewer_clear_frames": f"fewer than {READ_WITH.n_frames} frames over {READ_WITH.min_clearance:.0%} clear "
+    "(topped up with repeats when read)",
+    "no_clear_frame": f"no frame over {READ_WITH.min_clearance:.0%} clear (train and val: left out when read, "
+    "as in the paper; test: read from its clearest frame)",
+    "above_14_bits": f"values above {NOMINAL_DN:,} DN (bright clouds; read as they are)",
+    "no_data": f"{NO_DATA:,} (no data) in some frame (read as it is)",
+    "target_under_75": "HR under 75% clear, the data set's own floor (scored on its clear pixels)",
+}
+
+
+def scene_facts(scene: Scene) -> dict[str, bool]:
+    """What FACTS says of one scene (docs/method.md section 5)."""
+    clear = int((scene.clearance > READ_WITH.min_clearance).sum())
+    return {
+        "fewer_clear_frames": 0 < clear < READ_WITH.n_frames,
+        "no_clear_frame": clear == 0,
+        "above_14_bits": bool(((scene.lr > NOMINAL_DN) & (scene.lr != NO_DATA)).any()),
+        "no_data": bool((scene.lr == NO_DATA).any()),
+        "target_under_75": scene.sm is not None and float(scene.sm.mean()) < 0.75,
+    }
+
+
+def _joined(*nested: dict) -> dict:
+    """band -> split -> value dicts, later ones over earlier ones."""
+    out: dict = {}
+    for counts in nested:
+        for band, by_split in counts.items():
+            out.setdefault(band, {}).update(by_split)
+    return out
 
 
 def split_scenes(
@@ -120,7 +168,7 @@ def pack(
     finish_switch(out)
     staging = out / f".pack{PARTIAL}-{'+'.join(bands)}-{'+'.join(splits)}"
     remove(staging)
-    jobs, shard_plan = [], []
+    jobs, shard_plan, facts = [], [], {}
     for (band, split), group in groups.items():
         for start in range(0, len(group), scenes_per_shard):
             chunk = group[start : start + scenes_per_shard]
@@ -137,9 +185,13 @@ def pack(
             for rel, band, split, count in shard_plan:
                 path = staging / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
+                tally = facts.setdefault(band, {}).setdefault(split, dict.fromkeys(FACTS, 0))
                 with wds.TarWriter(str(path), encoder=False, mtime=0) as sink:  # the same scenes, the same bytes
                     for _ in range(count):
-                        sink.write(next(samples))
+                        sample, found = next(samples)
+                        sink.write(sample)
+                        for key, seen in found.items():
+                            tally[key] += seen
                         bar.update(1)
                 shards.append({"path": rel, "band": band, "split": split, "samples": count, "sha256": sha256(path)})
     except BaseException as e:  # an interrupted or failed pack leaves no staged shard behind
@@ -163,6 +215,7 @@ def pack(
             "skip_invalid": skip_invalid,
         },
         "summary": summary,
+        "facts": facts,
         "skipped": [{"scene": f"{r.split}/{r.band}/{r.name}", "problems": lines} for r, lines in invalid.items()],
         "shards": shards,
     }
@@ -188,15 +241,14 @@ def _keep_the_rest(manifest: dict, previous: dict | None, bands, splits) -> dict
         return manifest
     covered = {(b, sp) for b in bands for sp in splits}
     kept = [e for e in previous["shards"] if (e["band"], e["split"]) not in covered]
-    summary = {band: dict(counts) for band, counts in previous.get("summary", {}).items()}
-    for band, counts in manifest["summary"].items():
-        summary.setdefault(band, {}).update(counts)
+    summary = _joined(previous.get("summary", {}), manifest["summary"])
     skipped = [s for s in previous.get("skipped", []) if s["scene"].split("/")[1] not in bands]
     every_split = [sp for sp in SPLITS if any(sp in counts for counts in summary.values())]
     return {
         **manifest,
         "shards": kept + manifest["shards"],
         "summary": summary,
+        "facts": _joined(previous.get("facts", {}), manifest["facts"]),
         "skipped": skipped + manifest["skipped"],
         "params": {**manifest["params"], "bands": sorted(summary), "splits": every_split},
     }
@@ -223,26 +275,36 @@ def merge(out: Path) -> dict:
     for p, m in zip(paths[1:], parts[1:]):
         if common(m) != common(parts[0]):
             raise UserError(f"{p}: packed from another source or with other parameters than {paths[0]}")
-    shards, summary, skipped = [], {}, []
+    shards, summary, facts, skipped = [], {}, {}, []
     for m in parts:
         taken = {(s["band"], s["split"]) for s in shards}
         clash = {(s["band"], s["split"]) for s in m["shards"]} & taken
         if clash:
             raise UserError(f"{out}: several parts hold {sorted(clash)[0]}")
         shards += m["shards"]
-        for band, counts in m["summary"].items():
-            summary.setdefault(band, {}).update(counts)
+        summary, facts = _joined(summary, m["summary"]), _joined(facts, m.get("facts", {}))
         skipped += [s for s in m["skipped"] if s not in skipped]
     manifest = {
         **parts[0],
         "shards": shards,
         "summary": summary,
+        "facts": facts,
         "skipped": skipped,
         "params": {**parts[0]["params"], "bands": sorted(summary)},
     }
     manifest["params"].pop("splits", None)
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def fact_lines(by_split: dict) -> list[str]:
+    """A band's FACTS that hold of some scene, a line each with its count per split."""
+    lines = []
+    for key, meaning in FACTS.items():
+        counts = {split: tally.get(key, 0) for split, tally in by_split.items()}
+        if any(counts.values()):
+            lines.append(f"  {meaning}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -320,6 +382,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for band, counts in manifest["summary"].items():
         print(f"{band}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
+        for line in fact_lines(manifest.get("facts", {}).get(band, {})):
+            print(line)
     skipped = len(manifest["skipped"])
     print(
         f"{args.out}: {len(manifest['shards'])} shards" + (f", {skipped} invalid scene(s) skipped" if skipped else "")

@@ -3,8 +3,10 @@
     ROOT/norm.csv                         "imgsetNNNN <float>" per line, no header
     ROOT/{train,test}/{NIR,RED}/imgsetNNNN/LR000.png QM000.png ... [HR.png SM.png]
 
-LR and HR are 16-bit greyscale PNGs (14-bit values), quality and status maps any PNG
-kind (nonzero = clear). Train scenes have HR and SM, test scenes do not.
+LR and HR are 16-bit greyscale PNGs, quality and status maps any PNG kind (nonzero =
+clear). Train scenes have HR and SM, test scenes need not. Every uint16 value is data: the
+values are nominally 14-bit, but real LR frames hold bright clouds above 16,383 and 65,520
+where the sensor saw nothing (docs/method.md section 5).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ BANDS = ("NIR", "RED")
 SPLITS = ("train", "test")
 LR_SIZE = 128
 HR_SIZE = 384
-MAX_DN = 2**14 - 1  # LR and HR values are 14-bit
+NOMINAL_DN = 2**14 - 1  # the sensor's nominal top: real LR frames pass it (docs/method.md section 5)
+NO_DATA = 65520  # what a real LR frame holds where the sensor saw nothing
 MIN_CLEARANCE = 0.85  # the paper keeps frames whose quality map is more than 85% clear
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I"}
 SCENE_NAME = re.compile(r"imgset\d{4}$")
@@ -51,6 +54,7 @@ class Scene:
     hr: np.ndarray | None = None  # (384, 384) uint16
     sm: np.ndarray | None = None  # (384, 384) bool
     norm: float | None = None
+    masked_frames: int | None = None  # frames read with a quality map of their own
     clearance: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -128,6 +132,9 @@ def validate_scene(ref: SceneRef, where: str | None = None) -> list[str]:
                 problems.append(f"{where}: {name} is missing (train scenes need HR.png and SM.png)")
             else:
                 problems += _check_png(where, path, HR_SIZE, image=image)
+        sm = ref.path / "SM.png"
+        if sm.is_file() and not problems and not _read_mask(sm).any():
+            problems.append(f"{where}: SM.png marks no pixel clear: nothing of its HR can be learnt or scored")
     return problems
 
 
@@ -160,18 +167,25 @@ def _read_mask(path: Path) -> np.ndarray:
         return np.asarray(im) != 0
 
 
-def load_scene(ref: SceneRef, norm: dict[str, float] | None = None) -> Scene:
-    """Read a scene that validate_scene found valid: frames in index order."""
+def load_scene(ref: SceneRef, norm: dict[str, float] | None = None, masks_required: bool = True) -> Scene:
+    """Read a scene that validate_scene found valid: frames in index order. Without
+    `masks_required`, a frame without its QM is taken as all clear and a missing HR or SM
+    leaves the scene without a target: for statistics of copies of the data set that kept
+    only the LR frames."""
     lrs, qms = _frame_files(ref, "LR"), _frame_files(ref, "QM")
     order = sorted(lrs, key=int)
+    lr = np.stack([_read_image(lrs[i]) for i in order])
+    all_clear = np.ones(lr.shape[1:], bool)
     scene = Scene(
         name=ref.name,
         band=ref.band,
-        lr=np.stack([_read_image(lrs[i]) for i in order]),
-        qm=np.stack([_read_mask(qms[i]) for i in order]),
+        lr=lr,
+        qm=np.stack([_read_mask(qms[i]) if i in qms or masks_required else all_clear for i in order]),
         norm=(norm or {}).get(ref.name),
+        masked_frames=sum(i in qms for i in order),
     )
-    if ref.has_target:
+    has_target = all((ref.path / name).is_file() for name in ("HR.png", "SM.png"))
+    if ref.has_target and (masks_required or has_target):
         scene.hr = _read_image(ref.path / "HR.png")
         scene.sm = _read_mask(ref.path / "SM.png")
     return scene

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import webdataset as wds
 from tqdm import tqdm
 
 from ..core.errors import UserError
 from ..core.files import PARTIAL, disk_error, disk_failure, remove, sha256, write_json
-from .probav import MAX_DN, Scene
+from .probav import HR_SIZE, LR_SIZE, Scene
 
 SPLITS = ("train", "val", "test")
 
@@ -61,8 +63,18 @@ def encode_scene(scene: Scene, split: str) -> dict:
     return sample
 
 
+def read_samples(url: str):
+    """The raw samples of one shard, grouped by key, as every reader of the project takes them."""
+    return wds.tarfile_samples([{"url": url}])
+
+
 def decode_sample(sample: dict) -> tuple[Scene, dict]:
-    """A sample read from a shard back to a Scene and its metadata; ValueError if broken."""
+    """A sample read from a shard back to a Scene and its metadata; ValueError if broken.
+
+    Damage is what the format cannot be: a payload that does not decode, arrays of the wrong
+    kind or shape, frames and masks that do not match, a norm that is no positive number.
+    Every uint16 value is data: real frames hold bright clouds above 14 bits and 65,520 where
+    the sensor saw nothing (docs/method.md section 5)."""
     key = sample.get("__key__", "?")
     try:
         meta = json.loads(sample["json"])
@@ -82,12 +94,30 @@ def decode_sample(sample: dict) -> tuple[Scene, dict]:
         )
     except Exception as e:  # a damaged header or payload fails in many ways inside numpy and json
         raise ValueError(f"sample {key}: cannot decode ({type(e).__name__}: {e})") from None
-    if scene.lr.ndim != 3 or scene.lr.shape != scene.qm.shape or len(scene.lr) != meta["frames"]:
-        raise ValueError(f"sample {scene.name}: frames and quality maps do not match the metadata")
-    for what, image in (("LR", scene.lr), ("HR", scene.hr)):
-        if image is not None and (image.dtype != np.uint16 or int(image.max(initial=0)) > MAX_DN):
-            raise ValueError(f"sample {scene.name}: {what} values outside the 14-bit range of PROBA-V (damaged)")
+    problem = _format_problem(scene, meta)
+    if problem:
+        raise ValueError(f"sample {scene.name}: {problem} (damaged)")
     return scene, meta
+
+
+def _format_problem(scene: Scene, meta: dict) -> str | None:
+    lr, qm, hr, sm = scene.lr, scene.qm, scene.hr, scene.sm
+    if lr.dtype != np.uint16 or lr.ndim != 3 or len(lr) == 0 or lr.shape[1:] != (LR_SIZE, LR_SIZE):
+        return f"LR frames are {lr.dtype} {lr.shape}, expected uint16 (N, {LR_SIZE}, {LR_SIZE})"
+    if qm.dtype != np.bool_ or qm.shape != lr.shape:
+        return f"quality maps are {qm.dtype} {qm.shape}, expected bool {lr.shape} like the frames"
+    if len(lr) != meta.get("frames"):
+        return f"{len(lr)} frames, the metadata says {meta.get('frames')}"
+    if (hr is None) != (sm is None):
+        return "an HR without its status map, or a status map without its HR"
+    if hr is not None and (hr.dtype != np.uint16 or hr.shape != (HR_SIZE, HR_SIZE)):
+        return f"HR is {hr.dtype} {hr.shape}, expected uint16 ({HR_SIZE}, {HR_SIZE})"
+    if sm is not None and (sm.dtype != np.bool_ or sm.shape != (HR_SIZE, HR_SIZE)):
+        return f"status map is {sm.dtype} {sm.shape}, expected bool ({HR_SIZE}, {HR_SIZE})"
+    norm = scene.norm
+    if norm is not None and (isinstance(norm, bool) or not isinstance(norm, (int, float)) or not 0 < norm < math.inf):
+        return f"norm {norm!r} is not a positive cPSNR in dB"
+    return None
 
 
 def previous_manifest(out: Path) -> dict | None:
@@ -187,7 +217,9 @@ def scene_names(paths: list[str]) -> list[str]:
 
 
 def verify(root: Path) -> list[str]:
-    """Problems of the shards under root against their manifest; [] when all is well."""
+    """Problems of the shards under root against their manifest; [] when all is well. Every
+    sample is decoded as the loaders decode it, so a pack verified here is one that train,
+    evaluate and predict read."""
     manifest = load_manifest(root)
     problems = []
     for entry in tqdm(manifest["shards"], desc="verify", unit="shard"):
@@ -196,12 +228,28 @@ def verify(root: Path) -> list[str]:
         if problem:
             problems.append(problem)
             continue
-        try:
-            with tarfile.open(path) as tar:
-                keys = {m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()}
-        except tarfile.TarError as e:
-            problems.append(f"{path}: not a readable tar ({e})")
-            continue
-        if len(keys) != entry["samples"]:
-            problems.append(f"{path}: {len(keys)} samples, the manifest says {entry['samples']}")
+        problems += _shard_problems(path, entry)
+    return problems
+
+
+def _shard_problems(path: Path, entry: dict) -> list[str]:
+    """Each sample of one shard decoded; what is wrong with them and their count."""
+    problems, count = [], 0
+    try:
+        for sample in read_samples(str(path)):
+            count += 1
+            try:
+                scene, meta = decode_sample(sample)
+            except ValueError as e:
+                problems.append(f"{path}: {e}")
+                continue
+            if (meta.get("band"), meta.get("split")) != (entry["band"], entry["split"]):
+                problems.append(
+                    f"{path}: sample {scene.name} is {meta.get('band')} {meta.get('split')}, "
+                    f"the manifest says {entry['band']} {entry['split']}"
+                )
+    except Exception as e:  # a truncated or damaged tar fails in many ways inside tarfile
+        return problems + [f"{path}: not a readable tar ({type(e).__name__}: {e})"]
+    if count != entry["samples"]:
+        problems.append(f"{path}: {count} samples, the manifest says {entry['samples']}")
     return problems

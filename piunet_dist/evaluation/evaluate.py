@@ -80,7 +80,10 @@ def plan(runs: list[Path], settings: EvalConfig) -> tuple[list[Member], dict[str
     before anything is written (the launcher asks it before it submits)."""
     members = find_members(runs, settings.checkpoint, settings.band, settings.heads)
     bands = by_band(members)
-    return members, bands, {band: band_shards(ms, settings) for band, ms in bands.items()}
+    shards = {band: band_shards(ms, settings) for band, ms in bands.items()}
+    for band, where in shards.items():
+        shard_paths(where, band, settings.split)  # a split that is not there is said before anything is written
+    return members, bands, shards
 
 
 def band_shards(members: list[Member], settings: EvalConfig) -> Path:
@@ -101,22 +104,21 @@ def scenes(members: list[Member], shards: Path, split: str, rank: int, world: in
     and clearance), this process's share of them."""
     data = members[0].cfg.data
     for m in members[1:]:
-        d = m.cfg.data
-        if (d.n_frames, d.register, d.min_clearance) != (data.n_frames, data.register, data.min_clearance):
+        if reading(m.cfg.data) != reading(data):
             raise UserError(
-                f"{m.source}: reads scenes unlike {members[0].source} (data.n_frames, "
-                "data.register or data.min_clearance differ); evaluate them apart"
+                f"{m.source}: reads scenes unlike {members[0].source} ({', '.join(f'data.{k}' for k in READING)} "
+                "differ); evaluate them apart"
             )
     return EvalScenes(
-        shard_paths(shards, data.band, split),
-        data.n_frames,
-        keep_unclear=split == "test",
-        register=data.register,
-        rank=rank,
-        world_size=world,
-        seed=0,
-        min_clearance=data.min_clearance,
+        shard_paths(shards, data.band, split), data, keep_unclear=split == "test", rank=rank, world_size=world, seed=0
     )
+
+
+READING = ("n_frames", "min_clearance", "no_data", "register")  # how a scene's frames are read for the network
+
+
+def reading(data) -> tuple:
+    return tuple(getattr(data, k) for k in READING)
 
 
 def write_predictions(members: list[Member], predicting: list[Member], shards: Path, settings: EvalConfig, acc) -> None:

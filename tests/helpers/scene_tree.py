@@ -16,8 +16,10 @@ def write_scene(
     mask_bits: int = 8,
     clearance=None,
     with_target: bool | None = None,
+    sm_clear: float = 0.9,
 ) -> Path:
-    """One scene; clearance: per-frame clear share (default all clear)."""
+    """One scene; clearance: per-frame clear share (default all clear); sm_clear: the share of
+    the status map that is clear."""
     rng = np.random.default_rng(seed)
     d = Path(root) / split / band / name
     d.mkdir(parents=True)
@@ -29,7 +31,7 @@ def write_scene(
         _save_mask(mask, d / f"QM{i:03d}.png", mask_bits)
     if split == "train" if with_target is None else with_target:
         Image.fromarray(rng.integers(4000, 12000, (384, 384), dtype=np.uint16)).save(d / "HR.png")
-        _save_mask(rng.random((384, 384)) > 0.1, d / "SM.png", mask_bits)
+        _save_mask(rng.random((384, 384)) < sm_clear, d / "SM.png", mask_bits)
     return d
 
 
@@ -39,3 +41,15 @@ def _save_mask(mask: np.ndarray, path: Path, bits: int) -> None:
 
 def write_norm(root: Path, names: list[str]) -> None:
     (Path(root) / "norm.csv").write_text("".join(f"{n} {40 + i * 0.5}\n" for i, n in enumerate(names)))
+
+
+def holds_real_oddities(root: Path) -> bool:
+    """Whether a tree's LR frames hold what real ones do: values above 14 bits, and 65,520."""
+    bright = no_data = False
+    for path in Path(root).glob("*/*/imgset*/LR*.png"):
+        frame = np.asarray(Image.open(path))
+        bright |= bool(((frame > 2**14 - 1) & (frame != 65520)).any())
+        no_data |= bool((frame == 65520).any())
+        if bright and no_data:
+            return True
+    return False
