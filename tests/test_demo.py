@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from piunet_dist.core.config import load_config
+from tests.helpers.scene_tree import holds_real_oddities
 
 pytestmark = pytest.mark.demo
 
@@ -56,6 +57,7 @@ def make_demo(tmp_path):
 def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
     demo = tmp_path / "demo"
     out = make_demo(tmp_path)
+    assert holds_real_oddities(demo / "scenes")  # the flow met bright clouds and frames with no data
     for member in MEMBERS:
         start = json.loads((demo / member / "metrics.jsonl").read_text().splitlines()[0])
         assert start["event"] == "start" and start["world_size"] == 1

@@ -23,6 +23,7 @@ from piunet_dist.evaluation.ensembles import METHODS
 from piunet_dist.evaluation.submission import write_submission
 from tests.helpers.faults import fill
 from tests.helpers.runs import TINY_RUN, train_command
+from tests.helpers.scene_tree import holds_real_oddities
 
 ROOT = Path(__file__).parent.parent
 TINY = [
@@ -40,6 +41,7 @@ TINY = [
 def members(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     synthesise(root / "scenes", 5, 3, ["NIR"], seed=9, workers=2)
+    assert holds_real_oddities(root / "scenes")  # every command below meets them
     pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
     runs = []
     for seed in (0, 1):

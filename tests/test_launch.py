@@ -17,6 +17,7 @@ from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 from tests.helpers.runs import TINY_RUN, train_command
+from tests.helpers.scene_tree import holds_real_oddities
 
 pytestmark = pytest.mark.processes
 
@@ -49,6 +50,7 @@ needs_slurm = pytest.mark.skipif(
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("launchdata")
     synthesise(root / "scenes", 4, 0, ["NIR", "RED"], seed=5, workers=2)
+    assert holds_real_oddities(root / "scenes")  # every command below meets them
     pack(root / "scenes", root / "shards", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
     return root / "shards"
 

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from piunet_dist.__main__ import main
-from piunet_dist.data.probav import find_scenes, load_scene, read_norm, validate_scene
+from piunet_dist.data.probav import (
+    NO_DATA,
+    NOMINAL_DN,
+    find_scenes,
+    load_scene,
+    read_norm,
+    select_frames,
+    validate_scene,
+)
 from piunet_dist.data.scene_fit import FrameModel, fit_frame
 from piunet_dist.data.sensor import QUANTUM, FrameGeometry, Physics
 from piunet_dist.data.synthetic import make_scene
@@ -43,7 +51,7 @@ def test_writes_the_challenge_layout_that_validates(synth):
     for ref in refs:
         scene = load_scene(ref)
         assert 9 <= len(scene.lr) <= 30
-        assert scene.lr.max() < 2**14 and scene.lr.min() >= 0
+        assert scene.hr is None or scene.hr.max() <= NOMINAL_DN  # real HR images stay within 14 bits
         assert (scene.hr is None) == (ref.split == "test")
 
 
@@ -84,6 +92,28 @@ def test_every_value_is_a_multiple_of_16_dn_and_the_defaults_lie_in_the_real_ran
     assert physics.hr_cover[1] <= 0.07 and physics.frames[0] >= 9
 
 
+def test_scenes_carry_the_real_frames_oddities_bright_clouds_and_no_data_beyond_a_swath_edge():
+    """As measured on real scenes (docs/method.md section 5): most scenes hold values above
+    14 bits, nearly all masked; some hold 65,520, always masked, in a frame still among the
+    clearest; no frame is less than 60% clear; the HR stays within 14 bits."""
+    scenes = [make_scene(7, band, i) for band in ("NIR", "RED") for i in range(10)]
+    bright = [(s["lr"] > NOMINAL_DN) & (s["lr"] != NO_DATA) for s in scenes]
+    no_data = [s["lr"] == NO_DATA for s in scenes]
+    assert (
+        sum(b.any() for b in bright) >= 12 and max(s["lr"][b].max() for s, b in zip(scenes, bright) if b.any()) > 25000
+    )
+    marked_clear = sum((b & s["qm"]).sum() for s, b in zip(scenes, bright)) / sum(b.sum() for b in bright)
+    assert 0 < marked_clear < 0.1
+    assert 4 <= sum(n.any() for n in no_data) <= 14 and not any((n & s["qm"]).any() for s, n in zip(scenes, no_data))
+    read = 0
+    for s, n in zip(scenes, no_data):
+        clearance = s["qm"].mean(axis=(1, 2))
+        assert clearance.min() >= 0.6 and s["hr"].max() <= NOMINAL_DN
+        chosen = select_frames(clearance, 9, "paper", np.random.default_rng(0))
+        read += bool(n[chosen].any())
+    assert read >= 3  # a frame with no data among the nine a scene is read with
+
+
 def largest_blob(cloud: np.ndarray) -> int:
     """Pixels of the largest 4-connected blob of a mask."""
     seen, best = np.zeros_like(cloud), 0
@@ -108,7 +138,8 @@ def test_clouds_come_in_the_real_proportions_as_many_small_blobs():
     clear = np.concatenate([s["qm"].mean(axis=(1, 2)) for s in scenes])
     # the real median is 0.965; over ~130 frames the median lies within 0.94..0.99 nineteen times in twenty
     assert len(clear) >= 72 and 0.94 < np.median(clear) < 0.99 and clear.min() >= 0.6
-    frames = [~qm for s in scenes for qm in s["qm"] if 0.9 < qm.mean() < 0.99]
+    # the clouds: what the masks mark, but for the swath edges beyond which a frame has no data
+    frames = [~qm & (lr != NO_DATA) for s in scenes for lr, qm in zip(s["lr"], s["qm"]) if 0.9 < qm.mean() < 0.99]
     assert frames and max(largest_blob(c) for c in frames) < 0.04 * 128 * 128  # no big patch
     assert all(s["sm"].mean() >= 0.93 for s in scenes)
 
@@ -143,6 +174,9 @@ def test_describe_fits_a_tree_and_prints_what_it_shows(synth, capsys):
     assert main(["synth", "--describe", str(synth), "--describe-scenes", "1", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     for row in (
+        "NIR: the values of 4 scenes (",
+        "  above 16,383 DN (bright clouds): ",
+        "  65,520 (no data): ",
         "NIR: 1 scenes",
         "RED: 1 scenes",
         "shift scatter about it",
@@ -153,7 +187,7 @@ def test_describe_fits_a_tree_and_prints_what_it_shows(synth, capsys):
     ):
         assert row in out, row
     assert main(["synth", "--describe", str(synth / "train")]) == 2
-    assert "no train scenes with HR.png to fit" in capsys.readouterr().err
+    assert f"{synth / 'train'}: no scenes (expected " in capsys.readouterr().err
 
 
 def test_the_simple_preset_and_physics_settings(tmp_path, capsys):

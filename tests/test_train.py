@@ -20,6 +20,7 @@ from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 from tests.helpers.faults import fill, flip_bytes
 from tests.helpers.runs import TINY_RUN, train_command
+from tests.helpers.scene_tree import holds_real_oddities
 
 pytestmark = pytest.mark.processes
 
@@ -38,6 +39,7 @@ TINY = [
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     synthesise(root / "scenes", 6, 0, ["NIR"], seed=3, workers=2)
+    assert holds_real_oddities(root / "scenes")  # every command below meets them
     pack(root / "scenes", root / "shards", ["NIR"], 0.34, None, 0, 2, 1, False)  # val: a shard per rank
     return root / "shards"
 

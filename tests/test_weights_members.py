@@ -20,6 +20,7 @@ from piunet_dist.data.probav import find_scenes, load_scene
 from piunet_dist.data.synthetic import synthesise
 from piunet_dist.network.model import PIUNet
 from tests.helpers.runs import TINY_RUN, train_command
+from tests.helpers.scene_tree import holds_real_oddities
 
 ROOT = Path(__file__).parent.parent
 TINY = [
@@ -53,6 +54,7 @@ def trained(tmp_path_factory):
     published checkpoints are saved: a bare torch state_dict, and as safetensors."""
     root = tmp_path_factory.mktemp("weights")
     synthesise(root / "scenes", 5, 3, ["NIR"], seed=5, workers=2)
+    assert holds_real_oddities(root / "scenes")  # every command below meets them
     pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
     plain, rotated = root / "plain", root / "rotated"
     train(plain, root / "shards", "data.augment=false")

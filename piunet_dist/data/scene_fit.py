@@ -1,4 +1,5 @@
-"""The sensor model fitted to scenes with a target: what `synth --describe TREE` prints.
+"""The sensor model fitted to scenes with a target, beside what every scene's values hold:
+what `synth --describe TREE` prints.
 
 Each LR frame is fitted as gain · (3×3 mean of (Gaussian PSF ∗ shifted HR)) + a smooth
 offset (a quadratic surface, which takes the slow brightness changes between dates), over
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..core.errors import UserError
 from ..core.stop import process_pool
 from .probav import BANDS, find_scenes, load_scene
+from .scene_values import SceneValues, scene_values, values_lines
 
 BORDER = 6  # LR px left out at each side: what the shifts and the PSF draw from beyond the HR
 PAD = 24  # HR px of mirrored margin, so that the Fourier shift sees no edge
@@ -183,12 +186,20 @@ def _fit_ref(ref) -> SceneFit:
 
 
 def fit_tree(root: Path, per_band: int, workers: int) -> list[SceneFit]:
-    refs = [r for r in find_scenes(root) if r.has_target]
-    if not refs:
-        raise UserError(f"{root}: no train scenes with HR.png to fit (expected {root}/train/NIR/imgsetNNNN/HR.png ...)")
+    """The sensor model fitted to the first `per_band` scenes with a target of each band."""
+    refs = [r for r in find_scenes(root) if r.has_target and (r.path / "HR.png").is_file()]
     chosen = [r for band in BANDS for r in [r for r in refs if r.band == band][:per_band]]
     with process_pool(workers) as pool:
         return list(pool.map(_fit_ref, chosen))
+
+
+def _values_of(ref) -> SceneValues:
+    return scene_values(load_scene(ref, masks_required=False))
+
+
+def tree_values(refs: list, workers: int) -> list[SceneValues]:
+    with process_pool(workers) as pool:
+        return list(tqdm(pool.map(_values_of, refs, chunksize=4), total=len(refs), desc="values", unit="scene"))
 
 
 def jumped(shifts: np.ndarray) -> np.ndarray:
@@ -230,11 +241,22 @@ def _range(values) -> str:
 
 
 def describe(root: Path, per_band: int, workers: int) -> str:
-    """The table of what the scenes of a tree show, per band."""
+    """The table of what the scenes of a tree show, per band: the values of every scene, and
+    the sensor model fitted to those with a target."""
+    refs = find_scenes(root)
+    if not refs:
+        raise UserError(f"{root}: no scenes (expected {root}/train/NIR/imgsetNNNN/LR000.png ...)")
+    values = dict(zip(refs, tree_values(refs, workers)))
     fits = fit_tree(root, per_band, workers)
-    lines = [
-        f"{root}: the sensor model fitted (docs/method.md section 7); x is the column index, y the row "
-        "index, in HR pixels",
+    lines = [f"{root}: what its scenes' values hold (docs/method.md section 5)", ""]
+    for band in BANDS:
+        found = [v for r, v in values.items() if r.band == band]
+        if found:
+            lines += values_lines(band, found) + [""]
+    if not fits:
+        return "\n".join(lines + ["no scene with HR.png and SM.png: the sensor model is fitted only against a target"])
+    lines += [
+        "the sensor model fitted (docs/method.md section 7); x is the column index, y the row index, in HR pixels",
         "",
     ]
     for band in BANDS:

@@ -63,6 +63,18 @@ class Physics:
     )
     cloud_scale: float = value(6.0, "size of the cloud blobs (LR px): the largest are a few % of a frame")
     hr_cover: tuple = span(0.0, 0.07, "share of the HR's status map that is not clear", SHARE)
+    bright_clouds: float = value(0.1, "share of cloudy frames whose clouds are bright, above 16,383 DN", SHARE)
+    bright_cloud_top: tuple = span(17000.0, 26000.0, "a bright cloud's top (DN; its texture adds up to 15%)")
+    unmarked_bright: float = value(
+        0.05, "share of the pixels above 16,383 DN that the quality map leaves marked clear", SHARE
+    )
+    no_data_scenes: float = value(
+        0.4, "share of scenes with frames that hold 65,520 (no data) beyond a swath edge, masked", SHARE
+    )
+    no_data_frames: tuple = span(
+        0.05, 0.2, "share of such a scene's frames with no data (at least one, still among the clearest)", SHARE
+    )
+    no_data_extent: tuple = span(0.005, 0.25, "share of such a frame beyond the swath edge", SHARE)
     uniform_shifts: bool = value(False, "shifts drawn uniformly over +-shift_scatter*sqrt(3), not normally")
 
     @classmethod

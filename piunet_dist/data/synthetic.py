@@ -6,8 +6,11 @@ LR frame views the ground as it was that date (a seasonal brightness field, some
 changed) through the scene's anisotropic PSF, shifted by the scene's grid offset and its
 own scatter (now and then a whole LR pixel more), averaged over 3x3 pixels, with its own
 gain and offset, noise correlated along x, outlier pixels no mask marks, and small clouds
-that its quality map marks; every value a multiple of 16 DN. norm.csv holds the cPSNR of
-the challenge baseline on every scene, test scenes included (their HR is not written).
+that its quality map marks; every value a multiple of 16 DN. As in real frames, some clouds
+are brighter than the sensor's nominal 14 bits (a few of their pixels marked clear), and in
+some scenes a few frames hold 65,520 beyond a swath edge, masked (docs/method.md section 5).
+norm.csv holds the cPSNR of the challenge baseline on every scene, test scenes included
+(their HR is not written).
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from ..core.stop import process_pool, raising_on_signals
 from ..network.baselines import challenge_baseline
 from ..network.metrics import cpsnr
 from .landscape import fractal_noise, landscape
-from .probav import BANDS, HR_SIZE, LR_SIZE, MAX_DN
+from .probav import BANDS, HR_SIZE, LR_SIZE, NO_DATA, NOMINAL_DN
 from .sensor import PRESETS, FrameGeometry, Physics, blurred, correlated_noise, quantise, view
 
 PAD = 24  # HR margin that shifted views draw from
 MAX_CLOUD_COVER = 0.4
 MARKED = 0.15  # the opacity from which a quality map marks a cloud: thinner haze goes unmarked
+TOP = 2**16 - 1  # values are stored as uint16: at most 65,520 in steps of 16
 
 
 def clouds(rng: np.random.Generator, size: int, cover: float, scale: float) -> np.ndarray:
@@ -54,6 +58,30 @@ def frame_cover(rng: np.random.Generator, physics: Physics) -> float:
     # most cloudy frames hold a little cloud, a few a lot: a median of 3.5% (with the clear
     # frames, 0.965 of a frame is clear at the median), at most MAX_CLOUD_COVER
     return float(MAX_CLOUD_COVER * rng.random() ** physics.cloud_skew)
+
+
+SMALL_NO_DATA = 0.01  # the first no-data frame of a scene holds at most this share of it
+MIN_FRAME_CLEAR = 0.6  # ESA's data set holds only LR frames at least this clear
+
+
+def no_data_plan(rng: np.random.Generator, physics: Physics, n_frames: int) -> dict[int, float]:
+    """Frame index -> the share of it beyond a swath edge, for the scenes that have such
+    frames: the first one cloudless and only a little cut, so that it is among the clearest."""
+    if rng.random() >= physics.no_data_scenes:
+        return {}
+    count = max(1, round(physics.draw(rng, "no_data_frames") * n_frames))
+    chosen = rng.choice(n_frames, count, replace=False)
+    plan = {int(i): physics.draw(rng, "no_data_extent") for i in chosen}
+    plan[int(chosen[0])] = float(rng.uniform(min(physics.no_data_extent[0], SMALL_NO_DATA), SMALL_NO_DATA))
+    return plan
+
+
+def swath_edge(rng: np.random.Generator, size: int, extent: float) -> np.ndarray:
+    """The pixels beyond a straight edge at a random angle that cuts off `extent` of a frame."""
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size]
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    return along > np.quantile(along, 1 - extent)
 
 
 def make_scene(seed: int, band: str, index: int, physics: Physics | None = None) -> dict:
@@ -79,6 +107,9 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
     outliers = physics.draw(rng, "outliers")
     noise, correlation = physics.draw(rng, "noise"), physics.draw(rng, "noise_correlation")
     mean = float(hr.mean())
+    # the oddities draw from a stream of their own, so the rest of a scene is as without them
+    odd_rng = np.random.default_rng([seed, BANDS.index(band), index, 1])
+    no_data = no_data_plan(odd_rng, physics, n_frames)
     lr, qm, truth = [], [], []
     for i in range(n_frames):
         if physics.uniform_shifts:
@@ -108,11 +139,25 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
         frame = frame + sigma * correlated_noise(rng, frame.shape, correlation)
         odd = rng.random(frame.shape) < outliers
         frame = np.where(odd, frame + rng.choice([-1, 1], frame.shape) * rng.uniform(150, 600, frame.shape), frame)
-        opacity = clouds(rng, LR_SIZE, frame_cover(rng, physics), physics.cloud_scale)
-        top = frame + rng.uniform(1500, 5000) * (1 + 0.3 * fractal_noise(rng, LR_SIZE, 3.0))
-        frame = (1 - opacity) * frame + opacity * top
-        lr.append(quantise(frame, physics.quantum, MAX_DN))
-        qm.append(opacity < MARKED)
+        cover = frame_cover(rng, physics)
+        opacity = clouds(rng, LR_SIZE, cover, physics.cloud_scale)
+        lift, texture = rng.uniform(1500, 5000), fractal_noise(rng, LR_SIZE, 3.0)
+        top = frame + lift * (1 + 0.3 * texture)
+        if cover > 0 and odd_rng.random() < physics.bright_clouds:
+            top = np.maximum(top, physics.draw(odd_rng, "bright_cloud_top") * (1 + 0.05 * texture))
+        extent = no_data.get(i)
+        if extent is not None and extent < SMALL_NO_DATA:  # a frame among the clearest, whatever its clouds
+            opacity = np.zeros_like(opacity)
+        frame = quantise((1 - opacity) * frame + opacity * top, physics.quantum, TOP)
+        marked = opacity < MARKED
+        bright = ~marked & (frame > NOMINAL_DN)
+        marked |= bright & (odd_rng.random(frame.shape) < physics.unmarked_bright)
+        # no more than leaves the frame 60% clear: the data set holds no frame less clear
+        if extent is not None and (extent := min(extent, marked.mean() - MIN_FRAME_CLEAR)) > 0:
+            beyond = swath_edge(odd_rng, LR_SIZE, extent)
+            frame[beyond], marked[beyond] = NO_DATA, False
+        lr.append(frame)
+        qm.append(marked)
         truth.append(
             {
                 "dy": geometry.dy,
@@ -128,7 +173,7 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
     return {
         "lr": np.stack(lr),
         "qm": np.stack(qm),
-        "hr": quantise(hr, physics.quantum, MAX_DN),
+        "hr": quantise(hr, physics.quantum, TOP),
         "sm": clouds(rng, HR_SIZE, hr_cover, 3 * physics.cloud_scale) < MARKED,
         "truth": {"frames": truth, "noise": noise, "noise_correlation": correlation},
     }
