@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from common import report
 
+from piunet_dist.core.config import DataConfig
 from piunet_dist.data.pipeline import prepare_frames
-from piunet_dist.data.probav import MIN_CLEARANCE, Scene
+from piunet_dist.data.probav import Scene
 from piunet_dist.data.sensor import PRESETS, Physics
 from piunet_dist.data.synthetic import make_scene
 from piunet_dist.evaluation.inference import super_resolve
@@ -27,9 +28,7 @@ from piunet_dist.network.weights import model_from_weights
 def gain(model, scene: dict, band: str) -> tuple[float, float]:
     """(network's cPSNR, baseline's cPSNR) of one scene."""
     s = Scene("scene", band, scene["lr"], scene["qm"], scene["hr"], scene["sm"])
-    lr, _ = prepare_frames(
-        s, 9, "paper", np.random.default_rng(0), keep_unclear=True, register=False, min_clearance=MIN_CLEARANCE
-    )
+    lr, _ = prepare_frames(s, DataConfig(), np.random.default_rng(0), keep_unclear=True)
     sr, _ = super_resolve(model, torch.from_numpy(lr)[None])
     hr = torch.from_numpy(scene["hr"].astype(np.float32))[None, None]
     sm = torch.from_numpy(scene["sm"])[None, None]

@@ -1,3 +1,4 @@
+import io
 import logging
 
 import numpy as np
@@ -8,7 +9,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader
 
 from piunet_dist.core.config import DataConfig
-from piunet_dist.data.pipeline import CorruptData, EvalScenes, TrainPatches
+from piunet_dist.data.pipeline import CorruptData, EvalScenes, TrainPatches, fill_no_data
 from piunet_dist.data.probav import Scene
 from piunet_dist.data.shards import encode_scene
 from tests.helpers.distributed import run_group
@@ -159,23 +160,80 @@ def test_skipping_corrupt_data_stops_when_nothing_readable_is_left(broken, caplo
 
 @pytest.mark.parametrize(
     "damage, message",
-    [("header", "cannot decode (TokenError: "), ("values", "LR values outside the 14-bit range of PROBA-V (damaged)")],
+    [
+        ("header", "cannot decode (TokenError: "),
+        ("masks", "quality maps are bool (11, 128, 128), expected bool (12, 128, 128) like the frames (damaged)"),
+        ("depth", "LR frames are int32 (12, 128, 128), expected uint16 (N, 128, 128) (damaged)"),
+        ("norm", "norm -1.0 is not a positive cPSNR in dB (damaged)"),
+    ],
 )
 @pytest.mark.faults
 def test_damaged_sample_contents_are_one_line_each(tmp_path, damage, message):
-    sample = encode_scene(consistent_scene("imgset0102", 102), "train")
-    lr = bytearray(sample["lr.npy"])
+    scene = consistent_scene("imgset0102", 102)
+    sample = encode_scene(scene, "train")
     if damage == "header":
+        lr = bytearray(sample["lr.npy"])
         lr[11] = ord("(")  # an unbalanced header, which numpy's parser fails on in tokenize
+        sample["lr.npy"] = bytes(lr)
+    elif damage == "masks":
+        sample["qm.npy"] = npy(scene.qm[:-1])
+    elif damage == "depth":
+        sample["lr.npy"] = npy(scene.lr.astype(np.int32))
     else:
-        lr[-2:] = (0xFFFF).to_bytes(2, "little")  # a flipped high bit: 65535 DN in the last pixel
-    sample["lr.npy"] = bytes(lr)
+        sample["json"] = sample["json"].replace(b'"norm": 45.0', b'"norm": -1.0')
     path = tmp_path / "damaged.tar"
     with wds.TarWriter(str(path), encoder=False) as sink:
         sink.write(sample)
     with pytest.raises(CorruptData) as error:
         list(EvalScenes([str(path)]))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def odd_scene():
+    """A consistent scene with the values real frames hold: 65,535 and a bright cloud's 28,656
+    (marked clear, as real masks now and then do), and 65,520 beyond a swath edge of the
+    clearest frame, masked."""
+    scene = consistent_scene("imgset0103", 103)
+    scene.lr[:, 5, 5] = 65535
+    scene.lr[:, 60, 70] = 28656
+    scene.qm[1:, :20, :15] = False  # a little cloud on every other frame: the cut one is the clearest
+    scene.lr[0, 100:, 120:] = 65520
+    scene.qm[0, 100:, 120:] = False
+    return Scene(scene.name, scene.band, scene.lr, scene.qm, scene.hr, scene.sm, scene.norm)
+
+
+def test_every_uint16_value_is_read_and_the_network_sees_what_other_frames_saw_where_one_has_no_data(tmp_path):
+    scene = odd_scene()
+    path = write_shards(tmp_path, [scene], per_shard=1)
+    truth = consistent_scene("imgset0103", 103).lr[0].astype(np.float32)  # every frame sees the same ground
+    (filled,) = EvalScenes(path)
+    (kept,) = EvalScenes(path, DataConfig(no_data="keep"))
+    assert (kept["lr"][0] == 65520).sum() == 28 * 8  # the clearest frame comes first
+    assert filled["lr"][0, 5, 5] == kept["lr"][0, 5, 5] == 65535 and filled["lr"][0, 60, 70] == 28656
+    assert torch.equal(filled["lr"][0, 100:, 120:], torch.from_numpy(truth[100:, 120:]))
+    assert (kept["lr"][0, 100:, 120:] == 65520).all()
+    assert torch.equal(filled["baseline"], kept["baseline"])  # the challenge's baseline sees the files as they are
+    patches = iter(TrainPatches(path, settings(shuffle_buffer=1, patches_per_scene=64, patch=64), seed=0, rank=0))
+    assert all((next(patches)[0] != 65520).all() for _ in range(20))
+
+
+def test_where_no_frame_saw_a_pixel_clear_it_takes_the_frames_own_clear_median():
+    lr = np.full((3, 4, 4), 1000, np.float32)
+    lr[1] = 2000
+    lr[:, 0, 0] = 65520  # every frame's corner
+    qm = np.ones((3, 4, 4), bool)
+    qm[:, 0, 0] = False
+    lr[2, 1, 1], qm[2, 1, 1] = 65520, False
+    out = fill_no_data(lr, qm)
+    assert out[0, 0, 0] == 1000 and out[1, 0, 0] == 2000
+    assert out[2, 1, 1] == 1500  # the median of what the other two frames saw there
+    assert lr[0, 0, 0] == 65520  # the frames given are left as they are
 
 
 @pytest.mark.faults

@@ -84,6 +84,12 @@ class DataConfig:
         "paper", "frame selection in training: paper (clearest first) or random", choices=("paper", "random")
     )
     min_clearance: float = setting(0.85, "a frame is usable when more than this share is clear", share=True)
+    no_data: str = setting(
+        "fill",
+        "what the network sees where a frame holds 65,520 (no data): fill (what the other frames saw there; "
+        "docs/method.md section 5) or keep (the value, as the published code)",
+        choices=("fill", "keep"),
+    )
     register: bool = setting(False, "align frames to the clearest one by phase correlation first")
     patch: int = setting(32, "LR patch side in training; the HR patch is 3x (paper: 32)", positive=True)
     min_clear: float = setting(0.1, "a patch is kept when more than this share of its HR is clear", share=True)

@@ -12,20 +12,20 @@ to global worker j mod (world size x workers), read in manifest order.
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..core.config import DataConfig
 from ..core.errors import UserError
 from ..network.baselines import challenge_baseline
-from .probav import MIN_CLEARANCE, Scene, select_frames
+from .probav import NO_DATA, Scene, select_frames
 from .registration import register_frames
-from .shards import decode_sample
+from .shards import decode_sample, read_samples
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _scenes(url: str, skip_corrupt: bool, tally: Tally, max_skipped_share: float
         if tally.skipped <= 10 or tally.skipped % 1000 == 0:
             log.warning("skipped corrupt data (%d so far in this worker): %s: %s", tally.skipped, url, what)
 
-    samples = iter(wds.tarfile_samples([{"url": url}]))
+    samples = iter(read_samples(url))
     while True:
         try:
             sample = next(samples)
@@ -86,23 +86,40 @@ def _scenes(url: str, skip_corrupt: bool, tally: Tally, max_skipped_share: float
 
 
 def prepare_frames(
-    scene: Scene,
-    n_frames: int,
-    policy: str,
-    rng: np.random.Generator,
-    keep_unclear: bool,
-    register: bool,
-    min_clearance: float = MIN_CLEARANCE,
+    scene: Scene, data: DataConfig, rng: np.random.Generator, keep_unclear: bool = False, policy: str = "paper"
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Selected frames (T,X,Y) float32 DN and their masks, or None for a scene with no clear frame."""
-    chosen = select_frames(scene.clearance, n_frames, policy, rng, keep_unclear, min_clearance)
+    """The frames (T,X,Y) float32 DN the network sees of a scene and their masks, as the data
+    section reads them (data.n_frames, data.min_clearance, data.no_data, data.register), or
+    None for a scene with no clear frame. The scene itself is left as it is."""
+    chosen = select_frames(scene.clearance, data.n_frames, policy, rng, keep_unclear, data.min_clearance)
     if chosen is None:
         return None
     lr, qm = scene.lr[chosen].astype(np.float32), scene.qm[chosen]
-    if register:
+    if data.no_data == "fill":
+        lr = fill_no_data(lr, qm)
+    if data.register:
         reference = int(np.argmax(scene.clearance[chosen]))
         lr, qm, _ = register_frames(lr, qm, reference)
     return lr, qm
+
+
+def fill_no_data(lr: np.ndarray, qm: np.ndarray) -> np.ndarray:
+    """Frames whose NO_DATA pixels hold what the other frames saw there instead: the median
+    of the frames clear there, else the median of the frame's own clear pixels. A network
+    fed 65,520 among values near 7,000 loses up to 13 dB (docs/method.md section 5)."""
+    hole = lr == NO_DATA
+    if not hole.any():
+        return lr
+    seen = np.where(qm & ~hole, lr, np.nan)
+    with warnings.catch_warnings():  # a pixel no frame saw clear is all-nan: filled below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        across = np.nanmedian(seen, axis=0)
+    out = lr.copy()
+    for frame, gap, clear in zip(out, hole, qm & ~hole):
+        if gap.any():
+            own = np.median(frame[clear]) if clear.any() else np.median(frame[~gap]) if (~gap).any() else 0.0
+            frame[gap] = np.where(np.isnan(across[gap]), own, across[gap])
+    return out
 
 
 class TrainPatches(IterableDataset):
@@ -143,7 +160,7 @@ class TrainPatches(IterableDataset):
         s = self.settings
         if scene.hr is None:
             raise UserError(f"scene {scene.name} has no HR: test shards cannot train")
-        frames = prepare_frames(scene, s.n_frames, s.policy, rng, False, s.register, s.min_clearance)
+        frames = prepare_frames(scene, s, rng, policy=s.policy)
         if frames is None:
             return
         lr, _ = frames
@@ -176,23 +193,21 @@ class TrainPatches(IterableDataset):
 
 
 class EvalScenes(IterableDataset):
-    """Every scene once: a dict with lr (T,X,Y) DN, hr, sm, baseline (DN), name, band, norm."""
+    """Every scene once: a dict with lr (T,X,Y) DN, hr, sm, baseline (DN), name, band, norm;
+    the frames read as the data section says (prepare_frames)."""
 
     def __init__(
         self,
         shards: list[str],
-        n_frames: int = 9,
+        data: DataConfig | None = None,
         keep_unclear: bool = False,
-        register: bool = False,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
-        min_clearance: float = MIN_CLEARANCE,
     ):
         super().__init__()
-        self.shards, self.n_frames, self.keep_unclear = shards, n_frames, keep_unclear
-        self.register, self.rank, self.world_size = register, rank, world_size
-        self.seed, self.min_clearance = seed, min_clearance
+        self.shards, self.data, self.keep_unclear = shards, data or DataConfig(), keep_unclear
+        self.rank, self.world_size, self.seed = rank, world_size, seed
 
     def __iter__(self):
         wid, workers = _worker()
@@ -201,12 +216,12 @@ class EvalScenes(IterableDataset):
             for scene, _ in _scenes(url, skip_corrupt=False, tally=Tally()):
                 # topping up with repeated frames is random: seeded by the scene, not the reader
                 rng = np.random.default_rng([self.seed, zlib.crc32(scene.name.encode())])
-                frames = prepare_frames(
-                    scene, self.n_frames, "paper", rng, self.keep_unclear, self.register, self.min_clearance
-                )
+                frames = prepare_frames(scene, self.data, rng, self.keep_unclear)
                 if frames is None:
                     log.info(
-                        "%s: no frame is %.0f%% clear; left out as in the paper", scene.name, 100 * self.min_clearance
+                        "%s: no frame is %.0f%% clear; left out as in the paper",
+                        scene.name,
+                        100 * self.data.min_clearance,
                     )
                     continue
                 has_target = scene.hr is not None

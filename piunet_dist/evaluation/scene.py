@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.config import DataConfig
 from ..core.errors import UserError
 from ..data.pipeline import prepare_frames
 from ..data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
@@ -49,15 +50,7 @@ def predict_scene(
             "clearest frames anyway"
         )
     # the clearest frames first; with --keep-unclear a scene without a clear frame keeps its clearest one
-    lr, _ = prepare_frames(
-        scene,
-        n_frames,
-        "paper",
-        np.random.default_rng(0),
-        keep_unclear=True,
-        register=False,
-        min_clearance=MIN_CLEARANCE,
-    )
+    lr, _ = prepare_frames(scene, DataConfig(n_frames=n_frames), np.random.default_rng(0), keep_unclear=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_weights(weights, n_heads).to(device).eval()
     views = views_for(self_ensemble, trained_with_rotations(weights))

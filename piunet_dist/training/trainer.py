@@ -260,12 +260,10 @@ class Trainer:
         model = self.acc.unwrap_model(self.model).eval()
         scenes = EvalScenes(
             self.val_shards,
-            cfg.data.n_frames,
-            register=cfg.data.register,
+            cfg.data,
             rank=self.acc.process_index,
             world_size=self.acc.num_processes,
             seed=cfg.train.seed,
-            min_clearance=cfg.data.min_clearance,
         )
         batch_size = scenes_per_batch(
             cfg.train.val_batch_size,
