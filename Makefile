@@ -2,11 +2,19 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# CPU build of torch where there is no CUDA GPU: a bare `torch` would pull the CUDA wheels.
+# PyTorch's build: TORCH_BUILD=auto takes CUDA where nvidia-smi finds a GPU, the CPU build
+# elsewhere (a bare `torch` would pull the CUDA wheels); a login node without GPUs installs
+# for its GPU nodes with TORCH_BUILD=cuda, a GPU machine for CPUs with TORCH_BUILD=cpu.
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
+TORCH_BUILD ?= auto
 TRITON_VERSION ?= 3.6.0
-HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+ifeq ($(TORCH_BUILD),auto)
+TORCH_BUILD := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+endif
+ifneq ($(filter-out cpu cuda,$(TORCH_BUILD)),)
+$(error TORCH_BUILD=$(TORCH_BUILD): expected auto, cpu or cuda)
+endif
 
 .PHONY: install lint test test-fast demo bench bench-gpu clean
 
@@ -15,7 +23,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-ifeq ($(HAS_GPU),1)
+ifeq ($(TORCH_BUILD),cuda)
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
 else
 	$(PY) -m pip install -q --retries 0 "torch==$(TORCH_VERSION)+cpu" \
@@ -67,7 +75,7 @@ demo: install
 
 $(DEMO)/report/summary.json: $(DEMO_MEMBERS:=/best/model.safetensors)
 	$(PY) -m piunet_dist.launch evaluate --runs $(DEMO_MEMBERS) --split val \
-	  --cpus-per-task 1 --mem 1500M --out $(DEMO)/report --wait
+	  --cpus-per-task 1 --mem 1500M --out $(DEMO)/report --wait $(filter launch.% eval.%,$(DEMO_SETTINGS))
 
 # figures for BENCHMARKS.md: each benchmark prints its table, then one table of them all
 bench: install

@@ -59,7 +59,7 @@ def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
         ("trian.lr=1", "unknown setting trian; did you mean train?"),
         ("train.max_steps=abc", "train.max_steps: expected an integer, got 'abc'"),
         ("train.max_steps=true", "train.max_steps: expected an integer, got 'true'"),
-        ("train.precision=fp8", "train.precision: 'fp8' is not one of no, bf16, fp16"),
+        ("train.precision=fp8", "train.precision: 'fp8' is not one of auto, no, bf16, fp16"),
         ("data.min_clear=1.5", "data.min_clear: must be in [0, 1), got 1.5"),
         ("train.batch_size=0", "train.batch_size: must be positive, got 0"),
         ("model.n_heads=5", "model.n_feat: 42 is not divisible by model.n_heads=5"),
@@ -72,6 +72,13 @@ def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
         ("train.weight_decay=-1", "train.lr_gamma and train.weight_decay: the factor must be positive"),
         ("data.max_skipped_share=1", "data.max_skipped_share: must be in [0, 1), got 1.0"),
         ("train.lr", "'train.lr': expected section.key=value"),
+        ("launch.gpus_per_node=-1", "launch.gpus_per_node: expected auto or a whole number of at least 0, got '-1'"),
+        ("launch.gpus_per_node=some", "launch.gpus_per_node: expected auto or a whole number of at least 0"),
+        (
+            "train.init_weights=w.pt",  # base.yaml's L1 epoch on a trained network
+            "train.l1_warmup_steps: 260 steps of the L1 loss at the start of a fine-tune from train.init_weights; "
+            "give train.l1_warmup_steps=0 (as configs/finetune.yaml does)",
+        ),
     ],
 )
 def test_bad_settings_say_what_is_wrong(override, message):
@@ -169,3 +176,41 @@ def test_evaluate_reads_its_settings_from_the_eval_section_and_the_flags_win(tmp
     assert defaults == Config().eval
     with pytest.raises(SystemExit):
         parser.parse_args(["--runs", "r", "--ensemble", "vote"])
+
+
+def test_a_fine_tune_keeps_its_schedule_inside_its_steps_and_its_recipe_passes():
+    with pytest.raises(UserError) as e:
+        load_config(
+            CONFIGS / "base.yaml", ["train.init_weights=w.pt", "train.l1_warmup_steps=0", "train.max_steps=9000"]
+        )
+    assert str(e.value) == (
+        "train.lr_milestones: [150000] at or beyond this fine-tune's train.max_steps=9000; give milestones inside "
+        "its steps, or [] (as configs/finetune.yaml does)"
+    )
+    recipe = load_config(CONFIGS / "finetune.yaml", ["train.init_weights=w.pt"])
+    assert recipe.train.l1_warmup_steps == 0 and recipe.train.lr_milestones == [15000] < [recipe.train.max_steps]
+
+
+def test_gpus_and_precision_default_to_what_the_machine_has():
+    cfg = load_config(CONFIGS / "base.yaml", ["launch.gpus_per_node=4"])
+    assert (Config().launch.gpus_per_node, Config().train.precision, cfg.launch.gpus_per_node) == ("auto", "auto", "4")
+    assert load_config(CONFIGS / "base.yaml").train.precision == "auto"
+    from piunet_dist.training.trainer import train_precision
+
+    assert train_precision("auto") == ("no", "train.precision auto: float32 without a GPU")  # this machine's
+    assert train_precision("bf16") == ("bf16", "")
+
+
+def test_help_gives_every_settings_default():
+    import json
+
+    from piunet_dist.launch.cli import build_evaluate_parser, build_parser
+
+    for parser, sections in ((build_parser(), ("launch",)), (build_evaluate_parser(), ("eval", "launch"))):
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            for section in sections:
+                defaults = getattr(Config(), section)
+                value = getattr(defaults, action.dest, None)
+                if action.dest in defaults.__dict__ and not isinstance(value, bool):
+                    assert f"(default {json.dumps(value)}: {section}.{action.dest})" in text, action.dest

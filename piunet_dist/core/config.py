@@ -31,12 +31,12 @@ def setting(
     positive: bool = False,
     finite: bool = False,
     share: bool = False,
-    auto_or_count: bool = False,
+    auto_or_count: int | None = None,
     resumable: bool = False,
 ):
     """A dataclass field with its one-line meaning (the configuration reference reads it) and
     its rules: the values it takes (`choices`), its bounds (`positive`, `finite`, a `share` in
-    [0, 1), `auto_or_count`: "auto" or a positive whole number), and whether a resumed run may
+    [0, 1), `auto_or_count`: "auto" or a whole number of at least this), and whether a resumed run may
     change it (`resumable`: how long, how often, where and how it is computed, never what)."""
     rules = {
         "help": meaning,
@@ -127,7 +127,10 @@ class TrainConfig:
     )
     legacy_sigma_bias: bool = setting(False, "add the brightness bias to the log-scale, as the published code did")
     precision: str = setting(
-        "no", "mixed precision: no, bf16 or fp16 (the loss is always float32)", choices=("no", "bf16", "fp16")
+        "auto",
+        "mixed precision: auto (bf16 on GPUs that support it, float32 elsewhere), no (float32), bf16 or fp16; "
+        "the loss and the output layers are always float32",
+        choices=("auto", "no", "bf16", "fp16"),
     )
     seed: int = setting(0, "seed of the initial weights and of the data streams")
     init_weights: str = setting(
@@ -144,8 +147,8 @@ class TrainConfig:
     )
     compile_model: bool = setting(
         False,
-        "compile each TEFA block with torch.compile (one compile, reused by all): "
-        "faster steps after a compile of a minute or two",
+        "compile each TEFA block with torch.compile (one compile, shared by all blocks): "
+        "faster steps; the compile costs the first steps seconds",
         resumable=True,
     )
     pipeline: str = setting(
@@ -165,7 +168,7 @@ class TrainConfig:
         "auto",
         "whole scenes per validation batch and process: auto (1 on a CPU, as many "
         "as fit on a GPU, at most 32) or a number",
-        auto_or_count=True,
+        auto_or_count=1,
         resumable=True,
     )
     val_cssim: bool = setting(True, "compute cSSIM in validation (49 SSIM maps per scene)", resumable=True)
@@ -216,19 +219,29 @@ class EvalConfig:
         "auto",
         "scenes per prediction batch and process, each with its self-ensemble's "
         "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number",
-        auto_or_count=True,
+        auto_or_count=1,
     )
     precision: str = setting(
         "auto",
         "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the output layers always run in float32",
         choices=("auto", "no", "bf16"),
     )
+    partial: bool = setting(
+        False,
+        "with split test: write a submission that lacks some of the challenge's 290 test scenes (one band, "
+        "a synthetic set); without it such a submission is refused",
+    )
 
 
 @dataclass
 class LaunchConfig:
     nodes: int = setting(1, "SLURM nodes", positive=True)
-    gpus_per_node: int = setting(0, "GPUs per node, one process each; 0 runs tasks_per_node CPU processes")
+    gpus_per_node: str = setting(
+        "auto",
+        "GPUs per node, one process each: auto (the partition's, from SLURM's GRES; this machine's for local "
+        "processes; 0 where there are none) or a number; 0 runs tasks_per_node CPU processes",
+        auto_or_count=0,
+    )
     tasks_per_node: int = setting(1, "processes per node when gpus_per_node is 0", positive=True)
     cpus_per_task: int = setting(4, "CPU cores per process", positive=True)
     partition: str = setting("", "SLURM partition (empty: the cluster's default)")
@@ -359,7 +372,7 @@ def _apply(obj, values: dict, where: str, problems: list[str], prefix: str = "")
                 _apply(current, value, where, problems, f"{key}.")
             continue
         rule = RULES.get(key, {})
-        if type(value) is int and (rule.get("auto_or_count") or str(value) in rule.get("choices", ())):
+        if type(value) is int and (rule.get("auto_or_count") is not None or str(value) in rule.get("choices", ())):
             value = str(value)  # YAML's 4 for the text setting "4"
         try:
             setattr(obj, name, _check_type(f"{where}: {key}", value, hints[name], CHOICES.get(key, ())))
@@ -443,8 +456,8 @@ def validate(cfg: Config) -> None:
     for key, r in RULES.items():
         if r["share"] and not 0 <= get(cfg, key) < 1:
             raise UserError(f"{key}: must be in [0, 1), got {get(cfg, key)}")
-        if r["auto_or_count"]:
-            count_or_auto(key, get(cfg, key))
+        if r["auto_or_count"] is not None:
+            count_or_auto(key, get(cfg, key), r["auto_or_count"])
     if cfg.model.n_feat % cfg.model.n_heads:
         raise UserError(f"model.n_feat: {cfg.model.n_feat} is not divisible by model.n_heads={cfg.model.n_heads}")
     if cfg.model.n_feat // cfg.model.r_bneck < 1:
@@ -459,8 +472,26 @@ def validate(cfg: Config) -> None:
         )
     for key, values in cfg.sweep.items():
         check_sweep(key, values)
-    if cfg.data.workers < 0 or cfg.launch.gpus_per_node < 0:
-        raise UserError("data.workers and launch.gpus_per_node: must be >= 0")
+    if cfg.train.init_weights:
+        check_fine_tune(cfg.train)
+    if cfg.data.workers < 0:
+        raise UserError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+
+
+def check_fine_tune(train: TrainConfig) -> None:
+    """A run from trained weights keeps its method fitting: no L1 phase, which would train the
+    image alone while the uncertainty the weights learnt drifts, and a schedule inside its steps."""
+    if train.l1_warmup_steps:
+        raise UserError(
+            f"train.l1_warmup_steps: {train.l1_warmup_steps} steps of the L1 loss at the start of a fine-tune from "
+            "train.init_weights; give train.l1_warmup_steps=0 (as configs/finetune.yaml does)"
+        )
+    beyond = [m for m in train.lr_milestones if m >= train.max_steps]
+    if beyond:
+        raise UserError(
+            f"train.lr_milestones: {beyond} at or beyond this fine-tune's train.max_steps={train.max_steps}; "
+            "give milestones inside its steps, or [] (as configs/finetune.yaml does)"
+        )
 
 
 NOT_SWEPT = ("run_dir", "sweep", "data.band", "train.seed")  # --bands and --seeds sweep those two
@@ -478,14 +509,15 @@ def check_sweep(key: str, values: list) -> None:
         raise UserError(f"sweep: {key} has no values")
 
 
-def count_or_auto(what: str, value: str) -> int | None:
-    """A batch-size setting read: None for auto, else the positive count; UserError otherwise."""
+def count_or_auto(what: str, value: str, least: int = 1) -> int | None:
+    """An auto-or-count setting read: None for auto, else the count of at least `least`; UserError otherwise."""
     text = str(value).strip()
     if text == "auto":
         return None
-    if text.isdigit() and int(text) > 0:
+    if text.isdigit() and int(text) >= least:
         return int(text)
-    raise UserError(f"{what}: expected auto or a positive whole number, got {value!r}")
+    kind = "a positive whole number" if least == 1 else f"a whole number of at least {least}"
+    raise UserError(f"{what}: expected auto or {kind}, got {value!r}")
 
 
 def add_setting_flags(parser, section: str, names: tuple[str, ...] | None = None) -> None:
@@ -498,18 +530,28 @@ def add_setting_flags(parser, section: str, names: tuple[str, ...] | None = None
         if names is not None and f.name not in names:
             continue
         key, flag = f"{section}.{f.name}", f"--{f.name.replace('_', '-')}"
-        kind = _auto_or_count if RULES[key]["auto_or_count"] else hints[f.name]
+        default = json.dumps(getattr(getattr(Config(), section), f.name))
+        if hints[f.name] is bool:  # a switch: given, the setting is true
+            parser.add_argument(flag, action="store_const", const=True, help=f"{f.metadata['help']} [{key}]")
+            continue
+        least = RULES[key]["auto_or_count"]
+        kind = hints[f.name] if least is None else _auto_or_count(least)
         choices = [c for c in RULES[key]["choices"] if c != ""] or None  # "" is the flag left out
-        parser.add_argument(flag, type=kind, choices=choices, help=f"{f.metadata['help']} [{key}]")
+        parser.add_argument(flag, type=kind, choices=choices, help=f"{f.metadata['help']} (default {default}: {key})")
 
 
-def _auto_or_count(text: str) -> str:
-    """The type of a batch-size flag: checked as it is read, so that argparse names the flag."""
-    try:
-        count_or_auto("", text)
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
-    return text
+def _auto_or_count(least: int):
+    """The type of an auto-or-count flag: checked as it is read, so that argparse names the flag."""
+
+    def read(text: str) -> str:
+        try:
+            count_or_auto("", text, least)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+        return text
+
+    read.__name__ = "auto or count"  # what argparse calls the type in its message
+    return read
 
 
 def flag_overrides(args, section: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Submit training to SLURM with submitit, or run it as local processes.
 
-python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --wait
-python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 2 3
+python -m piunet_dist.launch --config configs/base.yaml --bands NIR RED --seeds 0 1 --nodes 2 --wait
+    (one job array; each job on 2 nodes with as many GPUs as the partition's nodes have)
+python -m piunet_dist.launch --config configs/nir.yaml --nodes 2 --gpus-per-node 4 --partition gpu --wait
 python -m piunet_dist.launch --config configs/nir.yaml --sweep train.lr=1e-4,3e-4 model.n_tefa=8,16 --seeds 0 1
 python -m piunet_dist.launch evaluate --runs runs/piunet/*-seed* --split val --out runs/eval
 python -m piunet_dist.launch status runs/piunet        # every member: job, state, step, ETA
@@ -37,6 +38,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         tuple(f.name for f in dataclasses.fields(LaunchConfig) if f.name not in ("nodes", "tasks_per_node")),
     )
     parser.add_argument("--wait", action="store_true", help="follow the jobs to the end; non-zero if one failed")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="eval and launch settings, over --config's"
+    )
     return parser
 
 

@@ -23,7 +23,7 @@ from ..evaluation.evaluate import plan
 from ..training.trainer import initial_model
 from .following import Watched, wait_for
 from .jobs import EvaluateTask, TrainJob
-from .slurm import check_request, minutes
+from .slurm import check_request, minutes, partition_nodes
 
 
 def cluster_kind(choice: str) -> str:
@@ -53,17 +53,56 @@ def cluster_kind(choice: str) -> str:
     return "local"
 
 
+CPU_STEPS = 20_000  # more steps than this on CPU jobs is a GPU recipe: said, not submitted by default
+
+
+def resolve_gpus(launch: LaunchConfig, kind: str) -> str:
+    """launch.gpus_per_node made a count for this cluster (auto: the partition's GPUs per node
+    from SLURM's GRES, this machine's for local processes), set on `launch`; returns how auto
+    found it ("" where it was given)."""
+    if launch.gpus_per_node != "auto":
+        return ""
+    if kind == "slurm":
+        name, nodes = partition_nodes(launch.partition)
+        found = max(n.gpus for n in nodes)
+        where = f"partition {name}'s nodes have {found}"
+    else:
+        import torch
+
+        found = torch.cuda.device_count()
+        where = f"this machine has {found}"
+    launch.gpus_per_node = str(found)
+    return f"launch.gpus_per_node auto: {where}"
+
+
+def processes_per_node(launch: LaunchConfig) -> int:
+    return int(launch.gpus_per_node) or launch.tasks_per_node
+
+
+def said_how(launch: LaunchConfig, precision: str, found: str) -> str:
+    """The launch's first line: how many processes a node runs, on what, and in which precision."""
+    gpus = int(launch.gpus_per_node)
+    on = f"{gpus} GPU(s) per node, a process each" if gpus else f"{launch.tasks_per_node} CPU process(es) per node"
+    if precision != "auto":
+        how = f"train.precision {precision}"
+    elif gpus:
+        how = "train.precision auto: bf16 where the GPUs support it, else float32 (each job says which)"
+    else:
+        how = "train.precision auto: float32 on CPU jobs"
+    return f"{on}" + (f" ({found})" if found else "") + f"; {how}"
+
+
 def slurm_request(launch: LaunchConfig) -> dict[str, object]:
     """The job's request, by the names sbatch gives its options: what the executor is given and
-    what --dry-run prints."""
+    what --dry-run prints (launch.gpus_per_node resolved)."""
     request = {
         "nodes": launch.nodes,
-        "ntasks-per-node": launch.gpus_per_node or launch.tasks_per_node,
+        "ntasks-per-node": processes_per_node(launch),
         "cpus-per-task": launch.cpus_per_task,
         "time": minutes(launch.time),
     }
-    if launch.gpus_per_node:
-        request["gpus-per-node"] = launch.gpus_per_node
+    if int(launch.gpus_per_node):
+        request["gpus-per-node"] = int(launch.gpus_per_node)
     return request | {
         k: getattr(launch, k) for k in ("partition", "account", "qos", "constraint", "mem") if getattr(launch, k)
     }
@@ -104,10 +143,10 @@ def make_executor(cfg: Config, folder: Path, name: str, kind: str):
     return executor
 
 
-def sbatch_request(cfg: Config, name: str) -> str:
+def sbatch_request(cfg: Config, name: str, kind: str) -> str:
     """The job's SLURM request as #SBATCH lines (for --dry-run); submitit adds its own lines for
     logs, the signal before the time limit and requeueing."""
-    if cluster_kind(cfg.launch.cluster) != "slurm":
+    if kind != "slurm":
         raise UserError("--dry-run prints a SLURM request: it needs SLURM (sbatch on the PATH) or --cluster slurm")
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}"]
     lines += [f"#SBATCH --{option}={value}" for option, value in slurm_request(cfg.launch).items()]
@@ -171,12 +210,21 @@ def submit_training(args) -> int:
     cfg = load_config(args.config, overrides)
     launch = cfg.launch
     minutes(launch.time)
-    world = launch.nodes * (launch.gpus_per_node or launch.tasks_per_node)
+    kind = cluster_kind(launch.cluster)
+    found = resolve_gpus(launch, kind)
+    overrides.append(f"launch.gpus_per_node={launch.gpus_per_node}")  # every member runs as resolved here
+    world = launch.nodes * processes_per_node(launch)
     folder = RunDir(cfg.run_dir).slurm
     name = f"piunet-{Path(cfg.run_dir).name}"
     runs = []
     for run_dir, extra in sweep_members(args, cfg):
         member = load_config(args.config, overrides + extra)  # every member is valid before anything is sent
+        if found and not int(launch.gpus_per_node) and member.train.max_steps > CPU_STEPS:
+            raise UserError(
+                f"launch.gpus_per_node: auto found no GPUs ({found.split(': ', 1)[1]}), and {run_dir} trains "
+                f"train.max_steps={member.train.max_steps:,} steps, a recipe for GPUs: give --partition with GPU "
+                "nodes, or --gpus-per-node 0 to train it on CPU jobs all the same"
+            )
         check_world(member, world)
         if member.train.init_weights and checkpoint.latest(Path(run_dir)) is None:
             initial_model(member, resuming=False)  # weights that are not there, or do not fit, refused now
@@ -184,19 +232,19 @@ def submit_training(args) -> int:
             print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
         else:
             runs.append((run_dir, member))
+    print(f"launch: {said_how(launch, cfg.train.precision, found)}")
     if args.dry_run:
-        print(sbatch_request(cfg, name))
+        print(sbatch_request(cfg, name, kind))
         return 0
     if not runs:
         return 0
-    kind = cluster_kind(launch.cluster)
     if kind == "slurm":
         check_request(
             launch.partition,
             launch.nodes,
-            launch.gpus_per_node or launch.tasks_per_node,
+            processes_per_node(launch),
             launch.cpus_per_task,
-            launch.gpus_per_node,
+            int(launch.gpus_per_node),
             launch.mem,
             launch.time,
         )
@@ -222,17 +270,25 @@ def submit_training(args) -> int:
 
 def submit_evaluation(args) -> int:
     """An array of predict tasks, one per run (a band x member), then the scoring job after them."""
+    other = [o for o in args.overrides if not o.startswith(("eval.", "launch."))]
+    if other:
+        raise UserError(f"{other[0]}: launch evaluate takes eval.* and launch.* settings (a run's own are its config)")
     cfg = load_config(
         args.config,
-        flag_overrides(args, "eval") + flag_overrides(args, "launch") + ["launch.nodes=1", "launch.tasks_per_node=1"],
+        list(args.overrides)
+        + flag_overrides(args, "eval")
+        + flag_overrides(args, "launch")
+        + ["launch.nodes=1", "launch.tasks_per_node=1"],
     )
-    cfg.launch.gpus_per_node = min(cfg.launch.gpus_per_node, 1)
     runs, settings, launch = list(args.runs), cfg.eval, cfg.launch
     plan(runs, settings)  # every member and its scenes found before anything is sent
     folder = Path(settings.out) / "slurm"
     kind = cluster_kind(launch.cluster)
+    found = resolve_gpus(launch, kind)
+    launch.gpus_per_node = str(min(int(launch.gpus_per_node), 1))  # a task predicts on one GPU at most
+    print(f"launch: {int(launch.gpus_per_node)} GPU per task" + (f" ({found})" if found else ""))
     if kind == "slurm":
-        check_request(launch.partition, 1, 1, launch.cpus_per_task, launch.gpus_per_node, launch.mem, launch.time)
+        check_request(launch.partition, 1, 1, launch.cpus_per_task, int(launch.gpus_per_node), launch.mem, launch.time)
     executor = make_executor(cfg, folder, "piunet-predict", kind)
     with executor.batch():
         tasks = [

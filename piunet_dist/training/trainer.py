@@ -64,6 +64,18 @@ class TrainerState:
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
+def train_precision(setting: str) -> tuple[str, str]:
+    """train.precision for this machine, and why where auto chose it ("" where it was given)."""
+    if setting != "auto":
+        return setting, ""
+    if not torch.cuda.is_available():
+        return "no", "train.precision auto: float32 without a GPU"
+    name = torch.cuda.get_device_name()
+    if torch.cuda.is_bf16_supported():
+        return "bf16", f"train.precision auto: bf16 on {name}"
+    return "no", f"train.precision auto: float32, {name} has no bf16"
+
+
 class Trainer:
     def __init__(self, cfg: Config, stop_on_signals: bool = True):
         self.cfg = cfg
@@ -73,9 +85,10 @@ class Trainer:
         self.stop = StopRequest() if stop_on_signals else None
         on_gpu = torch.cuda.is_available()
         _check_process_group_env()
+        self.precision, self.precision_reason = train_precision(cfg.train.precision)
         self.acc = Accelerator(
             cpu=not on_gpu,
-            mixed_precision=cfg.train.precision,
+            mixed_precision=self.precision,
             log_with="tensorboard",
             project_dir=str(self.run_dir),
             kwargs_handlers=_process_group_kwargs(on_gpu),
@@ -228,6 +241,7 @@ class Trainer:
             "train",
             step=self.state.step,
             loss=loss,
+            objective="laplace" if self.state.step > self.cfg.train.l1_warmup_steps else "l1",
             lr=lr,
             samples_per_s=rate,
             skipped_steps=self.state.skipped_steps,
@@ -324,11 +338,14 @@ class Trainer:
         if self.resume_from is not None:
             self._resume(self.resume_from)
         self.acc.init_trackers("tensorboard")
+        if self.acc.is_main_process and self.precision_reason:
+            print(f"{self.run_dir}: precision {self.precision} ({self.precision_reason})")
         self._log(
             "start",
             step=self.state.step,
             world_size=self.acc.num_processes,
-            precision=cfg.train.precision,
+            precision=self.precision,
+            precision_reason=self.precision_reason,
             config_hash=config_hash(cfg),
             resumed_from=None if self.resume_from is None else self.resume_from.name,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
