@@ -167,7 +167,17 @@ def test_two_processes_give_the_summary_of_one(members, tmp_path):
 def test_test_split_writes_a_complete_submission_or_none(members, tmp_path, capsys):
     root, runs = members
     out = tmp_path / "out"
-    evaluate("--runs", runs[0], "--split", "test", "--self-ensemble", "1", "--out", out)
+    test = ["--runs", runs[0], "--split", "test", "--self-ensemble", "1", "--out", out]
+    assert main(["evaluate", *map(str, test)]) == 2  # a synthetic set: not the challenge's 290 scenes
+    assert capsys.readouterr().err.strip() == (
+        "piunet-dist evaluate: error: --split test: a submission holds the challenge's 290 test scenes; these "
+        "members' test shards lack 146 of the 146 RED and 144 of the 144 NIR (give every band's members, or "
+        "--partial to write it all the same)"
+    )
+    assert not out.exists()
+    evaluate(*test, "--partial")
+    summary = json.loads((out / "summary.json").read_text())["submission"]
+    assert summary["scenes"] == 3 and summary["lacking"] == {"RED": 146, "NIR": 144} and not summary["complete"]
     names = scene_names(shard_paths(root / "shards", "NIR", "test"))
     with zipfile.ZipFile(out / "submission.zip") as z:
         assert sorted(z.namelist()) == sorted(f"{n}.png" for n in names)
@@ -327,6 +337,7 @@ def test_a_killed_evaluation_resumes_where_it_stopped_from_whole_files(members, 
         *map(str, runs),
         "--split",
         "test",
+        "--partial",
         "--self-ensemble",
         "4",
         "--batch-size",

@@ -566,7 +566,7 @@ def evaluation(runs, out, *flags):
 
 @needs_slurm
 @pytest.mark.slurm
-def test_evaluate_sbatch_scores_each_band_as_a_task_of_its_array(shards, two_runs, tmp_path):
+def test_evaluate_sbatch_scores_both_bands_in_one_job(shards, two_runs, tmp_path):
     out = tmp_path / "eval"
     job = subprocess.run(
         [
@@ -575,7 +575,7 @@ def test_evaluate_sbatch_scores_each_band_as_a_task_of_its_array(shards, two_run
             "--cpus-per-task",
             "1",
             "--output",
-            str(tmp_path / "ev-%A_%a.out"),
+            str(tmp_path / "ev-%j.out"),
             "slurm/evaluate.sbatch",
             str(two_runs[0].parent),
             str(out),
@@ -591,9 +591,9 @@ def test_evaluate_sbatch_scores_each_band_as_a_task_of_its_array(shards, two_run
         env={**os.environ, "PIUNET_PYTHON": sys.executable},
     ).stdout.strip()
     assert wait_for_job(job) == "COMPLETED", [p.read_text()[-2000:] for p in tmp_path.glob("ev-*.out")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["bands"]) == {"NIR", "RED"}
     for band in ("NIR", "RED"):
-        summary = json.loads((out / band / "summary.json").read_text())
-        assert set(summary["bands"]) == {band}
         assert summary["bands"][band]["scenes"] == len(scene_names(shard_paths(shards, band, "val")))
 
 

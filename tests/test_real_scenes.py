@@ -127,7 +127,7 @@ def test_a_real_trained_network_predicts_evaluates_and_submits_the_real_test_sce
     predicted = png(tmp_path / "imgset1306.png")
     assert predicted.shape == (384, 384) and predicted.dtype == np.uint16
     out = tmp_path / "eval"
-    args = ["--runs", str(WEIGHTS), "--band", "NIR", "--split", "test", "--shards", str(packed), "--out", str(out)]
+    args = ["--runs", f"{WEIGHTS}:NIR", "--split", "test", "--partial", "--shards", str(packed), "--out", str(out)]
     assert main(["evaluate", *args]) == 0
     with zipfile.ZipFile(out / "submission.zip") as z:
         assert z.namelist() == ["imgset1306.png"]

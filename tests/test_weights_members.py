@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from piunet_dist.__main__ import main
+from piunet_dist.core.config import load_config
 from piunet_dist.core.files import sha256
 from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene
@@ -33,6 +34,7 @@ TINY = [
     "train.ckpt_every=4",
     "train.val_batch_size=1",
 ]
+FINE_TUNE = ["train.l1_warmup_steps=0", "train.lr_milestones=[]"]  # what a run from trained weights must have
 
 
 def train(run_dir, shards, *extra, check=True):
@@ -118,7 +120,8 @@ def test_weights_files_are_members_and_ensemble_with_runs(trained, tmp_path):
 def test_auto_views_follow_each_members_training_and_predict_agrees(trained, tmp_path, capsys):
     root, plain, rotated, published = trained
     out = tmp_path / "eval"
-    assert main(["evaluate", "--runs", str(plain), str(rotated), "--split", "test", "--out", str(out)]) == 0
+    test = ["--split", "test", "--partial", "--out", str(out)]
+    assert main(["evaluate", "--runs", str(plain), str(rotated), *test]) == 0
     members = summary(out)["members"]
     assert (members["plain"]["self_ensemble"], members["rotated"]["self_ensemble"]) == (1, 4)
     assert (members["plain"]["trained_with_rotations"], members["rotated"]["trained_with_rotations"]) == (False, True)
@@ -186,6 +189,7 @@ def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoint
         run_dir,
         root / "shards",
         f"train.init_weights={start}",
+        *FINE_TUNE,
         "train.lr=1e-12",
         "train.max_steps=2",
         "train.val_every=2",
@@ -210,6 +214,7 @@ def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoint
         run_dir,
         root / "shards",
         f"train.init_weights={start}",
+        *FINE_TUNE,
         "train.lr=1e-12",
         "train.max_steps=4",
         "train.val_every=2",
@@ -228,8 +233,8 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
     out = tmp_path / "eval"
     assert main(["evaluate", "--runs", str(published), str(plain), "--out", str(out)]) == 2
     assert one_error(capsys, "evaluate") == (
-        f"piunet-dist evaluate: error: --band: {published} is a weights file, "
-        "which does not say its band; give --band NIR or RED"
+        f"piunet-dist evaluate: error: --band: {published} is a weights file, which does not say its band; "
+        f"give it as {published}:NIR or {published}:RED, or --band for every file"
     )
     assert main(["evaluate", "--runs", str(published), "--band", "NIR", "--out", str(out)]) == 2
     assert "--shards: " in one_error(capsys, "evaluate")
@@ -240,13 +245,13 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
     assert not out.exists()
 
     run_dir = tmp_path / "run"
-    result = train(run_dir, root / "shards", f"train.init_weights={tmp_path / 'absent.pt'}", check=False)
+    result = train(run_dir, root / "shards", f"train.init_weights={tmp_path / 'absent.pt'}", *FINE_TUNE, check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         f"piunet-dist train: error: {tmp_path / 'absent.pt'}: no such checkpoint file"
     )
     wider = tmp_path / "wider.pt"
     torch.save(PIUNet(n_feat=16, r_bneck=4, n_tefa=1).state_dict(), wider)
-    result = train(run_dir, root / "shards", f"train.init_weights={wider}", check=False)
+    result = train(run_dir, root / "shards", f"train.init_weights={wider}", *FINE_TUNE, check=False)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and last.startswith(f"piunet-dist train: error: {wider}: does not fit this PIUnet: ")
     assert "wrong shapes: conv_in.weight (16, 1, 1, 3, 3) (model has (8, 1, 1, 3, 3))" in last
@@ -271,7 +276,7 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
     )
     assert launch.returncode == 2 and launch.stderr.strip() == (
         f"piunet-dist launch: error: --band: {published} is a weights file, which does not say its band; "
-        "give --band NIR or RED"
+        f"give it as {published}:NIR or {published}:RED, or --band for every file"
     )
     launch = subprocess.run(
         [
@@ -283,6 +288,7 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
             f"run_dir={run_dir}",
             f"train.init_weights={wider}",
             *TINY,
+            *FINE_TUNE,
             "--cluster",
             "local",
         ],
@@ -292,3 +298,43 @@ def test_mistakes_on_the_new_paths_are_one_line_and_write_nothing(trained, tmp_p
     )
     assert launch.returncode == 2 and "does not fit this PIUnet" in launch.stderr and not run_dir.exists()
     assert not out.exists()
+
+
+@pytest.mark.processes
+def test_a_fine_tune_with_its_config_has_no_l1_phase_and_its_schedule_inside_its_steps(trained, tmp_path):
+    root, _, _, published = trained
+    recipe = load_config(ROOT / "configs" / "finetune.yaml")
+    assert recipe.train.l1_warmup_steps == 0 and max(recipe.train.lr_milestones) < recipe.train.max_steps
+    run_dir = tmp_path / "fine"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "piunet_dist",
+            "train",
+            "--config",
+            "configs/finetune.yaml",
+            f"run_dir={run_dir}",
+            f"data.shards={root / 'shards'}",
+            f"train.init_weights={published}",
+            *TINY_RUN,
+            "data.workers=0",
+            "train.compile_loss=false",
+            "train.compile_model=false",
+            "train.max_steps=6",
+            "train.lr_milestones=[3]",
+            "train.log_every=1",
+            "train.val_every=6",
+            "train.ckpt_every=6",
+            "train.val_batch_size=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["event"] == "train"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert {e["objective"] for e in steps} == {"laplace"}  # from the first step
+    assert [e["lr"] for e in steps] == pytest.approx([2e-5, 2e-5, 4e-6, 4e-6, 4e-6, 4e-6])

@@ -205,13 +205,31 @@ def write_scene(job: tuple) -> tuple[str, float]:
     return directory.name, baseline_cpsnr(scene)
 
 
-def scene_jobs(out: Path, n_train: int, n_test: int, bands, seed: int, physics: Physics) -> list[tuple]:
-    """Scene numbers as in the challenge: train RED then NIR, then test RED then NIR."""
+# the challenge's own numbers: where each band's scenes of a split start, and how many it has
+CHALLENGE = {
+    ("train", "RED"): (0, 594),
+    ("train", "NIR"): (594, 566),
+    ("test", "RED"): (1160, 146),
+    ("test", "NIR"): (1306, 144),
+}
+
+
+def scene_jobs(
+    out: Path, n_train: int, n_test: int, bands, seed: int, physics: Physics, numbering: str = "sequential"
+) -> list[tuple]:
+    """Scenes ordered as in the challenge: train RED then NIR, then test RED then NIR, numbered
+    one after the other (sequential) or by the challenge's own numbers (challenge: each band's
+    count at most the challenge's, so --test-scenes 146 writes its 290 test scenes)."""
     jobs, number = [], 0
     ordered = [b for b in ("RED", "NIR") if b in bands]
     for split, count in (("train", n_train), ("test", n_test)):
         for band in ordered:
-            for i in range(count):
+            first, most = CHALLENGE[(split, band)]
+            if numbering == "challenge":
+                number, count_here = first, min(count, most)
+            else:
+                count_here = count
+            for i in range(count_here):
                 index = i if split == "train" else n_train + i
                 name = f"imgset{number:04d}"
                 jobs.append((seed, band, index, out / split / band / name, split == "train", physics))
@@ -220,7 +238,14 @@ def scene_jobs(out: Path, n_train: int, n_test: int, bands, seed: int, physics: 
 
 
 def synthesise(
-    out: Path, n_train: int, n_test: int, bands, seed: int, workers: int, physics: Physics | None = None
+    out: Path,
+    n_train: int,
+    n_test: int,
+    bands,
+    seed: int,
+    workers: int,
+    physics: Physics | None = None,
+    numbering: str = "sequential",
 ) -> bool:
     """Write the tree under `out`; False when the same tree is already there."""
     physics = physics or Physics()
@@ -231,6 +256,8 @@ def synthesise(
         "seed": seed,
         "physics": json.loads(json.dumps(dataclasses.asdict(physics))),
     }
+    if numbering != "sequential":
+        params["numbering"] = numbering
     stamp = out / "synth.json"
     if out.exists():
         if stamp.is_file() and json.loads(stamp.read_text()) == params:
@@ -240,7 +267,7 @@ def synthesise(
     if n_train + n_test > 9999:
         raise UserError("--scenes and --test-scenes: at most 9999 scenes in all (imgsetNNNN)")
     with replacing(out) as partial:  # the tree appears whole or not at all
-        jobs = scene_jobs(partial, n_train, n_test, bands, seed, physics)
+        jobs = scene_jobs(partial, n_train, n_test, bands, seed, physics, numbering)
         with process_pool(workers) as pool, raising_on_signals("synth"):
             results = list(tqdm(pool.map(write_scene, jobs), total=len(jobs), desc="synth", unit="scene"))
         (partial / "norm.csv").write_text("".join(f"{name} {value:.6f}\n" for name, value in results))
@@ -256,6 +283,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scenes", type=int, default=10, help="test scenes per band (default 10)")
     parser.add_argument("--bands", nargs="+", choices=BANDS, default=list(BANDS), help="bands (default both)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same scenes (default 0)")
+    parser.add_argument(
+        "--numbering",
+        choices=("sequential", "challenge"),
+        default="sequential",
+        help="scene numbers one after the other (default), or the challenge's own (train RED from imgset0000, NIR "
+        "from imgset0594, test RED from imgset1160, NIR from imgset1306; each band's count at most the "
+        "challenge's, so --test-scenes 146 writes its 290 test scenes)",
+    )
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes writing scenes (default: up to 4)"
     )
@@ -333,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError("--workers: must be at least 1")
     physics = physics_from(args.preset, args.physics)
-    written = synthesise(args.out, args.scenes, args.test_scenes, args.bands, args.seed, args.workers, physics)
+    written = synthesise(
+        args.out, args.scenes, args.test_scenes, args.bands, args.seed, args.workers, physics, args.numbering
+    )
     print(f"{args.out}: {'written' if written else 'already there, same parameters'}")
     return 0

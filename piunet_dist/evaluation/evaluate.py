@@ -1,7 +1,8 @@
 """Evaluate trained runs and weights files (the members of an ensemble) on a split, per band.
 
     python -m piunet_dist evaluate --runs runs/nir-seed0 runs/nir-seed1 --split val --out runs/eval
-    python -m piunet_dist evaluate --runs nir_model_checkpoint.pt --band NIR --shards shards/probav
+    python -m piunet_dist evaluate --runs nir_model_checkpoint.pt:NIR red_model_checkpoint.pt:RED \
+        --shards shards/probav --split test --out runs/test
 
 Two phases. predict: each member predicts every scene with its self-ensemble (by default
 the views its training showed it: inference.views_for) and writes OUT/<band>/<member>/
@@ -39,7 +40,7 @@ from .inference import resolve_precision, scenes_per_batch, super_resolve_views,
 from .members import Member, by_band, find_members
 from .outputs import predicted, read_outputs, read_view_cpsnr, write_outputs
 from .scoring import Calibration, SceneResult, grid, score, summarise_band, write_csv
-from .submission import ENSEMBLE, write_submission
+from .submission import ENSEMBLE, check_complete, write_submission
 
 STAMP = "predictions.json"
 
@@ -83,6 +84,8 @@ def plan(runs: list[Path], settings: EvalConfig) -> tuple[list[Member], dict[str
     shards = {band: band_shards(ms, settings) for band, ms in bands.items()}
     for band, where in shards.items():
         shard_paths(where, band, settings.split)  # a split that is not there is said before anything is written
+    if settings.split == "test":
+        check_complete(shards, settings.partial)
     return members, bands, shards
 
 
@@ -261,11 +264,50 @@ def write_results(
                 summary["bands"][band].get("members", {}),
                 {m.name: m.val_cpsnr() for m in runs},
             )
+    summary["chosen"] = chosen(members, settings, out)
     write_csv(out / "scenes.csv", results)
-    write_json(out / "summary.json", summary)
     if settings.split == "test":
-        summary["submission"] = str(write_submission(out, shards))
+        summary["submission"] = write_submission(out, shards)
+    write_json(out / "summary.json", summary)
     return summary
+
+
+def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
+    """What was decided for the user, a line each, where a setting's auto or a fallback decided
+    it: each member's views and precision, an ensemble method that could not be used as named,
+    and weights files scored on validation scenes that may be their own training scenes."""
+    lines = []
+    for m in members:
+        stamp = _stamp(out / m.band / m.name)
+        if settings.self_ensemble == "auto":
+            why = "trained with rotations" if m.trained_with_rotations else "trained without rotations"
+            lines.append(
+                f"{m.name}: {views_for('auto', m.trained_with_rotations)} view(s) (eval.self_ensemble auto: {why})"
+            )
+        if settings.precision == "auto" and stamp:
+            lines.append(
+                f"{m.name}: precision {stamp['precision']} (eval.precision auto: bf16 on a GPU, float32 on a CPU)"
+            )
+        if m.is_file and settings.split == "val":
+            lines.append(
+                f"{m.name}: a weights file, trained on a split this project does not know: its training scenes may be "
+                "among these validation scenes (pack --val-list with its own split holds them out)"
+            )
+    for band, ms in by_band(members).items():
+        unscored = [m.name for m in ms if m.val_cpsnr() is None]
+        if settings.ensemble == "val_weighted" and unscored and len(ms) > 1:
+            lines.append(
+                f"{band}: the val_weighted ensemble weighs its members equally, as the mean: "
+                f"{', '.join(unscored)} never validated"
+            )
+    return lines
+
+
+def _stamp(folder: Path) -> dict:
+    try:
+        return json.loads((folder / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def view_scores(members: list[Member], results: list[SceneResult], out: Path, described: dict) -> dict:
@@ -302,7 +344,8 @@ def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         help="the members: run directories, a run's best/ or checkpoint directories, or weights files "
-        "(.pt, .pth, .safetensors: give --band, and --shards where no run of their band says)",
+        "(.pt, .pth, .safetensors) with their band, nir_model_checkpoint.pt:NIR (or --band for every file), "
+        "and --shards where no run of their band says",
     )
     parser.add_argument("--config", type=Path, help="YAML file whose eval section gives the settings the flags do not")
     add_setting_flags(parser, "eval")
@@ -352,5 +395,14 @@ def run(args: argparse.Namespace) -> int:
             print(grid_text(entry["grid"]))
         if entry["left_out"]:
             print(f"  left out (no clear frame): {', '.join(entry['left_out'])}")
-    print(f"{settings.out}/summary.json" + (f", {summary['submission']}" if "submission" in summary else ""))
+    if summary["chosen"]:
+        print("chosen for you (summary.json's chosen):\n  " + "\n  ".join(summary["chosen"]))
+    submission = summary.get("submission")
+    if submission:
+        gaps = ", ".join(f"{n} {b}" for b, n in submission["lacking"].items() if n)
+        print(
+            f"{submission['path']}: {submission['scenes']} test scenes"
+            + (f"; lacks {gaps} of the challenge's 290 (--partial)" if gaps else ", the challenge's 290")
+        )
+    print(f"{settings.out}/summary.json")
     return 0

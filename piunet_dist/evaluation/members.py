@@ -5,7 +5,8 @@ well it validated; for a file its path and sha256).
 A member is given as a run directory (its best/ or newest checkpoint, eval.checkpoint), a
 run's best/ or checkpoint directory (those weights, the run's settings), or a weights
 file: a published `.pt`/`.pth` state_dict or a `.safetensors` file. A file has no
-settings: its band is eval.band, its heads eval.heads, its shape its own, and it reads its
+settings: its band is given after it (`nir_model_checkpoint.pt:NIR`) or is eval.band, its
+heads eval.heads, its shape its own, and it reads its
 scenes as the paper does (data section defaults).
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..core import checkpoint
-from ..core.config import CHOICES, Config, config_hash, load_config
+from ..core.config import BANDS, CHOICES, Config, config_hash, load_config
 from ..core.errors import UserError
 from ..core.files import read_json_lines, sha256
 from ..core.run_dir import STEP, RunDir
@@ -157,7 +158,10 @@ def _file_member(path: Path, band: str, heads: int) -> tuple[Config, Path]:
     """A weights file's settings: its band and heads as given, its shape its own (read now, so
     that a file that is no PIUnet is refused before anything is written)."""
     if not band:
-        raise UserError(f"--band: {path} is a weights file, which does not say its band; give --band NIR or RED")
+        raise UserError(
+            f"--band: {path} is a weights file, which does not say its band; give it as {path}:NIR or "
+            f"{path}:RED, or --band for every file"
+        )
     model = model_from_weights(path, heads)  # the whole file fits, or one line says which keys do not
     cfg = Config()
     cfg.data.band, cfg.model.n_heads = band, heads
@@ -165,21 +169,33 @@ def _file_member(path: Path, band: str, heads: int) -> tuple[Config, Path]:
     return cfg, path
 
 
+def with_band(given) -> tuple[Path, str]:
+    """A member as given, PATH or PATH:BAND (a weights file says no band of its own), and that band."""
+    text = str(given)
+    path, _, band = text.rpartition(":")
+    if path and band.upper() in BANDS:
+        return Path(path), band.upper()
+    return Path(text), ""
+
+
 def find_members(paths: list[Path], which: str = "best", band: str = "", heads: int = 1) -> list[Member]:
     """The given runs and weights as members (weights not loaded), each named by its run
     directory or file stem (and its parent's where two share a name). Every one is checked
     now: a path that is neither, a file without `band`, the same weights given twice."""
     members, names, seen = [], {"ensemble", *CHOICES["eval.ensemble"]}, {}  # scenes.csv's other columns
-    for source in map(Path, paths):
+    for given in paths:
+        source, own_band = with_band(given)
         found = _of_run(source, which)
         if found is not None:
             run_dir, weights = found
             cfg = load_config(RunDir(run_dir).config)
+            if own_band and own_band != cfg.data.band:
+                raise UserError(f"--runs {given}: {run_dir} is a {cfg.data.band} run (its config.yaml)")
             given_step = STEP.match(source.name) if source != run_dir else None
             stem = f"{run_dir.name}-step{int(given_step.group(1))}" if given_step else run_dir.name
             base = run_dir
         elif source.is_file() and source.suffix in WEIGHTS_FILES:
-            run_dir, (cfg, weights) = None, _file_member(source, band, heads)
+            run_dir, (cfg, weights) = None, _file_member(source, own_band or band, heads)
             stem, base = source.stem, source
         else:
             raise UserError(

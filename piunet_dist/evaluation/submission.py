@@ -1,5 +1,7 @@
 """The challenge submission: OUT/submission/ and OUT/submission.zip, one 16-bit PNG per test
-scene of every band, from the ensemble; written whole, and only when no scene is missing."""
+scene of every band, from the ensemble; written whole, only when no scene of the test shards
+is missing, and only when it holds the challenge's 290 test scenes unless eval.partial says
+that fewer are meant (a band alone, a synthetic set)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,33 @@ from ..core.files import replacing
 from ..data.shards import scene_names, shard_paths
 
 ENSEMBLE = "ensemble"  # OUT/<band>/ensemble/: the predictions of eval.ensemble's method
+# the challenge's test scenes (docs/method.md section 5): what Kelvins scores a submission on
+CHALLENGE_TEST = {
+    "RED": [f"imgset{i:04d}" for i in range(1160, 1306)],
+    "NIR": [f"imgset{i:04d}" for i in range(1306, 1450)],
+}
 
 
-def write_submission(out: Path, shards_by_band: dict[str, Path]) -> Path:
+def lacking(shards_by_band: dict[str, Path]) -> dict[str, list[str]]:
+    """The challenge's test scenes, per band, that these bands' test shards do not hold."""
+    held = {name for band, shards in shards_by_band.items() for name in scene_names(shard_paths(shards, band, "test"))}
+    return {band: [n for n in names if n not in held] for band, names in CHALLENGE_TEST.items()}
+
+
+def check_complete(shards_by_band: dict[str, Path], partial: bool) -> None:
+    """Refuse, before anything is predicted, a submission that would lack challenge scenes
+    without eval.partial."""
+    missing = lacking(shards_by_band)
+    if any(missing.values()) and not partial:
+        counts = " and ".join(f"{len(names)} of the {len(CHALLENGE_TEST[b])} {b}" for b, names in missing.items())
+        raise UserError(
+            f"--split test: a submission holds the challenge's 290 test scenes; these members' test shards "
+            f"lack {counts} (give every band's members, or --partial to write it all the same)"
+        )
+
+
+def write_submission(out: Path, shards_by_band: dict[str, Path]) -> dict:
+    """Write the submission; what it holds: its path, its scenes and the challenge's it lacks per band."""
     folder = out / "submission"
     expected, missing = [], []
     for band, shards in shards_by_band.items():
@@ -33,4 +59,10 @@ def write_submission(out: Path, shards_by_band: dict[str, Path]) -> Path:
     with replacing(out / "submission.zip") as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
         for _, name in sorted(expected, key=lambda e: e[1]):
             z.write(folder / f"{name}.png", f"{name}.png")
-    return out / "submission.zip"
+    gaps = lacking(shards_by_band)
+    return {
+        "path": str(out / "submission.zip"),
+        "scenes": len(expected),
+        "lacking": {band: len(names) for band, names in gaps.items()},
+        "complete": not any(gaps.values()),
+    }
