@@ -777,6 +777,8 @@ def test_status_then_cancel_and_wait_reports_the_cancelled_job_promptly(shards, 
             "configs/demo.yaml",
             "--cpus-per-task",
             "1",
+            "--gpus-per-node",
+            "0",  # a long run on CPU jobs, meant
             "--wait",
             f"run_dir={run_dir}",
             f"data.shards={shards}",

@@ -230,7 +230,9 @@ def test_the_summary_counts_how_scenes_will_be_read_and_an_sm_with_no_clear_pixe
     assert "  no frame over 85% clear (train and val: left out when read, as in the paper; test: read from its " in out
     assert "clearest frame): 1 train, 1 test" in out
     assert "  values above 16,383 DN (bright clouds; read as they are): 1 train, 0 test" in out
-    assert "  65,520 (no data) in some frame (read as it is): 1 train, 0 test" in out
+    assert (
+        "  65,520 (no data) in some frame (kept; the network sees what other frames saw there): 1 train, 0 test" in out
+    )
     assert "  HR under 75% clear, the data set's own floor (scored on its clear pixels): 1 train, 0 test" in out
     facts = load_manifest(tmp_path / "out")["facts"]["NIR"]
     assert facts["train"] == {

@@ -96,22 +96,22 @@ def test_scenes_carry_the_real_frames_oddities_bright_clouds_and_no_data_beyond_
     """As measured on real scenes (docs/method.md section 5): most scenes hold values above
     14 bits, nearly all masked; some hold 65,520, always masked, in a frame still among the
     clearest; no frame is less than 60% clear; the HR stays within 14 bits."""
-    scenes = [make_scene(7, band, i) for band in ("NIR", "RED") for i in range(10)]
+    scenes = [make_scene(7, band, i) for band in ("NIR", "RED") for i in range(6)]
     bright = [(s["lr"] > NOMINAL_DN) & (s["lr"] != NO_DATA) for s in scenes]
     no_data = [s["lr"] == NO_DATA for s in scenes]
     assert (
-        sum(b.any() for b in bright) >= 12 and max(s["lr"][b].max() for s, b in zip(scenes, bright) if b.any()) > 25000
+        sum(b.any() for b in bright) >= 8 and max(s["lr"][b].max() for s, b in zip(scenes, bright) if b.any()) > 25000
     )
     marked_clear = sum((b & s["qm"]).sum() for s, b in zip(scenes, bright)) / sum(b.sum() for b in bright)
     assert 0 < marked_clear < 0.1
-    assert 4 <= sum(n.any() for n in no_data) <= 14 and not any((n & s["qm"]).any() for s, n in zip(scenes, no_data))
+    assert 2 <= sum(n.any() for n in no_data) <= 9 and not any((n & s["qm"]).any() for s, n in zip(scenes, no_data))
     read = 0
     for s, n in zip(scenes, no_data):
         clearance = s["qm"].mean(axis=(1, 2))
         assert clearance.min() >= 0.6 and s["hr"].max() <= NOMINAL_DN
         chosen = select_frames(clearance, 9, "paper", np.random.default_rng(0))
         read += bool(n[chosen].any())
-    assert read >= 3  # a frame with no data among the nine a scene is read with
+    assert read >= 2  # a frame with no data among the nine a scene is read with
 
 
 def largest_blob(cloud: np.ndarray) -> int:

@@ -223,7 +223,8 @@ class EvalConfig:
     )
     precision: str = setting(
         "auto",
-        "inference precision: auto (bf16 on a GPU, no on a CPU), no or bf16; the output layers always run in float32",
+        "inference precision: auto (bf16 on a GPU that supports it, float32 elsewhere), no or bf16; the output "
+        "layers always run in float32",
         choices=("auto", "no", "bf16"),
     )
     partial: bool = setting(
@@ -251,7 +252,10 @@ class LaunchConfig:
     constraint: str = setting("", "SLURM node constraint")
     mem: str = setting("", "memory per node, e.g. 64G (empty: the cluster's default)")
     cluster: str = setting(
-        "auto", "auto (SLURM when sbatch is on the PATH), slurm or local", choices=("auto", "slurm", "local")
+        "auto",
+        "auto (SLURM when sbatch is on the PATH and a controller answers sinfo; local processes otherwise), "
+        "slurm or local",
+        choices=("auto", "slurm", "local"),
     )
     max_requeues: int = setting(5, "times a preempted or timed-out job requeues itself")
 

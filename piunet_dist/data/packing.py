@@ -63,7 +63,7 @@ FACTS = {
     "no_clear_frame": f"no frame over {READ_WITH.min_clearance:.0%} clear (train and val: left out when read, "
     "as in the paper; test: read from its clearest frame)",
     "above_14_bits": f"values above {NOMINAL_DN:,} DN (bright clouds; read as they are)",
-    "no_data": f"{NO_DATA:,} (no data) in some frame (read as it is)",
+    "no_data": f"{NO_DATA:,} (no data) in some frame (kept; the network sees what other frames saw there)",
     "target_under_75": "HR under 75% clear, the data set's own floor (scored on its clear pixels)",
 }
 

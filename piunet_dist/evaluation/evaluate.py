@@ -286,7 +286,8 @@ def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
             )
         if settings.precision == "auto" and stamp:
             lines.append(
-                f"{m.name}: precision {stamp['precision']} (eval.precision auto: bf16 on a GPU, float32 on a CPU)"
+                f"{m.name}: precision {stamp['precision']} "
+                "(eval.precision auto: bf16 on a GPU that supports it, float32 elsewhere)"
             )
         if m.is_file and settings.split == "val":
             lines.append(

@@ -85,9 +85,9 @@ def super_resolve_views(
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """eval.precision for this device: auto is bf16 on a GPU, no (float32) elsewhere."""
+    """eval.precision for this device: auto is bf16 on a GPU that supports it, no (float32) elsewhere."""
     if setting == "auto":
-        return "bf16" if device.type == "cuda" else "no"
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
     return setting
 
 

@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("auto", "no", "bf16"),
         default="auto",
-        help="auto (bf16 on a GPU, no on a CPU), no (float32) or bf16 (default auto)",
+        help="auto (bf16 on a GPU that supports it, float32 elsewhere), no (float32) or bf16 (default auto)",
     )
 
 

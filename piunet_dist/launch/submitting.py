@@ -121,6 +121,7 @@ SUBMITIT = {
 def make_executor(cfg: Config, folder: Path, name: str, kind: str):
     """A submitit executor for cfg.launch on `kind` (cluster_kind): SLURM, or local processes."""
     launch = cfg.launch
+    resolve_gpus(launch, kind)
     if kind == "local" and launch.nodes > 1:
         raise UserError(f"--nodes {launch.nodes}: local processes run on this machine only (use --nodes 1)")
     executor = submitit.AutoExecutor(
@@ -143,12 +144,12 @@ def make_executor(cfg: Config, folder: Path, name: str, kind: str):
     return executor
 
 
-def sbatch_request(cfg: Config, name: str, kind: str) -> str:
+def sbatch_request(cfg: Config, name: str, kind: str, said: str) -> str:
     """The job's SLURM request as #SBATCH lines (for --dry-run); submitit adds its own lines for
     logs, the signal before the time limit and requeueing."""
     if kind != "slurm":
         raise UserError("--dry-run prints a SLURM request: it needs SLURM (sbatch on the PATH) or --cluster slurm")
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}"]
+    lines = ["#!/bin/bash", f"# {said}", f"#SBATCH --job-name={name}"]
     lines += [f"#SBATCH --{option}={value}" for option, value in slurm_request(cfg.launch).items()]
     return "\n".join(lines + ["# then srun, one task per process, runs the training (submitit)"])
 
@@ -232,12 +233,13 @@ def submit_training(args) -> int:
             print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
         else:
             runs.append((run_dir, member))
-    print(f"launch: {said_how(launch, cfg.train.precision, found)}")
+    said = said_how(launch, cfg.train.precision, found)
     if args.dry_run:
-        print(sbatch_request(cfg, name, kind))
+        print(sbatch_request(cfg, name, kind, said))
         return 0
     if not runs:
         return 0
+    print(f"launch: {said}")
     if kind == "slurm":
         check_request(
             launch.partition,

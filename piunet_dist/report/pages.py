@@ -1,7 +1,7 @@
 """The report of runs and evaluations: a self-contained index.html and report.md, with the
 figures of figures.py.
 
-    python -m piunet_dist report runs/eval runs/sweep/nir-seed0 runs/sweep/red-seed0 --out runs/report
+    python -m piunet_dist report runs/eval runs/piunet/nir-seed0 runs/piunet/red-seed0 --out runs/report
 
 Run directories (metrics.jsonl) give the training and validation curves; evaluation
 directories (summary.json, scenes.csv) the per-band tables, per-scene cPSNR against the
