@@ -696,19 +696,17 @@ def main():
         cmd = [sys.executable, __file__, "--section", section, "--json", str(args.json), "--work", args.work]
         cmd += ["--published", args.published] if args.published else []
         cmd += [flag for flag, on in (("--quick", args.quick), ("--headline", args.headline)) if on]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        # one pipe, read as it comes: a second one left unread would fill and stop the section
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        said = []
         for line in proc.stdout:
             if line.startswith("ROW "):
                 rows.append(json.loads(line[4:]))
                 print("  " + "  ".join(f"{k}={fmt(v)}" for k, v in rows[-1].items()), flush=True)
-        err = proc.stderr.read()
+            elif line.strip():
+                said = [*said[-2:], line.strip()]
         if proc.wait():
-            rows.append(
-                {
-                    "section": section,
-                    "error": f"exit {proc.returncode}: " + " | ".join(err.strip().splitlines()[-3:])[:400],
-                }
-            )
+            rows.append({"section": section, "error": f"exit {proc.returncode}: " + " | ".join(said)[:400]})
             print("  " + json.dumps(rows[-1]), flush=True)
         print(f"# {section} done at {time.perf_counter() - started:.0f} s", flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ def main():
     args = parser.parse_args()
     runs = {(band, p): args.out / f"{band.lower()}-{p}" for band in args.bands for p in PRECISIONS}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs = {key: open(run_dir.with_suffix(".log"), "w") for key, run_dir in runs.items()}  # a pipe unread would fill
     started = [
         subprocess.Popen(
             [
@@ -46,14 +48,14 @@ def main():
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=logs[(band, precision)],
         )
         for (band, precision), run_dir in runs.items()
     ]
-    for proc in started:
+    for proc, (key, run_dir) in zip(started, runs.items()):
         if proc.wait():
-            sys.exit(proc.stderr.read()[-2000:])
+            sys.exit(run_dir.with_suffix(".log").read_text()[-2000:])
+        logs[key].close()
     rows = []
     for band in args.bands:
         row = {"band": band}

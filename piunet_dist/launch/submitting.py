@@ -37,12 +37,17 @@ def cluster_kind(choice: str) -> str:
     if choice == "slurm":
         return "slurm"
     # SLURM's client tools without a cluster to talk to (installed, but no slurm.conf or
-    # controller) must not stop a laptop run; a cluster that does not answer is said aloud
-    try:
-        probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
-        answer = probe.stderr.strip().splitlines()[-1] if probe.returncode else ""
-    except (OSError, subprocess.TimeoutExpired) as e:
-        answer = str(e) or type(e).__name__
+    # controller) must not stop a laptop run; a cluster that does not answer is said aloud.
+    # A SLURM_CONF naming no file is answer enough: sinfo would retry it for a minute.
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        answer = f"SLURM_CONF={conf} is no file"
+    else:
+        try:
+            probe = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+            answer = probe.stderr.strip().splitlines()[-1] if probe.returncode else ""
+        except (OSError, subprocess.TimeoutExpired) as e:
+            answer = str(e) or type(e).__name__
     if not answer:
         return "slurm"
     print(
