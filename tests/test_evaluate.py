@@ -16,6 +16,7 @@ from PIL import Image
 
 from piunet_dist import __version__
 from piunet_dist.__main__ import main
+from piunet_dist.core.files import sha256
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
@@ -277,6 +278,8 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
     assert "| ensemble (weighted by validation cPSNR) * |" in md and "![scene panels](panels_NIR.png)" in md
     assert "### Members" in md and "### Uncertainty" in md and "n/a (no norm.csv)" not in md
     assert f"| nir-seed0 | run {runs[0]} | best (2) | 2 / 2 |" in md
+    assert "| of | intervals | 10% | 20% | 30% | 40% | 50% | 60% | 70% | 80% | 90% | NLL (DN) |" in md
+    assert "| ensemble | calibrated |" in md and "| nir-seed1 | as predicted |" in md
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     summary["bands"]["NIR"]["score"] = None  # scenes without norm.csv
     summary["bands"]["NIR"]["left_out"] = ["imgset0999"]
@@ -521,3 +524,57 @@ def test_members_with_the_same_names_get_a_column_each(members, tmp_path):
         dirs.append(tmp_path / where)
     names = [m.name for m in find_members(dirs, "best")]
     assert len(set(names)) == 4 and names[:2] == ["nir", "x-nir"] and "mean" not in names
+
+
+def test_a_calibration_fitted_on_val_scenes_is_checked_on_others_and_applied_after(members, tmp_path, capsys):
+    root, runs = members
+    val = tmp_path / "val"
+    evaluate("--runs", *runs, "--split", "val", "--out", val)
+    assert "calibration (quantile, fitted on 1 scenes, checked on 1 others)" in capsys.readouterr().out
+    found = json.loads((val / "summary.json").read_text())["bands"]["NIR"]["calibration_fit"]
+    scenes = scene_names(shard_paths(root / "shards", "NIR", "val"))
+    assert found["method"] == "quantile" and found["fit_scenes"] == 1 and len(found["check_scenes"]) == 1
+    assert found["check_scenes"][0] in scenes
+    for checked in (found["ensemble"], *found["members"].values()):
+        assert checked["nominal"] == pytest.approx([0.1 * i for i in range(1, 10)])
+        for when in ("before", "after"):
+            coverage = checked[when]["coverage"]
+            assert len(coverage) == 9 and coverage == sorted(coverage) and 0 <= coverage[0] and coverage[-1] <= 1
+    fit = json.loads((val / "NIR" / "ensemble" / "calibration.json").read_text())
+    assert fit["band"] == "NIR" and fit["fitted_on"] == 1 and fit["factor"] > 0
+    for run in runs:  # beside the weights it was fitted for, where predict finds it
+        own = json.loads((run / "best" / "calibration.json").read_text())
+        assert own == json.loads((val / "NIR" / run.name / "calibration.json").read_text())
+        assert list(own["weights"].values()) == [sha256(run / "best" / "model.safetensors")]
+
+    test = tmp_path / "test"
+    evaluate("--runs", *runs, "--split", "test", "--partial", "--calibration", val, "--interval", "0.9", "--out", test)
+    width = np.interp(0.9, fit["levels"], fit["widths"])
+    for name in scene_names(shard_paths(root / "shards", "NIR", "test")):
+        folder = test / "NIR" / "ensemble"
+        sr = np.asarray(Image.open(folder / f"{name}.png")).astype(float)
+        scale = np.load(folder / f"{name}_scale.npy")
+        np.testing.assert_allclose(np.load(folder / f"{name}_scale_calibrated.npy"), scale * fit["factor"], rtol=1e-5)
+        lower, upper = (
+            np.asarray(Image.open(folder / f"{name}_{end}.png")).astype(float) for end in ("lower", "upper")
+        )
+        assert np.abs(upper - np.clip(sr + width * scale, 0, 65535)).max() <= 1.0
+        assert np.abs(lower - np.clip(sr - width * scale, 0, 65535)).max() <= 1.0
+
+    capsys.readouterr()
+    assert main(["evaluate", "--runs", str(runs[0]), "--split", "test", "--partial", "--calibration", str(val)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"piunet-dist evaluate: error: {val / 'NIR' / 'ensemble' / 'calibration.json'}: fitted for other weights "
+        "(nir-seed0, nir-seed1) than these (nir-seed0); evaluate these on the val split to fit theirs"
+    )
+    scene = next((root / "scenes" / "test" / "NIR").iterdir())
+    out = tmp_path / "sr"
+    assert main(["predict", "--weights", str(runs[0] / "best"), "--scene", str(scene), "--out", str(out)]) == 0
+    member = json.loads((runs[0] / "best" / "calibration.json").read_text())
+    calibrated = np.load(out / f"{scene.name}_scale_calibrated.npy")
+    np.testing.assert_allclose(calibrated, np.load(out / f"{scene.name}_scale.npy") * member["factor"], rtol=1e-5)
+    ensemble_fit = val / "NIR" / "ensemble" / "calibration.json"
+    flags = ["--weights", str(runs[0] / "best"), "--scene", str(scene), "--calibration", str(ensemble_fit)]
+    capsys.readouterr()
+    assert main(["predict", *flags, "--out", str(out)]) == 2
+    assert "fitted for other weights" in capsys.readouterr().err

@@ -89,6 +89,9 @@ def test_the_quick_start_ends_in_one_submission_of_the_challenges_290_scenes(tmp
         assert sorted(z.namelist()) == challenge
     test = json.loads((tmp_path / "runs" / "test" / "summary.json").read_text())["submission"]
     assert test["complete"] and test["scenes"] == 290 and test["lacking"] == {"RED": 0, "NIR": 0}
+    for band, names in CHALLENGE_TEST.items():  # the val split's calibration, applied to every test scene
+        calibrated = (tmp_path / "runs" / "test" / band / "ensemble").glob("*_scale_calibrated.npy")
+        assert sorted(p.name.split("_")[0] for p in calibrated) == names
 
     # the published checkpoints' format, a bare state_dict a band: one command, one submission
     for band in ("nir", "red"):

@@ -227,6 +227,26 @@ class EvalConfig:
         "layers always run in float32",
         choices=("auto", "no", "bf16"),
     )
+    calibrate: str = setting(
+        "quantile",
+        "with split val: fit a calibration of each member's and the ensemble's scale: none, scale (one factor, by "
+        "NLL) or quantile (the observed quantiles of |error|/scale); made on part of the scenes, checked on the rest",
+        choices=("none", "scale", "quantile"),
+    )
+    calibration_holdout: float = setting(
+        0.5, "share of the val scenes kept back from the calibration's fit, to check it on", share=True
+    )
+    calibration: str = setting(
+        "",
+        "an evaluation of the val split (its out directory) whose calibrations to apply: each band's ensemble's "
+        "scale map calibrated beside its predictions (NAME_scale_calibrated.npy); refused for other members",
+    )
+    interval: float = setting(
+        0.0,
+        "write the bounds of the central interval holding this share of the pixels (0.9, say) beside each "
+        "ensemble prediction: NAME_lower.png, NAME_upper.png, 16-bit DN, calibrated with eval.calibration (0: none)",
+        share=True,
+    )
     partial: bool = setting(
         False,
         "with split test: write a submission that lacks some of the challenge's 290 test scenes (one band, "

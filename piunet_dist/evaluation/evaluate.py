@@ -35,10 +35,11 @@ from ..data.probav import LR_SIZE
 from ..data.shards import scene_count, scene_names, shard_paths
 from ..network.baselines import bicubic_mean
 from ..network.metrics import cpsnr, shift_search
+from .calibration import FILE, Fit, bounds, fit_and_check, split_scenes
 from .ensembles import METHODS, combine, uncertainty
 from .inference import resolve_precision, scenes_per_batch, super_resolve_views, view_names, views_for
 from .members import Member, by_band, find_members
-from .outputs import predicted, read_outputs, read_view_cpsnr, write_outputs
+from .outputs import predicted, read_outputs, read_view_cpsnr, write_calibrated, write_outputs
 from .scoring import Calibration, SceneResult, grid, score, summarise_band, write_csv
 from .submission import ENSEMBLE, check_complete, write_submission
 
@@ -86,6 +87,8 @@ def plan(runs: list[Path], settings: EvalConfig) -> tuple[list[Member], dict[str
         shard_paths(where, band, settings.split)  # a split that is not there is said before anything is written
     if settings.split == "test":
         check_complete(shards, settings.partial)
+    for ms in bands.values():
+        applied_fit(ms, settings)  # a calibration of other members is refused before they predict
     return members, bands, shards
 
 
@@ -201,6 +204,7 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
     band, out = members[0].band, Path(settings.out)
     val_cpsnr = torch.tensor([math.nan if (v := m.val_cpsnr()) is None else v for m in members])
     views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in members}
+    applied = applied_fit(members, settings)
     results = []
     for batch in DataLoader(scenes(members, shards, settings.split, rank, world), batch_size=1, num_workers=2):
         name, has_target = batch["name"][0], bool(batch["has_target"][0])
@@ -209,6 +213,14 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
         scales = torch.stack([p[1] for p in predictions])
         ensembles, u = combine(srs, scales, val_cpsnr), uncertainty(srs, scales)
         write_outputs(out / band / ENSEMBLE, name, ensembles[settings.ensemble], u.total)
+        if applied or settings.interval:
+            sr = ensembles[settings.ensemble]
+            write_calibrated(
+                out / band / ENSEMBLE,
+                name,
+                u.total * applied.factor if applied else None,
+                bounds(sr, u.total, applied, settings.interval) if settings.interval else None,
+            )
         # over the clear pixels of the target where there is one: clouds would swamp the means
         region = batch["sm"][0] if has_target else torch.ones(srs.shape[-2:], dtype=torch.bool)
         result = SceneResult(name, band, *u.means(region), views={m.name: views[m.name] for m in members})
@@ -229,8 +241,8 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
                     search,
                     with_cssim=method not in ensembles or method == settings.ensemble,
                 )
-                if method == settings.ensemble:
-                    result.calibration = Calibration.of(sr[None], scale[None], hr, sm, search)
+                if method not in ensembles or method == settings.ensemble:
+                    result.calibration[method] = Calibration.of(sr[None], scale[None], hr, sm, search)
         results.append(result)
     return results
 
@@ -264,12 +276,52 @@ def write_results(
                 summary["bands"][band].get("members", {}),
                 {m.name: m.val_cpsnr() for m in runs},
             )
+        if settings.split == "val" and settings.calibrate != "none":
+            summary["bands"][band]["calibration_fit"] = fit_calibrations(ms, mine, settings)
     summary["chosen"] = chosen(members, settings, out)
     write_csv(out / "scenes.csv", results)
     if settings.split == "test":
         summary["submission"] = write_submission(out, shards)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def fit_calibrations(members: list[Member], results: list[SceneResult], settings: EvalConfig) -> dict:
+    """A calibration of each member's scale and of the ensemble's, fitted on part of the
+    band's scored scenes and checked on the rest; written to OUT/<band>/<member or ensemble>/
+    and to each run's weights directory (its best/), where predict finds it."""
+    band, out = members[0].band, Path(settings.out)
+    scored = [r for r in results if r.scores]
+    weights = {m.name: m.weights_sha256() for m in members}
+    entry = {"method": settings.calibrate, "holdout": settings.calibration_holdout, "members": {}}
+    if not scored:
+        return entry | {"fit_scenes": 0}
+    for name in [m.name for m in members] + [settings.ensemble]:
+        by_scene = {r.scene: r.calibration[name].residuals for r in scored}
+        ensemble = name == settings.ensemble
+        fitted_for = weights if ensemble else {name: weights[name]}
+        fit, checked = fit_and_check(by_scene, settings.calibrate, settings.calibration_holdout, band, fitted_for)
+        fit.write(out / band / (ENSEMBLE if ensemble else name))
+        if ensemble:
+            fit_on, check = split_scenes(list(by_scene), settings.calibration_holdout)
+            entry |= {"fit_scenes": len(fit_on), "check_scenes": check, "ensemble": checked}
+        else:
+            entry["members"][name] = checked
+            member = next(m for m in members if m.name == name)
+            if not member.is_file:
+                fit.write(member.weights)
+    return entry
+
+
+def applied_fit(members: list[Member], settings: EvalConfig) -> Fit | None:
+    """The ensemble's calibration that eval.calibration names, checked to be these members'."""
+    if not settings.calibration:
+        return None
+    band = members[0].band
+    path = Path(settings.calibration) / band / ENSEMBLE / FILE
+    fit = Fit.read(path)
+    fit.check(band, {m.name: m.weights_sha256() for m in members}, path)
+    return fit
 
 
 def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
@@ -336,6 +388,23 @@ def grid_text(found: dict) -> str:
     return "\n".join(out)
 
 
+def calibration_text(found: dict, path: Path) -> str:
+    """The ensemble's calibration, as checked on the scenes its fit did not see."""
+    checked = found.get("ensemble")
+    if not checked:
+        return f"  calibration ({found['method']}): fitted on {found['fit_scenes']} scene(s), none kept back to check"
+    at = {p: i for i, p in enumerate(checked["nominal"])}
+
+    def held(level):
+        return f"{checked['before']['coverage'][at[level]]:.1%} -> {checked['after']['coverage'][at[level]]:.1%}"
+
+    return (
+        f"  calibration ({found['method']}, fitted on {found['fit_scenes']} scenes, checked on "
+        f"{len(found['check_scenes'])} others): the 50% interval holds {held(0.5)}, the 90% {held(0.9)}; "
+        f"NLL {checked['before']['nll']:.3f} -> {checked['after']['nll']:.3f}; {path}"
+    )
+
+
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
     """What to evaluate and how: the runs, and a flag for each eval setting (this command's
     and `launch evaluate`'s)."""
@@ -392,6 +461,8 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {v:.2f}" for k, v in views.items())
                 + f"; their average {entry['members'][member]:.2f}"
             )
+        if entry.get("calibration_fit"):
+            print(calibration_text(entry["calibration_fit"], Path(settings.out) / band / ENSEMBLE / FILE))
         if "grid" in entry:
             print(grid_text(entry["grid"]))
         if entry["left_out"]:

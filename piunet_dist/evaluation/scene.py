@@ -5,7 +5,8 @@
 The directory holds LR000.png, QM000.png, ... (HR.png and SM.png are not needed). The
 weights may be a published checkpoint file or this project's (a run's best/ or a
 checkpoint directory). Writes <scene>.png (16-bit SR) and <scene>_scale.npy (float32
-Laplace scale in DN).
+Laplace scale in DN); with a calibration (a run's own, written by an evaluation of the val
+split) <scene>_scale_calibrated.npy, and with --interval the interval's bounds.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import torch
 
 from ..core.config import DataConfig
 from ..core.errors import UserError
+from ..core.files import sha256
 from ..data.pipeline import prepare_frames
 from ..data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
 from ..network.weights import model_from_weights
+from .calibration import FILE, Fit, bounds
 from .inference import resolve_precision, super_resolve, views_for
 from .members import trained_with_rotations
-from .outputs import write_outputs
+from .outputs import write_calibrated, write_outputs
 
 
 def predict_scene(
@@ -35,7 +38,9 @@ def predict_scene(
     n_heads: int | None = None,
     precision: str = "auto",
     keep_unclear: bool = False,
-) -> Path:
+    calibration: str = "auto",
+    interval: float = 0.0,
+) -> list[Path]:
     if not scene_dir.is_dir():
         raise UserError(f"{scene_dir}: no such scene directory")
     ref = SceneRef(scene_dir.name, "?", "test", scene_dir)  # no target needed
@@ -56,7 +61,31 @@ def predict_scene(
     views = views_for(self_ensemble, trained_with_rotations(weights))
     sr, scale = super_resolve(model, torch.from_numpy(lr)[None].to(device), views, resolve_precision(precision, device))
     write_outputs(out, scene.name, sr[0], scale[0])
-    return out / f"{scene.name}.png"
+    written = [out / f"{scene.name}{end}" for end in (".png", "_scale.npy")]
+    fit = calibration_for(weights, calibration)
+    if fit or interval:
+        write_calibrated(
+            out,
+            scene.name,
+            scale[0] * fit.factor if fit else None,
+            bounds(sr[0], scale[0], fit, interval) if interval else None,
+        )
+        written += [out / f"{scene.name}_scale_calibrated.npy"] if fit else []
+        written += [out / f"{scene.name}_{end}.png" for end in ("lower", "upper")] if interval else []
+    return written
+
+
+def calibration_for(weights: Path, choice: str) -> Fit | None:
+    """--calibration: auto (the one an evaluation of the val split wrote beside a run's
+    weights, if any), none, or a calibration.json; refused where made for other weights."""
+    if choice == "none":
+        return None
+    path = weights / FILE if choice == "auto" else Path(choice)
+    if choice == "auto" and not path.is_file():
+        return None
+    fit = Fit.read(path)
+    fit.check(fit.band, {weights.name: sha256(weights / "model.safetensors" if weights.is_dir() else weights)}, path)
+    return fit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +117,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="predict a scene that has no clear frame from its clearest frames (by default refused)",
     )
     parser.add_argument(
+        "--calibration",
+        default="auto",
+        help="auto (the calibration an evaluation of the val split wrote beside a run's weights, where there is "
+        "one), none, or a calibration.json (OUT/<band>/<member>/); it must be these weights' (default auto)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="also write the bounds of the central interval holding this share of the pixels (0.9, say): "
+        "<scene>_lower.png and <scene>_upper.png, 16-bit DN, calibrated where a calibration applies (default 0: none)",
+    )
+    parser.add_argument(
         "--precision",
         choices=("auto", "no", "bf16"),
         default="auto",
@@ -96,11 +138,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 <= args.interval < 1:
+        raise UserError(f"--interval: {args.interval} is no share of the pixels (0 < P < 1; 0: none)")
     if args.frames < 1:
         raise UserError("--frames: must be at least 1")
     if args.heads is not None and args.heads < 1:
         raise UserError("--heads: must be at least 1")
-    path = predict_scene(
+    written = predict_scene(
         args.weights,
         args.scene,
         args.out,
@@ -109,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         args.heads,
         args.precision,
         args.keep_unclear,
+        args.calibration,
+        args.interval,
     )
-    print(f"{path} and {path.with_name(path.stem + '_scale.npy')}")
+    print("\n".join(map(str, written)))
     return 0

@@ -18,6 +18,7 @@ import torch
 from ..core.files import replacing
 from ..network.metrics import ShiftSearch, challenge_score, cssim, psnr_db, shift_search, uncertainty_stats
 from ..network.shifts import aligned, crop
+from .calibration import Residuals
 
 SCALE_BINS = np.geomspace(1.0, 1e4, 25)  # DN: edges of the calibration curve's bins
 LEVELS = np.round(np.arange(0.1, 1.0, 0.1), 2)  # nominal coverages of the Laplace's central intervals
@@ -71,6 +72,7 @@ class Calibration:
     scale: np.ndarray = field(default_factory=lambda: np.zeros(len(SCALE_BINS) - 1))
     pixels: np.ndarray = field(default_factory=lambda: np.zeros(len(SCALE_BINS) - 1))
     inside: np.ndarray = field(default_factory=lambda: np.zeros(len(LEVELS)))
+    residuals: Residuals = field(default_factory=Residuals)  # what a calibration is fitted to
 
     @classmethod
     def of(cls, sr, scale, hr, sm, search: ShiftSearch) -> Calibration:
@@ -86,11 +88,16 @@ class Calibration:
             np.bincount(which, b, n),
             np.bincount(which, None, n),
             np.array(inside, dtype=float),
+            Residuals.of(err, b),
         )
 
     def __add__(self, other: Calibration) -> Calibration:
         return Calibration(
-            self.error + other.error, self.scale + other.scale, self.pixels + other.pixels, self.inside + other.inside
+            self.error + other.error,
+            self.scale + other.scale,
+            self.pixels + other.pixels,
+            self.inside + other.inside,
+            self.residuals + other.residuals,
         )
 
     def summary(self) -> dict:
@@ -125,7 +132,7 @@ class SceneResult:
     baseline_cpsnr: float | None = None
     bicubic_mean_cpsnr: float | None = None
     scores: dict[str, Scores] = field(default_factory=dict)
-    calibration: Calibration | None = None
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # of each member and the chosen ensemble
     views: dict[str, int] = field(default_factory=dict)  # the self-ensemble's views of each member
 
     def csv_row(self) -> dict:
@@ -200,7 +207,7 @@ def summarise_band(
         "score": mean_of(ensemble, "score"),
         "calibration": {k: mean_of(ensemble, k) for k in ("nll", "coverage50", "coverage90", "scale_error_corr")},
     }
-    calibration = sum((r.calibration for r in scored), Calibration()).summary()
+    calibration = sum((r.calibration[ensemble] for r in scored), Calibration()).summary()
     entry["calibration_curve"], entry["coverage"] = calibration["curve"], calibration["coverage"]
     return entry
 

@@ -107,8 +107,9 @@ def scatter_figure(eval_dir: Path, band: str, method: str, out: Path) -> Path | 
 
 def calibration_figure(entry: dict, band: str, out: Path) -> Path | None:
     """The ensemble's calibration: mean observed |error| against the predicted scale, and the
-    observed coverage of the predicted central intervals against their nominal coverage;
-    on the dashed lines a Laplace is calibrated."""
+    observed coverage of the predicted central intervals against their nominal coverage, as
+    predicted and, where a calibration was fitted, after it on the scenes kept back from its
+    fit; on the dashed lines a Laplace is calibrated."""
     curve, coverage = entry.get("calibration_curve"), entry.get("coverage")
     if not curve or not coverage:
         return None
@@ -129,7 +130,11 @@ def calibration_figure(entry: dict, band: str, out: Path) -> Path | None:
     left.legend(fontsize=8)
     nominal = [c["nominal"] for c in coverage]
     observed = [c["observed"] for c in coverage]
-    right.plot(nominal, observed, marker="o", label="ensemble")
+    right.plot(nominal, observed, marker="o", label="ensemble, every scene")
+    checked = (entry.get("calibration_fit") or {}).get("ensemble")
+    if checked:
+        method = entry["calibration_fit"]["method"]
+        right.plot(checked["nominal"], checked["after"]["coverage"], marker="s", label=f"{method}-calibrated, held out")
     right.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated: observed = nominal")
     marked = [nominal.index(level) for level in (0.5, 0.9)]
     right.plot(

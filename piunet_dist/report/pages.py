@@ -160,6 +160,23 @@ def views_table(entry: dict) -> tuple[list[str], list[list[str]]]:
     return ["member", *names, "average of the views"], rows
 
 
+def coverage_table(entry: dict) -> tuple[list[str], list[list[str]]]:
+    """Per nominal level, the held-out scenes' coverage as predicted and as calibrated, and
+    their NLL, for the ensemble and each member."""
+    fit = entry.get("calibration_fit") or {}
+    checked = {"ensemble": fit.get("ensemble"), **fit.get("members", {})}
+    checked = {who: c for who, c in checked.items() if c}
+    if not checked:
+        return [], []
+    nominal = next(iter(checked.values()))["nominal"]
+    rows = [
+        [who, label, *(_pct(v) for v in c[when]["coverage"]), _fmt(c[when]["nll"])]
+        for who, c in checked.items()
+        for when, label in (("before", "as predicted"), ("after", "calibrated"))
+    ]
+    return ["of", "intervals", *(f"{p:.0%}" for p in nominal), "NLL (DN)"], rows
+
+
 def _html_table(head: list[str], rows: list[list[str]], marked: set[int] = frozenset()) -> str:
     cells = "".join(
         f"<tr class='{'best' if i in marked else ''}'>"
@@ -268,6 +285,15 @@ def band_section(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: P
             f"total variance is {_pct(share)}. Laplace NLL {_fmt(cal['nll'])} DN; correlation of |error| and "
             f"predicted scale {_fmt(cal['scale_error_corr'])}.",
         )
+        head, rows = coverage_table(entry)
+        if rows:
+            fit = entry["calibration_fit"]
+            say(
+                f"Calibrated ({fit['method']}, eval.calibrate) on {fit['fit_scenes']} of these scenes and checked "
+                f"on the {len(fit['check_scenes'])} others: the share of their clear pixels inside each central "
+                "interval, as predicted and as calibrated."
+            )
+            show(head, rows)
     figures = [
         f
         for f in (
