@@ -413,21 +413,63 @@ def test_a_sweep_of_two_settings_is_one_array_followed_live_and_tabled_per_grid_
     assert "### Sweep" in page and "| model.n_tefa | train.lr | members | cPSNR mean (dB) |" in page
 
 
-@needs_slurm
-@pytest.mark.slurm
-def test_failing_job_makes_wait_exit_non_zero_with_its_error(tmp_path):
-    result = launch(
-        "--config",
-        "configs/demo.yaml",
-        "--cpus-per-task",
-        "1",
-        "--wait",
-        f"run_dir={tmp_path / 'bad'}",
-        "data.shards=/no/such/shards",
-        check=False,
+@pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=[needs_slurm, pytest.mark.slurm])])
+def test_a_launch_with_a_failed_member_ends_with_a_summary_of_every_job(cluster, shards, tmp_path):
+    """One member cannot read its data and fails at once; the other trains on and ends after
+    it. The launch's last lines are the summary, whatever order the jobs ended in."""
+    missing = tmp_path / "no-shards"
+    result = subprocess.run(
+        [sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml", "--cluster", cluster]
+        + ["--cpus-per-task", "1", "--wait", f"run_dir={tmp_path / 'mixed'}", *TINY, "train.max_steps=6"]
+        + ["--sweep", f"data.shards={shards},{missing}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order it was written
+        text=True,
+        timeout=400,
     )
-    assert result.returncode == 1
-    assert "UserError: /no/such/shards: no manifest.json" in result.stderr
+    said = result.stdout.splitlines()
+    assert result.returncode == 1, result.stdout
+    good, bad = sorted((tmp_path / "mixed").glob("nir-*-seed0"), key=lambda d: str(missing).replace("/", "_") in d.name)
+    jobs = {json.loads(line)["job_id"]: d for d in (good, bad) for line in (d / "jobs.jsonl").read_text().splitlines()}
+    bad_job = next(j for j, d in jobs.items() if d == bad)
+    good_job = next(j for j, d in jobs.items() if d == good)
+    assert said.index(f"job {good_job}: done") > next(i for i, x in enumerate(said) if x.startswith(f"job {bad_job}: "))
+    assert said[-2] == "launch: 1 of 2 jobs succeeded, 1 failed:", said[-6:]
+    line = re.fullmatch(rf"  {re.escape(str(bad))}: job {bad_job}: failed: UserError: (.*) \(log: (.*)\)", said[-1])
+    assert line and line[1] == f"{missing}: no manifest.json (not packed here, or the pack did not finish)", said[-1]
+    assert Path(line[2]).is_file() and "no manifest.json" in Path(line[2]).read_text()
+    assert (good / "checkpoints/step_0000006").is_dir()
+
+
+@pytest.mark.faults
+def test_a_member_killed_from_outside_is_named_as_killed_in_the_summary(shards, tmp_path):
+    """kill -9 leaves no error in a job's log: the summary says what that means."""
+    run_dir = tmp_path / "killed"
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml", "--cluster", "local"]
+        + ["--cpus-per-task", "1", "--gpus-per-node", "0", "--wait", f"run_dir={run_dir}", f"data.shards={shards}"]
+        + [*TINY, "train.max_steps=100000", "train.log_every=1", "train.val_every=100000"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not ((run_dir / "metrics.jsonl").is_file() and '"event": "train"' in (run_dir / "metrics.jsonl").read_text()):
+        assert time.time() < deadline and waiting.poll() is None, "the job did not start training"
+        time.sleep(1)
+    job = json.loads((run_dir / "jobs.jsonl").read_text().splitlines()[-1])["job_id"]
+    # the local job is submitit's controller; the training is its child
+    trainer = int(Path(f"/proc/{job}/task/{job}/children").read_text().split()[0])
+    os.kill(trainer, 9)
+    out, _ = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1
+    assert out.splitlines()[-2:] == [
+        "launch: 0 of 1 job succeeded, 1 failed:",
+        f"  {run_dir}: job {job}: ended without a result or an error of its own: killed by a signal (kill -9, "
+        f"the out-of-memory killer: launch.mem, or a crash) (log: {run_dir}/slurm/{job}_0_log.err)",
+    ], out[-2000:]
 
 
 @needs_slurm

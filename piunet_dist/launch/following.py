@@ -70,30 +70,56 @@ def _line(row: dict) -> str:
 
 def wait_for(watched: list[Watched], partition: str = "", view: LiveView | None = None) -> int:
     """Follow jobs to their end, showing where each stands (the rows of `launch status`),
-    asking SLURM at least every 30 s; non-zero with each failed job's own error or final
-    state. A job that waits for a reason that will not resolve by itself is cancelled and
-    named with that reason."""
+    asking SLURM at least every 30 s; a line as each ends, then a summary as the last lines:
+    how many succeeded and, for each that did not, its run, job id, error and log. Non-zero
+    when any failed. A job that waits for a reason that will not resolve by itself is
+    cancelled and named with that reason."""
     view = view or LiveView()
-    failed, pending, pause, asked, states = 0, list(watched), 2.0, 0.0, {}
+    ended, pending, pause, asked, states = {}, list(watched), 2.0, 0.0, {}
     while pending:
         if time.time() - asked >= pause:  # SLURM is asked on a schedule that lengthens to 30 s
             asked, pause = time.time(), min(30.0, pause * 1.5)
             for w in list(pending):
-                states[w.label], verdict = _progress(w.job, partition)
-                if verdict is None:
+                states[w.label], outcome = _progress(w.job, partition)
+                if outcome is None:
                     continue
                 pending.remove(w)
+                ended[w.label] = outcome
                 view.show(_rows(watched, states))
                 view.said_below()
-                if verdict:
-                    failed += 1
-                    print(f"job {w.job.job_id}: {verdict}", file=sys.stderr, flush=True)
+                if outcome.error:
+                    print(f"job {w.job.job_id}: {outcome.error}", file=sys.stderr, flush=True)
                 else:
                     print(f"job {w.job.job_id}: done", flush=True)
         view.show(_rows(watched, states))
         if pending:
             time.sleep(REFRESH)
-    return 1 if failed else 0
+    return summary(watched, ended)
+
+
+@dataclass
+class Outcome:
+    """How a job ended: error is "" when it succeeded, else its own error line or its state."""
+
+    error: str = ""
+    log: str = ""  # its error stream
+
+
+def summary(watched: list[Watched], ended: dict[str, Outcome]) -> int:
+    """The launch's last lines: how many jobs succeeded, then each failed one (on stderr); the exit status."""
+    failed = [w for w in watched if ended[w.label].error]
+    jobs = f"{len(watched)} job{'s' if len(watched) > 1 else ''}"
+    if not failed:
+        print(f"launch: {jobs} succeeded", flush=True)
+        return 0
+    sys.stdout.flush()
+    lines = [f"launch: {len(watched) - len(failed)} of {jobs} succeeded, {len(failed)} failed:"]
+    for w in failed:
+        outcome = ended[w.label]
+        log = f" (log: {outcome.log})" if outcome.log else ""
+        lines.append(f"  {w.label}: job {w.job.job_id}: {outcome.error}{log}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return 1
 
 
 REFRESH = 2.0  # seconds between two redraws of the view: the run's files are read, SLURM is not asked
@@ -112,9 +138,8 @@ def _rows(watched: list[Watched], states: dict[str, str]) -> list[dict]:
     return rows
 
 
-def _progress(job, partition: str) -> tuple[str, str | None]:
-    """The job's state now, and None while it goes on, "" once it succeeded, else what went
-    wrong, in a line or two."""
+def _progress(job, partition: str) -> tuple[str, Outcome | None]:
+    """The job's state now, and its Outcome once it ended (None while it goes on)."""
     if isinstance(job, submitit.LocalJob):
         state = "DONE" if job.done() else "RUNNING"
         return state, _ended(job, partition) if job.done() else None
@@ -122,40 +147,44 @@ def _progress(job, partition: str) -> tuple[str, str | None]:
     return state_text(found), _ended(job, partition, found)
 
 
-def _ended(job, partition: str, state: JobState | None = None) -> str | None:
-    """None while the job goes on; "" when it succeeded; else what went wrong, in a line or two."""
-    if isinstance(job, submitit.LocalJob):
-        if not job.done():
-            return None
-    else:
+def _ended(job, partition: str, state: JobState | None = None) -> Outcome | None:
+    """None while the job goes on, else how it ended."""
+    log = str(job.paths.stderr)
+    if not isinstance(job, submitit.LocalJob):
         if state is None or state.state not in ENDED:
             if state is not None and hopeless(state, partition):
                 cancel(job.job_id)
-                return (
+                return Outcome(
                     f"cancelled: it waited for {state.reason}, which will not change by itself: the request "
                     "does not fit the partition (launch.nodes, cpus_per_task, gpus_per_node, mem, time) or "
                     "the account or QOS (launch.account, launch.qos)"
                 )
             return None
         if state.state != "COMPLETED" and state.state != "FAILED":
-            return f"{state.state} (logs: {job.paths.stderr})"
+            return Outcome(state.state, log)
     try:
         job.results()  # one result per task
-        return ""
-    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
-        return f"failed\n{_job_error(job, e)}"
+        return Outcome()
+    except submitit.core.utils.FailedJobError as e:
+        return Outcome(f"failed: {_job_error(e)}", log)
+    except submitit.core.utils.UncompletedJobError:
+        # the job's code returns a result or its error whatever happens in it: without
+        # either, the process was ended from outside, which leaves no trace in its log
+        return Outcome(
+            "ended without a result or an error of its own: killed by a signal (kill -9, the out-of-memory "
+            "killer: launch.mem, or a crash)",
+            log,
+        )
 
 
-def _job_error(job, error: Exception) -> str:
-    """The job's own error: the last 'SomeError: message' line of its trace, and where its logs are."""
+def _job_error(error: Exception) -> str:
+    """The job's own error: the last 'SomeError: message' line of its trace, else its last line."""
     lines = [line.strip() for line in str(error).splitlines()]
     raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*:", line)]
     if raised:
         kind, message = raised[-1].split(":", 1)
-        what = f"{kind.rsplit('.', 1)[-1]}:{message}"
-    else:
-        what = next((line for line in reversed(lines) if line), "no error text")
-    return f"  {what}\n  (logs: {job.paths.stderr})"
+        return f"{kind.rsplit('.', 1)[-1]}:{message}"
+    return next((line for line in reversed(lines) if line), "no error text")
 
 
 def cancel_runs(dirs: list[Path]) -> list[str]:
