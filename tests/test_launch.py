@@ -415,8 +415,8 @@ def test_a_sweep_of_two_settings_is_one_array_followed_live_and_tabled_per_grid_
 
 @pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=[needs_slurm, pytest.mark.slurm])])
 def test_a_launch_with_a_failed_member_ends_with_a_summary_of_every_job(cluster, shards, tmp_path):
-    """One member cannot read its data and fails at once; the other trains on and ends after
-    it. The launch's last lines are the summary, whatever order the jobs ended in."""
+    """One member cannot read its data and fails; the other trains. The launch's last lines are
+    the summary, whatever order the jobs ended in."""
     missing = tmp_path / "no-shards"
     result = subprocess.run(
         [sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml", "--cluster", cluster]
@@ -434,7 +434,8 @@ def test_a_launch_with_a_failed_member_ends_with_a_summary_of_every_job(cluster,
     jobs = {json.loads(line)["job_id"]: d for d in (good, bad) for line in (d / "jobs.jsonl").read_text().splitlines()}
     bad_job = next(j for j, d in jobs.items() if d == bad)
     good_job = next(j for j, d in jobs.items() if d == good)
-    assert said.index(f"job {good_job}: done") > next(i for i, x in enumerate(said) if x.startswith(f"job {bad_job}: "))
+    # which job ends first is the scheduler's choice; the summary follows both, in either order
+    assert f"job {good_job}: done" in said[:-2] and any(x.startswith(f"job {bad_job}: failed") for x in said[:-2]), said
     assert said[-2] == "launch: 1 of 2 jobs succeeded, 1 failed:", said[-6:]
     line = re.fullmatch(rf"  {re.escape(str(bad))}: job {bad_job}: failed: UserError: (.*) \(log: (.*)\)", said[-1])
     assert line and line[1] == f"{missing}: no manifest.json (not packed here, or the pack did not finish)", said[-1]
