@@ -214,3 +214,19 @@ def test_help_gives_every_settings_default():
                 value = getattr(defaults, action.dest, None)
                 if action.dest in defaults.__dict__ and not isinstance(value, bool):
                     assert f"(default {json.dumps(value)}: {section}.{action.dest})" in text, action.dest
+
+
+def test_trackers_are_a_list_of_names_each_known_and_installed_or_all():
+    from piunet_dist.core.tracking import resolve
+
+    assert load_config(CONFIGS / "base.yaml", ["train.log_with=tensorboard, mlflow"]).train.log_with == [
+        "tensorboard",
+        "mlflow",
+    ]
+    assert load_config(CONFIGS / "base.yaml", ["train.log_with=[wandb]"]).train.log_with == ["wandb"]
+    with pytest.raises(UserError, match=r"train.log_with: expected a list of names \(a,b or \[a, b\]\), got 3"):
+        load_config(CONFIGS / "base.yaml", ["train.log_with=3"])
+    assert {"tensorboard", "wandb", "mlflow"} <= set(resolve(["all"]))  # the dev extras install both
+    assert resolve(["tensorboard", "wandb", "tensorboard"]) == ["tensorboard", "wandb"]
+    with pytest.raises(UserError, match="train.log_with: 'wandbb' is not a tracker: tensorboard, wandb, mlflow"):
+        resolve(["wandbb"])

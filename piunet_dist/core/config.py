@@ -177,6 +177,21 @@ class TrainConfig:
     log_every: int = setting(50, "steps between training log events", positive=True, resumable=True)
     max_bad_steps: int = setting(5, "consecutive non-finite losses that stop the run", positive=True, resumable=True)
     resume: bool = setting(True, "continue from the newest complete checkpoint in run_dir", resumable=True)
+    log_with: list[str] = setting(
+        ["tensorboard"],
+        "experiment trackers the run logs to, through Accelerate: tensorboard, wandb, mlflow, aim, comet_ml, "
+        "clearml, dvclive, swanlab, trackio, or all (every one installed); metrics.jsonl is written whatever they are",
+        resumable=True,
+    )
+    tracker_project: str = setting(
+        "piunet-dist", "the trackers' project (W&B) or experiment (MLflow and the others)", resumable=True
+    )
+    tracker_group: str = setting(
+        "",
+        "the sweep the run belongs to, for its trackers (W&B's group, a sweep tag): launch sets it to its "
+        "run_dir's name for the members of a sweep",
+        resumable=True,
+    )
 
 
 ENSEMBLE_METHODS = ("mean", "median", "val_weighted", "inverse_variance", "inverse_total_variance")
@@ -359,6 +374,12 @@ def _check_type(key: str, value, kind, choices=()):
             return float(value)
         except ValueError:
             pass
+    if origin is list and typing.get_args(kind) == (str,):  # names: [a, b] or, on a command line, a,b
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise UserError(f"{key}: expected a list of names (a,b or [a, b]), got {value!r}")
     if origin is list and isinstance(value, list):
         return value
     if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import submitit
 
-from ..core import checkpoint
+from ..core import checkpoint, tracking
 from ..core.config import Config, LaunchConfig, check_sweep, check_world, flag_overrides, load_config
 from ..core.errors import UserError
 from ..core.files import append_record
@@ -162,12 +162,14 @@ def sbatch_request(cfg: Config, name: str, kind: str, said: str) -> str:
 def sweep_members(args, cfg: Config) -> list[tuple[str, list[str]]]:
     """(run dir, overrides) of every run: one, or one per point of the grid of the swept
     settings (the config's sweep section, then --sweep) x band x seed, each in a directory
-    under run_dir named by its values (nir-lr3e-4-n_tefa8-seed0)."""
+    under run_dir named by its values (nir-lr3e-4-n_tefa8-seed0), its trackers' group the
+    sweep's run_dir name."""
     grid = dict(cfg.sweep) | dict(parse_sweep(text) for text in args.sweep or [])
     bands, seeds = args.bands or [cfg.data.band], args.seeds or [cfg.train.seed]
     if not args.bands and not args.seeds and not grid:
         return [(cfg.run_dir, [])]
     names = _short_names(list(grid))
+    group = f"train.tracker_group={cfg.train.tracker_group or Path(cfg.run_dir).name}"
     runs = []
     for point in itertools.product(*(list(v) for v in grid.values())) if grid else [()]:
         values = dict(zip(grid, point))
@@ -179,7 +181,7 @@ def sweep_members(args, cfg: Config) -> list[tuple[str, list[str]]]:
                 runs.append(
                     (
                         str(run_dir),
-                        [f"data.band={band}", f"train.seed={seed}", f"run_dir={run_dir}", "sweep={}", *settings],
+                        [f"data.band={band}", f"train.seed={seed}", f"run_dir={run_dir}", "sweep={}", group, *settings],
                     )
                 )
     return runs
@@ -232,6 +234,7 @@ def submit_training(args) -> int:
                 "nodes, or --gpus-per-node 0 to train it on CPU jobs all the same"
             )
         check_world(member, world)
+        tracking.resolve(member.train.log_with)  # a tracker not installed here is refused before any job
         if member.train.init_weights and checkpoint.latest(Path(run_dir)) is None:
             initial_model(member, resuming=False)  # weights that are not there, or do not fit, refused now
         if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:

@@ -30,8 +30,17 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..core import checkpoint
-from ..core.config import Config, check_world, config_hash, load_config, run_differences, settings_help, to_yaml
+from ..core import checkpoint, tracking
+from ..core.config import (
+    Config,
+    check_world,
+    config_hash,
+    flat,
+    load_config,
+    run_differences,
+    settings_help,
+    to_yaml,
+)
 from ..core.errors import UserError
 from ..core.files import append_record, repair_lines, utc_now, write_text
 from ..core.run_dir import RunDir
@@ -81,6 +90,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = RunDir(cfg.run_dir)
         self.resume_from = _check_run_dir(cfg)  # before anything is written
+        log_with = tracking.resolve(cfg.train.log_with)
         # under submitit, SLURM's signals are its own: it requeues the job
         self.stop = StopRequest() if stop_on_signals else None
         on_gpu = torch.cuda.is_available()
@@ -89,7 +99,7 @@ class Trainer:
         self.acc = Accelerator(
             cpu=not on_gpu,
             mixed_precision=self.precision,
-            log_with="tensorboard",
+            log_with=tracking.trackers(log_with, cfg),
             project_dir=str(self.run_dir),
             kwargs_handlers=_process_group_kwargs(on_gpu),
         )
@@ -164,6 +174,10 @@ class Trainer:
                 dynamic_ncols=True,
             ) as bar:
                 self._loop(bar)
+        except BaseException:
+            for tracker in self.acc.trackers:  # closed, so that the resumed run continues them
+                tracker.finish()
+            raise
         finally:
             if self.stop:
                 self.stop.uninstall()
@@ -337,7 +351,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.resume_from is not None:
             self._resume(self.resume_from)
-        self.acc.init_trackers("tensorboard")
+        self.acc.init_trackers(cfg.train.tracker_project, config=tracking.config_values(flat(cfg)))
         if self.acc.is_main_process and self.precision_reason:
             print(f"{self.run_dir}: precision {self.precision} ({self.precision_reason})")
         self._log(
