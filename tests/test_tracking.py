@@ -1,9 +1,11 @@
-"""Experiment trackers (train.log_with) for real, offline: MLflow's store in the run directory
-and W&B in offline mode, written by launched and resumed runs and read back."""
+"""Experiment trackers (train.log_with, eval.log_with) for real, offline: MLflow's store in the
+run directory and W&B in offline mode, written by launched, resumed and evaluated runs and
+read back."""
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from piunet_dist.data.packing import pack
 from piunet_dist.data.synthetic import synthesise
@@ -60,7 +63,7 @@ def wandb_runs(run_dir: Path) -> list[dict]:
     return [offline_run(f) for f in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
 
 
-def test_a_sweep_of_two_members_logs_two_tracker_runs_with_their_settings(shards, tmp_path):
+def test_a_sweep_of_two_members_logs_two_tracker_runs_and_their_evaluation_goes_to_them(shards, tmp_path):
     sweep = tmp_path / "lrs"
     result = subprocess.run(
         [sys.executable, "-m", "piunet_dist.launch", "--config", "configs/demo.yaml", "--cluster", "local"]
@@ -99,6 +102,64 @@ def test_a_sweep_of_two_members_logs_two_tracker_runs_with_their_settings(shards
         assert [(r["_step"], r["val/val_cpsnr"]) for r in logged["history"] if "val/val_cpsnr" in r] == val
         assert (member / "tensorboard").is_dir()
     assert len({json.loads((m / "trackers.json").read_text())["wandb"] for m in members}) == 2
+
+    # their evaluation, with a weights file beside them, goes to their runs and to one of its own
+    weights = tmp_path / "published.safetensors"
+    shutil.copy(members[0] / "best/model.safetensors", weights)
+    out = tmp_path / "eval"
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "piunet_dist", "evaluate", "--runs", *map(str, members), f"{weights}:NIR"]
+        + ["--shards", str(shards), "--split", "val", "--out", str(out), "--log-with", "tensorboard,wandb,mlflow"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment(),
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    band = summary["bands"]["NIR"]
+    for member in members:
+        client, run = mlflow_run(member)  # the training's own run, continued
+        assert len(client.search_runs([run.info.experiment_id])) == 1
+        step = summary["members"][member.name]["weights_step"]
+        assert history(client, run, "eval/val_cpsnr") == [(step, band["members"][member.name])]
+        assert run.data.metrics["eval/val_score"] == band["members_score"][member.name]
+        fit = band["calibration_fit"]["members"][member.name]["after"]["nll"]
+        assert run.data.metrics["eval/val_nll_calibrated"] == fit
+        trained, evaluation = wandb_runs(member)
+        assert trained["id"] == evaluation["id"]
+        (row,) = evaluation["history"]
+        assert row["eval/val_cpsnr"] == band["members"][member.name] and row["eval/weights_step"] == step
+        tensorboard = EventAccumulator(str(member / "tensorboard"))
+        tensorboard.Reload()
+        assert [(e.step, e.value) for e in tensorboard.Scalars("eval/val_cpsnr")] == [
+            (step, pytest.approx(band["members"][member.name]))
+        ]
+
+    client, run = mlflow_run(out / "NIR")
+    assert run.info.run_name == "NIR" and run.data.tags["split"] == "val"
+    assert run.data.metrics["eval/val_cpsnr"] == band["ensemble_cpsnr"]
+    assert run.data.metrics["eval/val_cpsnr_member_published"] == band["members"]["published"]
+    assert run.data.metrics["eval/val_nll_calibrated"] == band["calibration_fit"]["ensemble"]["after"]["nll"]
+    figures = ["figures/calibration_NIR.png", "figures/panels_NIR.png", "figures/scenes_NIR.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == figures
+    (evaluation,) = wandb_runs(out / "NIR")
+    assert evaluation["history"][0]["eval/val_cpsnr"] == band["ensemble_cpsnr"]
+    images = [r for r in evaluation["history"] if any(k.endswith("/_type") for k in r)]
+    assert sorted(k for r in images for k in r if k.endswith("/_type")) == [
+        "figures/calibration_NIR/_type",
+        "figures/panels_NIR/_type",
+        "figures/scenes_NIR/_type",
+    ]
+    tensorboard = EventAccumulator(str(out / "NIR" / "tensorboard"))
+    tensorboard.Reload()
+    assert sorted(tensorboard.Tags()["images"]) == [
+        "figures/calibration_NIR",
+        "figures/panels_NIR",
+        "figures/scenes_NIR",
+    ]
+    assert not (ROOT / "mlruns").exists() and not (tmp_path / "mlruns").exists()  # artifacts stay in the run's own
 
 
 def test_a_stopped_and_resumed_run_continues_its_tracker_runs(shards, tmp_path):
@@ -155,4 +216,15 @@ def test_a_tracker_not_installed_is_one_line_naming_its_package_before_anything_
         env=env,
     )
     assert launched.returncode == 2 and launched.stderr.strip().endswith(said), launched.stderr
-    assert not run_dir.exists()
+    out = tmp_path / "eval"
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "piunet_dist", "evaluate", "--runs", f"{tmp_path / 'w.safetensors'}:NIR"]
+        + ["--shards", str(shards), "--out", str(out), "--log-with", "mlflow,wandb"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    said = "eval.log_with: wandb is not installed here: pip install 'piunet-dist[wandb]'"
+    assert evaluated.returncode == 2 and evaluated.stderr.strip() == f"piunet-dist evaluate: error: {said}"
+    assert not run_dir.exists() and not out.exists()

@@ -267,6 +267,12 @@ class EvalConfig:
         "with split test: write a submission that lacks some of the challenge's 290 test scenes (one band, "
         "a synthetic set); without it such a submission is refused",
     )
+    log_with: list[str] = setting(
+        [],
+        "experiment trackers the evaluation's figures go to, as train.log_with names them: each run member's "
+        "to its run's tracker runs, the ensembles', the weights files' and the report's figures to a run of the "
+        "evaluation's own per band, in OUT/<band> (none by default)",
+    )
 
 
 @dataclass
@@ -581,6 +587,7 @@ def add_setting_flags(parser, section: str, names: tuple[str, ...] | None = None
             continue
         least = RULES[key]["auto_or_count"]
         kind = hints[f.name] if least is None else _auto_or_count(least)
+        kind = str if typing.get_origin(kind) is list else kind  # names: --log-with wandb,mlflow
         choices = [c for c in RULES[key]["choices"] if c != ""] or None  # "" is the flag left out
         parser.add_argument(flag, type=kind, choices=choices, help=f"{f.metadata['help']} (default {default}: {key})")
 

@@ -2,10 +2,12 @@
 installed, and a run's tracker runs, which a resumed run continues rather than starting anew.
 
 A run's tracker runs are named after its directory (a sweep member's: nir-lr3e-4-seed0),
-tagged with its band, seed and sweep, and given every setting as their config. W&B and
-MLflow runs are continued by id, kept in RUN_DIR/trackers.json; MLflow's store is
-MLFLOW_TRACKING_URI where it is set (a server), else RUN_DIR/mlflow.db. W&B reads its own
-environment (WANDB_MODE=offline on nodes without internet; `wandb sync` uploads later).
+tagged with its band, seed and sweep, and given every setting as their config; an
+evaluation continues them, and has runs of its own in OUT/<band>. W&B and MLflow runs are
+continued by id, kept in RUN_DIR/trackers.json; MLflow's store is MLFLOW_TRACKING_URI where
+it is set (a server), else RUN_DIR/mlflow.db with its artifacts in RUN_DIR/mlflow-artifacts.
+W&B reads its own environment (WANDB_MODE=offline on nodes without internet; `wandb sync`
+uploads later).
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ import os
 import secrets
 from pathlib import Path
 
-from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker, get_available_trackers, on_main_process
+from accelerate.tracking import (
+    LOGGER_TYPE_TO_CLASS,
+    MLflowTracker,
+    TensorBoardTracker,
+    WandBTracker,
+    get_available_trackers,
+    on_main_process,
+)
 
 from .errors import UserError
 from .files import write_json
 
 KEPT = "trackers.json"
+# read once: mlflow.set_tracking_uri sets it too, and a run's own store is no server
+MLFLOW_SERVER = os.environ.get("MLFLOW_TRACKING_URI", "")
 
 # what to install for each tracker Accelerate speaks to
 PACKAGES = {
@@ -54,27 +65,30 @@ def resolve(names: list[str], setting: str = "train.log_with") -> list[str]:
 
 def _mlflow_store_installed() -> bool:
     """A store of its own (SQLite, through SQLAlchemy) or a server's address."""
-    return bool(os.environ.get("MLFLOW_TRACKING_URI")) or importlib.util.find_spec("sqlalchemy") is not None
+    return bool(MLFLOW_SERVER) or importlib.util.find_spec("sqlalchemy") is not None
 
 
-def trackers(names: list[str], cfg) -> list:
-    """Accelerate's log_with for a run of cfg: the trackers this project names and continues,
-    and the names of the others, which Accelerate builds under cfg.train.tracker_project."""
-    run_dir, train = Path(cfg.run_dir), cfg.train
-    tags = {"band": cfg.data.band, "seed": str(train.seed)} | (
-        {"sweep": train.tracker_group} if train.tracker_group else {}
-    )
+def trackers(names: list[str], run_dir: Path, project: str, tags: dict[str, str], group: str = "") -> list:
+    """The trackers of the tracker runs of run_dir, not started: Accelerate's, those this
+    project continues by id among them."""
     made = []
     for name in names:
         if name == "tensorboard":
             made.append(TensorBoardTracker("tensorboard", str(run_dir)))
         elif name == "wandb":
-            made.append(WandBRun(run_dir, train.tracker_project, tags, train.tracker_group))
+            made.append(WandBRun(run_dir, project, tags, group))
         elif name == "mlflow":
-            made.append(MLflowRun(run_dir, train.tracker_project, tags))
+            made.append(MLflowRun(run_dir, project, tags))
         else:
-            made.append(name)
+            kind = LOGGER_TYPE_TO_CLASS[name]
+            made.append(kind(project, str(run_dir)) if kind.requires_logging_directory else kind(project))
     return made
+
+
+def run_tags(cfg) -> dict[str, str]:
+    """A training run's tags: its band, its seed and, for a member of a sweep, the sweep."""
+    tags = {"band": cfg.data.band, "seed": str(cfg.train.seed)}
+    return tags | ({"sweep": cfg.train.tracker_group} if cfg.train.tracker_group else {})
 
 
 def config_values(flat: dict) -> dict:
@@ -122,10 +136,12 @@ class MLflowRun(MLflowTracker):
 
     def __init__(self, run_dir: Path, experiment: str, tags: dict):
         self.run_dir = run_dir
-        self.uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.uri = MLFLOW_SERVER or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         found = kept(run_dir)
         run_id = found.get("mlflow") if found.get("mlflow_uri") == self.uri else None
-        super().__init__(experiment_name=experiment, run_id=run_id, tags=tags, run_name=run_dir.name)
+        # its artifacts beside its store, not in the working directory
+        artifacts = None if MLFLOW_SERVER else str((run_dir / "mlflow-artifacts").resolve())
+        super().__init__(experiment, artifacts, run_id=run_id, tags=tags, run_name=run_dir.name)
 
     @on_main_process
     def start(self):

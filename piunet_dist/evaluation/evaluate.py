@@ -12,7 +12,8 @@ method (ensembles.py) and scored (scoring.py); the method eval.ensemble names is
 to OUT/<band>/ensemble/. Then OUT/scenes.csv, OUT/summary.json and, for the test split,
 the submission (submission.py). The launcher runs the predict phase as an array, one task
 per member, and the score phase after it. Started by several processes (accelerate
-launch, torchrun, srun), every scene is predicted and scored once, by one of them.
+launch, torchrun, srun), every scene is predicted and scored once, by one of them. With
+eval.log_with the figures go to experiment trackers too (trackers.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..core import tracking
 from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config, sweep_point
 from ..core.errors import UserError
 from ..core.files import write_json
@@ -35,6 +37,7 @@ from ..data.probav import LR_SIZE
 from ..data.shards import scene_count, scene_names, shard_paths
 from ..network.baselines import bicubic_mean
 from ..network.metrics import cpsnr, shift_search
+from . import trackers
 from .calibration import FILE, Fit, bounds, fit_and_check, split_scenes
 from .ensembles import METHODS, combine, uncertainty
 from .inference import resolve_precision, scenes_per_batch, super_resolve_views, view_names, views_for
@@ -74,12 +77,15 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
-    return write_results(results, members, shards, settings)
+    summary = write_results(results, members, shards, settings)
+    trackers.send(summary, members, settings)
+    return summary
 
 
 def plan(runs: list[Path], settings: EvalConfig) -> tuple[list[Member], dict[str, list[Member]], dict[str, Path]]:
     """The members, by band, and where each band's scenes are; every mistake refused here,
     before anything is written (the launcher asks it before it submits)."""
+    tracking.resolve(settings.log_with, "eval.log_with")
     members = find_members(runs, settings.checkpoint, settings.band, settings.heads)
     bands = by_band(members)
     shards = {band: band_shards(ms, settings) for band, ms in bands.items()}

@@ -199,6 +199,10 @@ def summarise_band(
         "bicubic_mean_cpsnr": _mean(r.bicubic_mean_cpsnr for r in scored),
         "members": member_cpsnr,
         "members_cssim": {m: mean_of(m, "cssim") for m in members},
+        "members_score": {m: mean_of(m, "score") for m in members},
+        "members_calibration": {
+            m: {k: mean_of(m, k) for k in ("nll", "coverage50", "coverage90", "scale_error_corr")} for m in members
+        },
         "best_member": max(member_cpsnr, key=member_cpsnr.get),
         "ensemble_method": ensemble,
         "ensemble_cpsnr": ensembles[ensemble]["cpsnr"],

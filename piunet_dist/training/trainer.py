@@ -99,7 +99,9 @@ class Trainer:
         self.acc = Accelerator(
             cpu=not on_gpu,
             mixed_precision=self.precision,
-            log_with=tracking.trackers(log_with, cfg),
+            log_with=tracking.trackers(
+                log_with, self.run_dir.path, cfg.train.tracker_project, tracking.run_tags(cfg), cfg.train.tracker_group
+            ),
             project_dir=str(self.run_dir),
             kwargs_handlers=_process_group_kwargs(on_gpu),
         )
