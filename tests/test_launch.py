@@ -287,7 +287,8 @@ def test_preempted_job_requeues_and_finishes_from_its_checkpoint(shards, tmp_pat
     after = [e["step"] for e in log[second:] if e["event"] == "train"]
     assert after == list(range(resumed + 1, 61))  # nothing lost after the checkpoint
     assert before[:resumed] == list(range(1, resumed + 1))  # and what came before was all there
-    assert max(before) - resumed < 10  # redone: at most the steps since it
+    # redone: at most train.ckpt_every steps, when the signal lands while the next checkpoint is written
+    assert max(before) - resumed <= 10
     assert "lr: 0.003" in (run_dir / "config.yaml").read_text()  # the job kept the config it was sent with
 
 
