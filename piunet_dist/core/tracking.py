@@ -53,12 +53,13 @@ def resolve(names: list[str], setting: str = "train.log_with") -> list[str]:
     """The trackers asked for, `all` standing for every one installed; one that is unknown or
     not installed is refused, naming what to install."""
     installed = [str(t.value) for t in get_available_trackers()]
+    installed = [t for t in installed if t != "mlflow" or _mlflow_store_installed()]
     if "all" in names:
         return installed
     for name in names:
         if name not in PACKAGES:
             raise UserError(f"{setting}: {name!r} is not a tracker: {', '.join(PACKAGES)} or all")
-        if name not in installed or (name == "mlflow" and not _mlflow_store_installed()):
+        if name not in installed:
             raise UserError(f"{setting}: {name} is not installed here: pip install '{PACKAGES[name]}'")
     return list(dict.fromkeys(names))
 
