@@ -127,8 +127,13 @@ class WandBRun(WandBTracker):
 
     @on_main_process
     def start(self):
+        import wandb
+
         _keep(self.run_dir, wandb=self.init_kwargs["id"])  # before: a run killed in its first step is continued
-        super().start()
+        try:
+            super().start()
+        except wandb.errors.UsageError as e:  # no API key, an unknown entity: the user's to mend
+            raise UserError(f"wandb: {e} (on nodes without internet: WANDB_MODE=offline)") from None
 
 
 class MLflowRun(MLflowTracker):

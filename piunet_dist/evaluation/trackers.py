@@ -35,12 +35,15 @@ def send(summary: dict, members: list[Member], settings: EvalConfig) -> None:
         for m in ms:
             if m.is_file:
                 continue
+            figures = member_figures(entry, m.name, split)
+            if not figures:  # a split without targets scores no member: its runs are left as they are
+                continue
             described = summary["members"][m.name]
             step = described["weights_step"] or described["trained_steps"] or 0
             runs = tracking.trackers(
                 names, m.run_dir, m.cfg.train.tracker_project, tracking.run_tags(m.cfg), m.cfg.train.tracker_group
             )
-            _log(runs, member_figures(entry, m.name, split), step)
+            _log(runs, figures, step)
         project = next((m.cfg.train.tracker_project for m in ms if not m.is_file), TrainConfig().tracker_project)
         tags = {"band": band, "split": split, "evaluation": out.name}
         runs = tracking.trackers(names, out / band, project, tags)

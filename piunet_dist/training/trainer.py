@@ -16,6 +16,7 @@ the run stops with one line; the same command resumes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -178,7 +179,8 @@ class Trainer:
                 self._loop(bar)
         except BaseException:
             for tracker in self.acc.trackers:  # closed, so that the resumed run continues them
-                tracker.finish()
+                with contextlib.suppress(AttributeError):  # one that failed to start has nothing to close
+                    tracker.finish()
             raise
         finally:
             if self.stop:
