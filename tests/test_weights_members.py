@@ -18,6 +18,7 @@ from piunet_dist.core.config import load_config
 from piunet_dist.core.files import sha256
 from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene
+from piunet_dist.data.sensor import Physics
 from piunet_dist.data.synthetic import synthesise
 from piunet_dist.network.model import PIUNet
 from tests.helpers.runs import TINY_RUN, train_command
@@ -178,16 +179,39 @@ def test_auto_views_follow_each_members_training_and_predict_agrees(trained, tmp
     assert len(said) == 1 and said[0].startswith("  nir_model_checkpoint, each view alone (cPSNR, dB): rot0 ")
 
 
+@pytest.fixture(scope="module")
+def other_scenes(tmp_path_factory):
+    """Scenes of another world than the pretraining's (the stand-in for real ones after
+    synthetic pretraining): other seeds, larger frame gains, heavier noise."""
+    root = tmp_path_factory.mktemp("other")
+    physics = Physics(gain_spread=(0.1, 0.15), noise=(20.0, 24.0))
+    synthesise(root / "scenes", 5, 0, ["NIR"], seed=8, workers=2, physics=physics)
+    pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
+    return root / "shards"
+
+
 @pytest.mark.processes
-def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoints(trained, tmp_path):
+@pytest.mark.parametrize("start_from", ["published file", "pretrained run"])
+def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoints(
+    trained, other_scenes, tmp_path, start_from
+):
     root, plain, _, published = trained
-    start = tmp_path / "published.pt"
-    shutil.copy(published, start)
+    if start_from == "published file":  # a published checkpoint, fine-tuned on the scenes it was trained on
+        start, shards = tmp_path / "published.pt", root / "shards"
+        shutil.copy(published, start)
+        before = json.loads((plain / "best" / "trainer_state.json").read_text())["val_cpsnr"]
+    else:  # synthetic pretraining, then the pretrained run's best/ fine-tuned on other scenes
+        pretrained, shards = tmp_path / "pretrained", other_scenes
+        shutil.copytree(plain, pretrained)
+        start, out = pretrained / "best", tmp_path / "pretrained-on-other"
+        scored = ["evaluate", "--runs", str(start), "--split", "val", "--shards", str(shards), "--out", str(out)]
+        assert main(scored) == 0
+        before = summary(out)["bands"]["NIR"]["members"]["pretrained"]
     run_dir = tmp_path / "fine"
     # a learning rate too small to move them: it validates where the weights are
     train(
         run_dir,
-        root / "shards",
+        shards,
         f"train.init_weights={start}",
         *FINE_TUNE,
         "train.lr=1e-12",
@@ -196,7 +220,6 @@ def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoint
         "train.ckpt_every=2",
         "data.augment=false",
     )
-    before = json.loads((plain / "best" / "trainer_state.json").read_text())["val_cpsnr"]
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [e for e in events if e["event"] == "val"]
     assert val[0]["step"] == 2 and abs(val[0]["val_cpsnr"] - before) < 1.0
@@ -204,15 +227,16 @@ def test_a_fine_tune_starts_from_the_weights_and_resumes_from_its_own_checkpoint
     assert f"init_weights: {start}" in (run_dir / "config.yaml").read_text()
     state = json.loads((run_dir / "checkpoints" / "step_0000002" / "trainer_state.json").read_text())
     assert state["step"] == 2  # the step count started fresh
-    given, now = torch.load(published), load_file(str(run_dir / "checkpoints" / "step_0000002" / "model.safetensors"))
+    given = load_file(str(plain / "best" / "model.safetensors"))
+    now = load_file(str(run_dir / "checkpoints" / "step_0000002" / "model.safetensors"))
     for key, value in given.items():
         if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             continue  # two training steps update the batch-norm statistics, whatever the learning rate
         assert torch.allclose(now[key], value, atol=1e-6), key
-    start.unlink()  # a resumed run reads its own checkpoint, never init_weights again
+    shutil.rmtree(start) if start.is_dir() else start.unlink()  # a resumed run reads its own checkpoint only
     train(
         run_dir,
-        root / "shards",
+        shards,
         f"train.init_weights={start}",
         *FINE_TUNE,
         "train.lr=1e-12",

@@ -1,0 +1,100 @@
+"""Does what a network learns on synthetic scenes hold on real ones? The real NIR scenes in
+../shared/reference/real-scenes have no HR; the reference is instead the PIUnet trained on
+real NIR scenes (../shared/reference/weights), a network that knows the sensor. Each weights'
+cPSNR against the reference's prediction, beside the challenge baseline's, per scene: a proxy
+with a bias (it ranks networks as their HR would, and widens the gaps: BENCHMARKS.md).
+
+Beside it, where each weights' detail differs from the reference's: the radially averaged
+power spectrum of its SR over the reference's, in dB, at frequencies in cycles per HR pixel
+(1/6 is the LR frames' Nyquist frequency; what lies above it the network must unfold from
+the frames' shifts), averaged over the scenes.
+
+Plain predictions from the nine clearest frames, as `predict` makes them. The LR-only scenes
+have no quality maps: their pixels above 16,383 DN (bright clouds, no data) count as not clear.
+
+    python bench/transfer.py --weights runs/demo/nir-seed0/best runs/demo/nir-seed1/best
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import ROOT, report
+
+from piunet_dist.core.config import DataConfig
+from piunet_dist.data.pipeline import prepare_frames
+from piunet_dist.data.probav import NOMINAL_DN, Scene, SceneRef, load_scene
+from piunet_dist.evaluation.inference import super_resolve
+from piunet_dist.network.baselines import challenge_baseline
+from piunet_dist.network.metrics import cpsnr
+from piunet_dist.network.weights import model_from_weights
+
+SHARED = ROOT.parent / "shared" / "reference"
+HR = 384
+FREQUENCIES = (0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5)  # cycles per HR pixel
+HANN = np.outer(np.hanning(HR), np.hanning(HR))
+RADIUS = np.rint(HR * np.hypot(*np.meshgrid(np.fft.fftfreq(HR), np.fft.fftfreq(HR), indexing="ij"))).astype(int)
+
+
+def radial_power(image: torch.Tensor) -> np.ndarray:
+    """The radially averaged power spectrum of a (1,1,384,384) image, windowed, at FREQUENCIES."""
+    a = image[0, 0].double().numpy()
+    power = np.abs(np.fft.fft2((a - a.mean()) * HANN)) ** 2
+    radial = np.bincount(RADIUS.ravel(), power.ravel(), HR) / np.maximum(np.bincount(RADIUS.ravel(), None, HR), 1)
+    return radial[[round(f * HR) for f in FREQUENCIES]]
+
+
+def real_scenes(root: Path, band: str) -> list[Scene]:
+    scenes = []
+    for folder in sorted([*root.glob(f"probav/*/{band}/imgset*"), *root.glob(f"lr-only/{band}/imgset*")]):
+        masked = any(folder.glob("QM*.png"))
+        scene = load_scene(SceneRef(folder.name, band, "test", folder), masks_required=masked)
+        if not masked:
+            scene = Scene(scene.name, band, scene.lr, scene.lr <= NOMINAL_DN)
+        scenes.append(scene)
+    return scenes
+
+
+def predicted(weights: Path, scenes: list[Scene]) -> list[torch.Tensor]:
+    model = model_from_weights(weights).eval()
+    out = []
+    for scene in scenes:
+        lr, _ = prepare_frames(scene, DataConfig(), np.random.default_rng(0), keep_unclear=True)
+        sr, _ = super_resolve(model, torch.from_numpy(lr)[None])
+        out.append(sr)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, nargs="+", required=True, help="NIR weights: files or best/ folders")
+    parser.add_argument("--reference", type=Path, default=SHARED / "weights" / "piunet-nir-real.pt")
+    parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
+    args = parser.parse_args()
+    scenes = real_scenes(args.real, "NIR")
+    references = predicted(args.reference, scenes)
+    everywhere = [torch.ones_like(r, dtype=torch.bool) for r in references]
+    baseline = [
+        float(cpsnr(challenge_baseline(s.lr, s.qm)[None, None], r, m)[0])
+        for s, r, m in zip(scenes, references, everywhere)
+    ]
+    rows = [{"of": "challenge baseline", **{s.name: b for s, b in zip(scenes, baseline)}, "mean gap (dB)": 0.0}]
+    detail = []
+    reference_power = [radial_power(r) for r in references]
+    for weights in args.weights:
+        predictions = predicted(weights, scenes)
+        scored = [float(cpsnr(p, r, m)[0]) for p, r, m in zip(predictions, references, everywhere)]
+        gaps = np.array(scored) - np.array(baseline)
+        rows.append({"of": str(weights), **{s.name: v for s, v in zip(scenes, scored)}, "mean gap (dB)": gaps.mean()})
+        print(f"{weights}: " + " ".join(f"{g:+.2f}" for g in gaps) + f" dB over the baseline; mean {gaps.mean():+.2f}")
+        ratio = np.mean([10 * np.log10(radial_power(p) / q) for p, q in zip(predictions, reference_power)], axis=0)
+        detail.append({"of": str(weights), **{f"{f:.3f}": float(v) for f, v in zip(FREQUENCIES, ratio)}})
+    report("transfer", rows, list(rows[0]))
+    report("transfer_detail", detail, list(detail[0]))
+
+
+if __name__ == "__main__":
+    main()
