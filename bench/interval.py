@@ -67,7 +67,7 @@ def main():
             with tempfile.TemporaryDirectory() as tmp:
                 for name in checked:
                     where = source / "train" / band / name
-                    fit = "auto" if calibrated else "none"
+                    fit = str(run / "best" / "calibration.json") if calibrated else "none"
                     predict_scene(run / "best", where, Path(tmp), "auto", 9, None, "no", False, fit, args.interval)
                     scored, n, raw, n_raw = held(Path(tmp), load_scene(SceneRef(name, band, "train", where)))
                     inside_scored, pixels = inside_scored + scored, pixels + n

@@ -6,9 +6,9 @@ neighbours along x and y.
 
 Each frame is cut into tiles (64x64 by default); a tile counts where every pixel is clear
 and at most 16,383 DN (bright clouds are not ground). Its mean is removed, a Hann window
-applied (so that the tile's edges add no power of their own), and its power spectrum divided
-by its sum: what is compared is the shape, the share of a tile's variance at each
-frequency, not its contrast. A scene's spectrum is the mean over its tiles; a band's, the
+applied (so that the tile's edges add no power of their own), and the mean power of each
+ring of frequencies divided by the tile's total power: what is compared is the shape of the
+spectrum, not the tile's contrast. A scene's spectrum is the mean over its tiles; a band's, the
 median over scenes. What differs between frames: a frame minus the median of the others,
 each moved by the whole LR pixel that brings it nearest (noise, sub-pixel shifts, blur and
 the ground changing between dates, together).
@@ -94,11 +94,7 @@ def aligned_to(reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
 
 def real_scenes(root: Path, band: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     scenes = []
-    for folder in sorted(p for p in root.glob(f"*/*/{band}/imgset*") if p.is_dir()):
-        masked = any(folder.glob("QM*.png"))
-        scene = load_scene(SceneRef(folder.name, band, "test", folder), masks_required=masked)
-        scenes.append((folder.name, scene.lr, scene.qm if masked else np.ones_like(scene.lr, bool)))
-    for folder in sorted(p for p in root.glob(f"*/{band}/imgset*") if p.is_dir()):
+    for folder in sorted([*root.glob(f"probav/*/{band}/imgset*"), *root.glob(f"lr-only/{band}/imgset*")]):
         masked = any(folder.glob("QM*.png"))
         scene = load_scene(SceneRef(folder.name, band, "test", folder), masks_required=masked)
         scenes.append((folder.name, scene.lr, scene.qm if masked else np.ones_like(scene.lr, bool)))
@@ -140,7 +136,8 @@ def main():
         gap = synth_db - real_db
         worst[band] = float(np.abs(gap).max())
         for name, db, corr in (("real", real_db, real_corr), ("synthetic", synth_db, synth_corr), ("gap", gap, None)):
-            row = {"band": band, "of": f"{name} ({len(real) if name == 'real' else args.scenes} scenes)"}
+            counted = {"real": f" ({len(real)} scenes)", "synthetic": f" ({args.scenes} scenes)"}.get(name, "")
+            row = {"band": band, "of": name + counted}
             row.update({f"{tiles.frequencies()[i]:.3f}": float(db[i]) for i in shown})
             row["worst |gap|"] = worst[band] if name == "gap" else ""
             row["differences corr x, y"] = "" if corr is None else f"{corr[0]:.2f}, {corr[1]:.2f}"

@@ -9,6 +9,9 @@ power spectrum of its SR over the reference's, in dB, at frequencies in cycles p
 (1/6 is the LR frames' Nyquist frequency; what lies above it the network must unfold from
 the frames' shifts), averaged over the scenes.
 
+With --low-pass F, each SR is also scored with its detail above F cycles per HR pixel taken
+out: what that detail is worth.
+
 Plain predictions from the nine clearest frames, as `predict` makes them. The LR-only scenes
 have no quality maps: their pixels above 16,383 DN (bright clouds, no data) count as not clear.
 
@@ -58,6 +61,13 @@ def real_scenes(root: Path, band: str) -> list[Scene]:
     return scenes
 
 
+def low_passed(image: torch.Tensor, cut: float) -> torch.Tensor:
+    """A (1,1,384,384) image without its frequencies above `cut` cycles per pixel."""
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(HR), np.fft.fftfreq(HR), indexing="ij"))
+    kept = np.real(np.fft.ifft2(np.fft.fft2(image[0, 0].double().numpy()) * (f <= cut)))
+    return torch.from_numpy(kept)[None, None].float()
+
+
 def predicted(weights: Path, scenes: list[Scene]) -> list[torch.Tensor]:
     model = model_from_weights(weights).eval()
     out = []
@@ -73,6 +83,9 @@ def main():
     parser.add_argument("--weights", type=Path, nargs="+", required=True, help="NIR weights: files or best/ folders")
     parser.add_argument("--reference", type=Path, default=SHARED / "weights" / "piunet-nir-real.pt")
     parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
+    parser.add_argument(
+        "--low-pass", type=float, default=0.0, help="also score each SR cut off above this (cycles/HR px)"
+    )
     args = parser.parse_args()
     scenes = real_scenes(args.real, "NIR")
     references = predicted(args.reference, scenes)
@@ -82,6 +95,8 @@ def main():
         for s, r, m in zip(scenes, references, everywhere)
     ]
     rows = [{"of": "challenge baseline", **{s.name: b for s, b in zip(scenes, baseline)}, "mean gap (dB)": 0.0}]
+    if args.low_pass:
+        rows[0][f"mean gap, cut above {args.low_pass} (dB)"] = 0.0
     detail = []
     reference_power = [radial_power(r) for r in references]
     for weights in args.weights:
@@ -89,6 +104,12 @@ def main():
         scored = [float(cpsnr(p, r, m)[0]) for p, r, m in zip(predictions, references, everywhere)]
         gaps = np.array(scored) - np.array(baseline)
         rows.append({"of": str(weights), **{s.name: v for s, v in zip(scenes, scored)}, "mean gap (dB)": gaps.mean()})
+        if args.low_pass:
+            cut = [
+                float(cpsnr(low_passed(p, args.low_pass), r, m)[0])
+                for p, r, m in zip(predictions, references, everywhere)
+            ]
+            rows[-1][f"mean gap, cut above {args.low_pass} (dB)"] = float(np.mean(np.array(cut) - np.array(baseline)))
         print(f"{weights}: " + " ".join(f"{g:+.2f}" for g in gaps) + f" dB over the baseline; mean {gaps.mean():+.2f}")
         ratio = np.mean([10 * np.log10(radial_power(p) / q) for p, q in zip(predictions, reference_power)], axis=0)
         detail.append({"of": str(weights), **{f"{f:.3f}": float(v) for f, v in zip(FREQUENCIES, ratio)}})

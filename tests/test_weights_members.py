@@ -182,7 +182,7 @@ def test_auto_views_follow_each_members_training_and_predict_agrees(trained, tmp
 @pytest.fixture(scope="module")
 def other_scenes(tmp_path_factory):
     """Scenes of another world than the pretraining's (the stand-in for real ones after
-    synthetic pretraining): other seeds, larger frame gains, heavier noise."""
+    synthetic pretraining): another seed, larger frame gains, heavier noise."""
     root = tmp_path_factory.mktemp("other")
     physics = Physics(gain_spread=(0.1, 0.15), noise=(20.0, 24.0))
     synthesise(root / "scenes", 5, 0, ["NIR"], seed=8, workers=2, physics=physics)
