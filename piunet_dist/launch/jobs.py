@@ -31,11 +31,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         import torch
 
-        from ..training.trainer import Trainer  # after the environment: Accelerate reads it when built
+        from ..training.trainer import train_run  # after the environment: Accelerate reads it when built
 
         # torch would take every core of the node in each process; the task was given cpus_per_task
         torch.set_num_threads(self.cfg.launch.cpus_per_task)
-        return Trainer(self.cfg, stop_on_signals=False).train()
+        return train_run(self.cfg, stop_on_signals=False)[0]
 
     def checkpoint(self, *args, **kwargs):
         """On SLURM's signal (global rank 0 only): requeue, up to launch.max_requeues times

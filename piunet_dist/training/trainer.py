@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import sys
@@ -490,10 +491,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="settings that override the file")
 
 
+def train_run(cfg: Config, stop_on_signals: bool = True) -> tuple[TrainerState, bool]:
+    """Train; the state reached and whether this is the main process. The trainer is freed
+    before this returns: DDP's reducer holds the process group after end_training has
+    destroyed it, and freed only as the interpreter shuts down, gloo's threads abort a
+    finished run ("terminate called without an active exception", SIGABRT)."""
+    trainer = Trainer(cfg, stop_on_signals=stop_on_signals)
+    state, main_process = trainer.train(), trainer.acc.is_main_process
+    del trainer
+    gc.collect()
+    return state, main_process
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg)
-    state = trainer.train()
-    if trainer.acc.is_main_process:
+    state, main_process = train_run(cfg)
+    if main_process:
         print(f"{cfg.run_dir}: trained to step {state.step}, best val cPSNR {state.best_val_cpsnr:.3f} dB")
     return 0
