@@ -18,13 +18,11 @@ import argparse
 import numpy as np
 import torch
 from common import report
+from scenes import plain_prediction
 
-from piunet_dist.core.config import DataConfig
-from piunet_dist.data.pipeline import prepare_frames
 from piunet_dist.data.probav import Scene
 from piunet_dist.data.sensor import PRESETS
 from piunet_dist.data.synthetic import make_scene, physics_from
-from piunet_dist.evaluation.inference import super_resolve
 from piunet_dist.network.baselines import challenge_baseline
 from piunet_dist.network.metrics import cpsnr
 from piunet_dist.network.weights import model_from_weights
@@ -32,9 +30,7 @@ from piunet_dist.network.weights import model_from_weights
 
 def gain(model, scene: dict, band: str) -> tuple[float, float]:
     """(network's cPSNR, baseline's cPSNR) of one scene."""
-    s = Scene("scene", band, scene["lr"], scene["qm"], scene["hr"], scene["sm"])
-    lr, _ = prepare_frames(s, DataConfig(), np.random.default_rng(0), keep_unclear=True)
-    sr, _ = super_resolve(model, torch.from_numpy(lr)[None])
+    sr = plain_prediction(model, Scene("scene", band, scene["lr"], scene["qm"], scene["hr"], scene["sm"]))
     hr = torch.from_numpy(scene["hr"].astype(np.float32))[None, None]
     sm = torch.from_numpy(scene["sm"])[None, None]
     base = challenge_baseline(scene["lr"], scene["qm"])[None, None]

@@ -24,9 +24,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, report
+from common import report
+from scenes import SHARED, real_scenes
 
-from piunet_dist.data.probav import BANDS, NOMINAL_DN, SceneRef, load_scene
+from piunet_dist.data.probav import BANDS, NOMINAL_DN
 from piunet_dist.data.synthetic import make_scene, physics_from
 
 SHOWN = (0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.484)  # cycles per LR pixel
@@ -92,19 +93,10 @@ def aligned_to(reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
     return np.roll(frame.astype(np.float64), best, axis=(0, 1))
 
 
-def real_scenes(root: Path, band: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    scenes = []
-    for folder in sorted([*root.glob(f"probav/*/{band}/imgset*"), *root.glob(f"lr-only/{band}/imgset*")]):
-        masked = any(folder.glob("QM*.png"))
-        scene = load_scene(SceneRef(folder.name, band, "test", folder), masks_required=masked)
-        scenes.append((folder.name, scene.lr, scene.qm if masked else np.ones_like(scene.lr, bool)))
-    return scenes
-
-
 def measure(scenes, tiles: Tiles) -> tuple[np.ndarray, np.ndarray]:
     """The band's median spectrum (dB, per bin) and the median correlation of its frames' differences (x, y)."""
     spectra, correlations = [], []
-    for _, lr, qm in scenes:
+    for lr, qm in scenes:
         shares = [t for frame, clear in zip(lr, qm) for t in tiles.spectra(frame, clear)]
         if shares:
             spectra.append(10 * np.log10(np.mean(shares, axis=0)))
@@ -114,7 +106,7 @@ def measure(scenes, tiles: Tiles) -> tuple[np.ndarray, np.ndarray]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "reference" / "real-scenes")
+    parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
     parser.add_argument("--scenes", type=int, default=16, help="synthetic scenes a band")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--physics", nargs="*", default=[], help="NAME=VALUE over synth's defaults")
@@ -127,11 +119,8 @@ def main():
     rows = []
     worst = {}
     for band in BANDS:
-        real = real_scenes(args.real, band)
-        synthetic = []
-        for i in range(args.scenes):
-            s = make_scene(args.seed, band, i, physics)
-            synthetic.append((str(i), s["lr"], s["qm"]))
+        real = [(s.lr, s.qm) for s in real_scenes(args.real, band)]
+        synthetic = [(s["lr"], s["qm"]) for s in (make_scene(args.seed, band, i, physics) for i in range(args.scenes))]
         (real_db, real_corr), (synth_db, synth_corr) = measure(real, tiles), measure(synthetic, tiles)
         gap = synth_db - real_db
         worst[band] = float(np.abs(gap).max())

@@ -25,17 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, report
+from common import report
+from scenes import SHARED, plain_prediction, real_scenes
 
-from piunet_dist.core.config import DataConfig
-from piunet_dist.data.pipeline import prepare_frames
-from piunet_dist.data.probav import NOMINAL_DN, Scene, SceneRef, load_scene
-from piunet_dist.evaluation.inference import super_resolve
+from piunet_dist.data.probav import NOMINAL_DN, Scene
 from piunet_dist.network.baselines import challenge_baseline
 from piunet_dist.network.metrics import cpsnr
 from piunet_dist.network.weights import model_from_weights
 
-SHARED = ROOT.parent / "shared" / "reference"
 HR = 384
 FREQUENCIES = (0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.5)  # cycles per HR pixel
 HANN = np.outer(np.hanning(HR), np.hanning(HR))
@@ -50,32 +47,15 @@ def radial_power(image: torch.Tensor) -> np.ndarray:
     return radial[[round(f * HR) for f in FREQUENCIES]]
 
 
-def real_scenes(root: Path, band: str) -> list[Scene]:
-    scenes = []
-    for folder in sorted([*root.glob(f"probav/*/{band}/imgset*"), *root.glob(f"lr-only/{band}/imgset*")]):
-        masked = any(folder.glob("QM*.png"))
-        scene = load_scene(SceneRef(folder.name, band, "test", folder), masks_required=masked)
-        if not masked:
-            scene = Scene(scene.name, band, scene.lr, scene.lr <= NOMINAL_DN)
-        scenes.append(scene)
-    return scenes
-
-
 def low_passed(image: torch.Tensor, cut: float) -> torch.Tensor:
     """A (1,1,384,384) image without its frequencies above `cut` cycles per pixel."""
-    f = np.hypot(*np.meshgrid(np.fft.fftfreq(HR), np.fft.fftfreq(HR), indexing="ij"))
-    kept = np.real(np.fft.ifft2(np.fft.fft2(image[0, 0].double().numpy()) * (f <= cut)))
+    kept = np.real(np.fft.ifft2(np.fft.fft2(image[0, 0].double().numpy()) * (RADIUS <= cut * HR)))
     return torch.from_numpy(kept)[None, None].float()
 
 
 def predicted(weights: Path, scenes: list[Scene]) -> list[torch.Tensor]:
     model = model_from_weights(weights).eval()
-    out = []
-    for scene in scenes:
-        lr, _ = prepare_frames(scene, DataConfig(), np.random.default_rng(0), keep_unclear=True)
-        sr, _ = super_resolve(model, torch.from_numpy(lr)[None])
-        out.append(sr)
-    return out
+    return [plain_prediction(model, scene) for scene in scenes]
 
 
 def main():
@@ -87,7 +67,10 @@ def main():
         "--low-pass", type=float, default=0.0, help="also score each SR cut off above this (cycles/HR px)"
     )
     args = parser.parse_args()
-    scenes = real_scenes(args.real, "NIR")
+    # an LR-only copy has no quality maps: its bright clouds and no data are marked as a map would
+    scenes = [
+        s if s.masked_frames else Scene(s.name, s.band, s.lr, s.lr <= NOMINAL_DN) for s in real_scenes(args.real, "NIR")
+    ]
     references = predicted(args.reference, scenes)
     everywhere = [torch.ones_like(r, dtype=torch.bool) for r in references]
     baseline = [

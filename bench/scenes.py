@@ -1,0 +1,31 @@
+"""The scenes and predictions the benchmarks of quality share: the real PROBA-V files in
+../shared/reference/real-scenes, and a network's plain prediction of a scene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import ROOT
+
+from piunet_dist.core.config import DataConfig
+from piunet_dist.data.pipeline import prepare_frames
+from piunet_dist.data.probav import Scene, SceneRef, find_scenes, load_scene
+from piunet_dist.evaluation.inference import super_resolve
+
+SHARED = ROOT.parent / "shared" / "reference"
+
+
+def real_scenes(root: Path, band: str) -> list[Scene]:
+    """A band's scenes of the real-scenes folder: its challenge tree (probav/) and its LR-only
+    copies (lr-only/BAND/), whose frames without a quality map load as all clear."""
+    refs = find_scenes(root / "probav", [band])
+    refs += [SceneRef(d.name, band, "train", d) for d in sorted((root / "lr-only" / band).glob("imgset*"))]
+    return [load_scene(ref, masks_required=False) for ref in sorted(refs, key=lambda r: r.name)]
+
+
+def plain_prediction(model, scene: Scene) -> torch.Tensor:
+    """The SR (1,1,384,384) of a scene from its nine clearest frames, as `predict` makes it."""
+    lr, _ = prepare_frames(scene, DataConfig(), np.random.default_rng(0), keep_unclear=True)
+    return super_resolve(model, torch.from_numpy(lr)[None])[0]
