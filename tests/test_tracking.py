@@ -228,3 +228,22 @@ def test_a_tracker_not_installed_is_one_line_naming_its_package_before_anything_
     said = "eval.log_with: wandb is not installed here: pip install 'piunet-dist[wandb]'"
     assert evaluated.returncode == 2 and evaluated.stderr.strip() == f"piunet-dist evaluate: error: {said}"
     assert not run_dir.exists() and not out.exists()
+
+
+def test_wandb_refusing_to_start_online_is_one_line_saying_how_to_run_offline(shards, tmp_path):
+    home = tmp_path / "home"  # no ~/.netrc, no W&B settings: no API key anywhere
+    home.mkdir()
+    env = {k: v for k, v in environment(HOME=str(home), WANDB_MODE="online").items() if not k.startswith("WANDB_API")}
+    trained = subprocess.run(
+        train_command(tmp_path / "run", shards, *TINY, "train.max_steps=2", "train.log_with=wandb"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    err = trained.stderr.strip().splitlines()
+    assert trained.returncode == 2 and len(err) == 1, trained.stderr[-3000:]
+    assert err[0].startswith("piunet-dist train: error: wandb: ") and err[0].endswith(
+        "(on nodes without internet: WANDB_MODE=offline)"
+    ), err
