@@ -17,6 +17,10 @@ COVER_LEVELS = {
     "NIR": {"fields": 0.3, "water": -3.0, "settlement": -0.3, "road": -0.8, "channel": -1.2},
     "RED": {"fields": -0.2, "water": -1.5, "settlement": 1.2, "road": 1.5, "channel": -0.8},
 }
+# the weight of the smooth height field in the relief, by band: real RED frames hold more of
+# their variance from 0.19 to 0.31 cycles per LR pixel than NIR ones do, and less at the
+# largest scales (bench/spectra.py against the real frames; BENCHMARKS.md)
+HEIGHT_WEIGHT = {"NIR": 0.5, "RED": 0.3}
 
 
 def fractal_noise(rng: np.random.Generator, size: int, beta: float, lowest: float = 0.0) -> np.ndarray:
@@ -54,7 +58,7 @@ def _line(distance: np.ndarray, half_width: float) -> np.ndarray:
     return np.clip(half_width + 0.5 - distance, 0, 1)
 
 
-def terrain(rng, size: int) -> tuple[np.ndarray, np.ndarray]:
+def terrain(rng, size: int, height_weight: float) -> tuple[np.ndarray, np.ndarray]:
     """Relief as it looks from above (slopes lit from one side, sharp ridges, texture at every
     scale), and the height it comes from."""
     height = fractal_noise(rng, size, rng.uniform(2.4, 3.0))
@@ -62,7 +66,7 @@ def terrain(rng, size: int) -> tuple[np.ndarray, np.ndarray]:
     light = rng.uniform(0, 2 * np.pi)
     shade = (np.cos(light) * gx + np.sin(light) * gy) / np.sqrt(1 + gx**2 + gy**2)
     ridges = 1 - np.abs(fractal_noise(rng, size, rng.uniform(1.8, 2.4)))
-    relief = 0.5 * height + 0.6 * shade / (shade.std() + 1e-9) + 0.4 * (ridges**3 - (ridges**3).mean())
+    relief = height_weight * height + 0.6 * shade / (shade.std() + 1e-9) + 0.4 * (ridges**3 - (ridges**3).mean())
     relief += rng.uniform(0.1, 0.3) * fractal_noise(rng, size, 1.3) + 0.05 * fractal_noise(rng, size, 0.6)
     return relief / relief.std(), height
 
@@ -140,7 +144,7 @@ def landscape(rng: np.random.Generator, band: str, size: int) -> np.ndarray:
     mean *= rng.uniform(0.75, 1.25)
     spread *= rng.uniform(0.6, 1.3)
     levels = COVER_LEVELS[band]
-    relief, height = terrain(rng, size)
+    relief, height = terrain(rng, size, HEIGHT_WEIGHT[band])
     ground = relief
     farmed = _smooth_mask(rng, size, rng.uniform(0.0, 0.8))
     ground = (1 - farmed) * ground + farmed * (levels["fields"] + 0.7 * fields(rng, size) + 0.3 * relief)

@@ -42,8 +42,8 @@ class Physics:
         0.3, "share of scenes in which some frames sit one LR pixel (3 HR px) off the others", SHARE
     )
     jump_share: tuple = span(0.15, 0.35, "share of such a scene's frames that sit off", SHARE)
-    blur_x: tuple = span(0.7, 1.1, "PSF width along its first axis, near x (HR px, beyond the 3x3 mean)")
-    blur_y: tuple = span(0.6, 0.75, "PSF width along its second axis, near y (HR px)")
+    blur_x: tuple = span(0.7, 1.3, "PSF width along its first axis, near x (HR px, beyond the 3x3 mean)")
+    blur_y: tuple = span(0.6, 0.8, "PSF width along its second axis, near y (HR px)")
     blur_angle: float = value(10.0, "angle of the PSF's first axis from x: uniform in +-this (degrees)")
     blur_jitter: float = value(0.06, "standard deviation of each frame's PSF widths about the scene's (HR px)")
     gain_spread: tuple = span(0.03, 0.07, "standard deviation of a frame's gain about 1")
