@@ -115,7 +115,7 @@ def test_ensemble_of_identical_members_equals_the_member(members, tmp_path):
 
 
 def assert_close(a, b, where="summary"):
-    """Equal structure, equal text and counts, numbers equal to a float32 rounding."""
+    """Equal structure, equal text and counts, numbers equal to a float32 rounding (coverages to a few pixels)."""
     assert type(a) is type(b), where
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where
@@ -126,7 +126,9 @@ def assert_close(a, b, where="summary"):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_close(x, y, f"{where}[{i}]")
     elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-6), where
+        # a coverage is a share of pixels: one whose error sits on an interval's edge may fall
+        # on either side of it as the rounding goes, moving the share by a pixel's (~2e-6)
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-5 if ".coverage" in where else 1e-6), where
     else:
         assert a == b, where
 
