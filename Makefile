@@ -56,7 +56,8 @@ test-fast: lint
 # otherwise), followed in a live view; their
 # ensembles evaluated (each member with the views its training showed it), the report. Run again, it reuses
 # the scenes, the shards, the trained members and, while no member changed, their
-# evaluation. DEMO_SETTINGS adds settings to every member (section.key=value ...).
+# evaluation; scenes drawn again are packed again, and members trained on the earlier shards
+# are refused, not reused. DEMO_SETTINGS adds settings to every member (section.key=value ...).
 DEMO ?= runs/demo
 DEMO_SHARDS ?= shards/demo
 DEMO_SCENES ?= 40
@@ -66,7 +67,8 @@ DEMO_MEMBERS := $(foreach band,nir red,$(foreach seed,0 1,$(DEMO)/$(band)-seed$(
 
 demo: install
 	$(PY) -m piunet_dist synth $(DEMO)/scenes --scenes $(DEMO_SCENES) --test-scenes $(DEMO_TEST_SCENES)
-	$(PY) -m piunet_dist pack --verify $(DEMO_SHARDS) >/dev/null 2>&1 \
+	[ $(DEMO_SHARDS)/manifest.json -nt $(DEMO)/scenes/synth.json ] \
+	  && $(PY) -m piunet_dist pack --verify $(DEMO_SHARDS) >/dev/null 2>&1 \
 	  || $(PY) -m piunet_dist pack $(DEMO)/scenes --out $(DEMO_SHARDS) --scenes-per-shard 8
 	$(PY) -m piunet_dist.launch --config configs/demo.yaml --bands NIR RED --seeds 0 1 \
 	  --tasks-per-node 1 --cpus-per-task 1 --mem 1500M --wait run_dir=$(DEMO) data.shards=$(DEMO_SHARDS) $(DEMO_SETTINGS)

@@ -3,6 +3,7 @@ launcher, evaluation and report, on a few scenes and a few steps; then again, re
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ TINY = [
 MEMBERS = ("nir-seed0", "nir-seed1", "red-seed0", "red-seed1")
 
 
-def make_demo(tmp_path):
+def make_demo(tmp_path, scenes=4, check=True):
     result = subprocess.run(
         [
             "make",
@@ -40,7 +41,7 @@ def make_demo(tmp_path):
             f"PY={sys.executable}",
             f"DEMO={tmp_path / 'demo'}",
             f"DEMO_SHARDS={tmp_path / 'shards'}",
-            "DEMO_SCENES=4",
+            f"DEMO_SCENES={scenes}",
             "DEMO_TEST_SCENES=1",
             f"DEMO_SETTINGS={' '.join(TINY)}",
         ],
@@ -50,8 +51,10 @@ def make_demo(tmp_path):
         timeout=900,
         env={**os.environ, "SLURM_CONF": str(tmp_path / "no-slurm.conf")},
     )  # local processes, as on a laptop
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+    return result
 
 
 def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
@@ -83,3 +86,20 @@ def test_make_demo_runs_the_flow_then_reuses_it(tmp_path):
     assert "job " not in again  # nothing trained or evaluated again
     assert (demo / "report" / "summary.json").stat().st_mtime_ns == evaluated
     assert again.strip().splitlines()[-1] == str(demo / "report" / "index.html")
+
+    shutil.rmtree(demo / "scenes")  # the same scenes drawn again: packed again to the same bytes, members kept
+    packed_before = (tmp_path / "shards" / "manifest.json").stat().st_mtime_ns
+    same = make_demo(tmp_path)
+    assert (tmp_path / "shards" / "manifest.json").stat().st_mtime_ns != packed_before
+    assert all(f"{demo / m}: trained to train.max_steps=2 already; not submitted" in same for m in MEMBERS)
+
+    shutil.rmtree(demo / "scenes")  # drawn again with one scene more: members trained before are refused
+    redrawn = make_demo(tmp_path, scenes=5, check=False)
+    assert redrawn.returncode != 0
+    packed = json.loads((tmp_path / "shards" / "manifest.json").read_text())["summary"]["NIR"]
+    assert packed["train"] + packed["val"] == 5
+    assert (
+        f"piunet-dist launch: error: {demo / 'nir-seed0'}: step_0000002 was trained on other NIR shards than "
+        f"data.shards={tmp_path / 'shards'} holds now"
+    ) in redrawn.stderr
+    assert "job " not in redrawn.stdout and (demo / "report" / "summary.json").stat().st_mtime_ns == evaluated

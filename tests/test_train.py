@@ -300,6 +300,25 @@ def test_resuming_with_settings_that_define_another_run_is_refused_before_writin
     assert (straight / "config.yaml").read_text() == config
 
 
+def test_a_run_resumes_on_its_shards_moved_and_is_refused_on_others(shards, straight, tmp_path):
+    run_dir, moved, other = tmp_path / "run", tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(straight, run_dir)
+    shutil.copytree(shards, moved)
+    pack(shards.parent / "scenes", other, ["NIR"], 0.5, None, 0, 2, 1, False)  # the same scenes, split otherwise
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = train(run_dir, other, "train.max_steps=12", *RESUMABLE, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"piunet-dist train: error: {run_dir}: step_0000012 was trained on other NIR shards than "
+        f"data.shards={other} holds now (their manifest differs: scenes drawn or packed again); resume it on "
+        "the shards it was trained on, or choose another run_dir"
+    ]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    resumed = train(run_dir, moved, "train.max_steps=16", *RESUMABLE)
+    assert f"{run_dir}: resuming from {run_dir / 'checkpoints/step_0000012'}" in resumed.stderr
+    assert (run_dir / "checkpoints/step_0000016").is_dir()
+
+
 def test_the_demo_bands_have_run_dirs_of_their_own():
     from piunet_dist.core.config import load_config
 

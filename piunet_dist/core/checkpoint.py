@@ -97,13 +97,18 @@ def _on_every_process(accelerator: Accelerator, stage, final: Path, partial: Pat
 def load(accelerator: Accelerator, path: Path) -> dict:
     """Restore everything saved in `path` on every process; returns its trainer state."""
     accelerator.load_state(str(path))
+    return saved_state(path)
+
+
+def saved_state(path: Path) -> dict:
+    """The trainer state of a checkpoint or of best/ (its trainer_state.json)."""
     return json.loads((Path(path) / STATE).read_text())
 
 
 def best_state(run_dir: Path) -> dict | None:
     """What made run_dir/best/ best (step, val_cpsnr, ...), or None where there is none."""
     path = best_dir(run_dir)
-    return None if path is None else json.loads((path / STATE).read_text())
+    return None if path is None else saved_state(path)
 
 
 def best_dir(run_dir: Path) -> Path | None:

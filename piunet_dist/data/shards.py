@@ -11,6 +11,7 @@ selected when reading, so one set of shards serves every T and selection policy.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -187,6 +188,18 @@ def shard_paths(root: Path, band: str, split: str, digest: bool = False) -> list
         if problem:
             raise UserError(f"{problem}; pack again, or see every problem with `pack --verify {root}`")
     return [str(Path(root) / s["path"]) for s in entries]
+
+
+def band_digest(root: Path, band: str) -> str:
+    """One sha256 for what a run of `band` reads: the paths and sha256s of its train and val
+    shards in the manifest. Shards moved elsewhere keep it; other scenes, or the same ones
+    split or sharded otherwise, give another."""
+    entries = sorted(
+        (s["path"], s["sha256"])
+        for s in load_manifest(root)["shards"]
+        if s["band"] == band and s["split"] in ("train", "val")
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def _problem(root: Path, entry: dict, digest: bool) -> str | None:

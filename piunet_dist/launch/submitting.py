@@ -20,7 +20,7 @@ from ..core.errors import UserError
 from ..core.files import append_record
 from ..core.run_dir import RunDir
 from ..evaluation.evaluate import plan
-from ..training.trainer import initial_model
+from ..training.trainer import check_same_shards, initial_model
 from .following import Watched, wait_for
 from .jobs import EvaluateTask, TrainJob
 from .slurm import check_request, minutes, partition_nodes
@@ -235,8 +235,11 @@ def submit_training(args) -> int:
             )
         check_world(member, world)
         tracking.resolve(member.train.log_with)  # a tracker not installed here is refused before any job
-        if member.train.init_weights and checkpoint.latest(Path(run_dir)) is None:
+        newest = checkpoint.latest(Path(run_dir))
+        if member.train.init_weights and newest is None:
             initial_model(member, resuming=False)  # weights that are not there, or do not fit, refused now
+        if member.train.resume and newest is not None:
+            check_same_shards(member, newest)  # a finished run on other scenes is not taken as done
         if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:
             print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
         else:

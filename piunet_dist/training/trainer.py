@@ -50,7 +50,7 @@ from ..core.stop import Interrupted, StopRequest
 from ..core.version import VERSION
 from ..data.pipeline import EvalScenes
 from ..data.probav import LR_SIZE
-from ..data.shards import shard_paths
+from ..data.shards import band_digest, shard_paths
 from ..evaluation.inference import scenes_per_batch, super_resolve
 from ..network.attention import resolve
 from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
@@ -115,7 +115,9 @@ class Trainer:
             )
         micro_batch = check_world(cfg, self.acc.num_processes)
         resolve(cfg.model.attention, self.acc.device)  # refused here, not at the first step
-        train_shards, self.val_shards = self._shards()
+        train_shards, self.val_shards, self.shards_sha256 = self._shards()
+        if self.resume_from is not None:
+            check_same_shards(cfg, self.resume_from, self.shards_sha256)
 
         set_seed(cfg.train.seed)  # the same initial weights on every rank
         model = initial_model(cfg, resuming=self.resume_from is not None)
@@ -139,15 +141,17 @@ class Trainer:
             position=StreamPosition(world_size=self.acc.num_processes),
         )
 
-    def _shards(self) -> tuple[list[str], list[str]]:
+    def _shards(self) -> tuple[list[str], list[str], str]:
         """The shards the run reads, checked before the first step: every one present, and the
         val shards, read whole at each validation, against their sha256 (by the main process,
-        its verdict sent to all), so that damage stops the run now, not steps later."""
+        its verdict sent to all), so that damage stops the run now, not steps later; and the
+        digest of them all, which its checkpoints keep."""
         root, band = Path(self.cfg.data.shards), self.cfg.data.band
         found = [None]
         if self.acc.is_main_process:
             try:
-                found = [(shard_paths(root, band, "train"), shard_paths(root, band, "val", digest=True))]
+                train, val = shard_paths(root, band, "train"), shard_paths(root, band, "val", digest=True)
+                found = [(train, val, band_digest(root, band))]
             except UserError as e:
                 found = [str(e)]
         found = broadcast_object_list(found)[0]
@@ -406,7 +410,13 @@ class Trainer:
 
     def save(self) -> Path:
         self.state.skipped_samples = self._skipped_samples()
-        record = {**asdict(self.state), **self.stream.position.state_dict(), "version": VERSION, "time": utc_now()}
+        record = {
+            **asdict(self.state),
+            **self.stream.position.state_dict(),
+            "shards_sha256": self.shards_sha256,
+            "version": VERSION,
+            "time": utc_now(),
+        }
         return checkpoint.save(self.acc, self.run_dir, self.state.step, record, self.cfg.train.keep_last)
 
     def _memory(self) -> dict:
@@ -458,6 +468,20 @@ def _check_run_dir(cfg: Config) -> Path | None:
                 "give the run's own, or choose another run_dir"
             )
     return newest
+
+
+def check_same_shards(cfg: Config, newest: Path, digest: str | None = None) -> None:
+    """A run resumes on the shards its checkpoint was trained on (wherever they lie now): its
+    stream position and its val scores mean nothing on other scenes. Checkpoints written
+    before they kept the digest are taken as they are."""
+    trained_on = checkpoint.saved_state(newest).get("shards_sha256")
+    root = Path(cfg.data.shards)
+    if trained_on is not None and trained_on != (digest or band_digest(root, cfg.data.band)):
+        raise UserError(
+            f"{cfg.run_dir}: {newest.name} was trained on other {cfg.data.band} shards than data.shards={root} "
+            "holds now (their manifest differs: scenes drawn or packed again); resume it on the shards it was "
+            "trained on, or choose another run_dir"
+        )
 
 
 def _process_group_kwargs(on_gpu: bool) -> list:
