@@ -11,7 +11,10 @@ ring of frequencies divided by the tile's total power: what is compared is the s
 spectrum, not the tile's contrast. A scene's spectrum is the mean over its tiles; a band's, the
 median over scenes. What differs between frames: a frame minus the median of the others,
 each moved by the whole LR pixel that brings it nearest (noise, sub-pixel shifts, blur and
-the ground changing between dates, together).
+the ground changing between dates, together). And how much each frame's shift changes from
+place to place: the rms spread of the shifts of its 32x32 tiles, each registered to the same
+tile of the clearest frame (data/registration.py), about their mean, in HR px (a frame
+shifted as a whole gives the registration's own error).
 
     python bench/spectra.py [--scenes 48] [--seed 1] [--physics noise=12,12 ...] [--tile 128 --no-window]
 
@@ -28,6 +31,7 @@ from common import report
 from scenes import SHARED, real_scenes
 
 from piunet_dist.data.probav import BANDS, NOMINAL_DN
+from piunet_dist.data.registration import estimate_shift
 from piunet_dist.data.synthetic import make_scene, physics_from
 
 SHOWN = (0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.484)  # cycles per LR pixel
@@ -83,6 +87,31 @@ def difference_correlation(lr: np.ndarray, clear: np.ndarray) -> tuple[float, fl
     return sums[1] / sums[0], sums[2] / sums[0]
 
 
+def local_shift_spread(lr: np.ndarray, clear: np.ndarray, side: int = 32) -> float:
+    """Median over a scene's frames of the rms spread (both axes, HR px) of their tiles'
+    shifts against the clearest frame's; only frames and tiles nearly all clear count, and a
+    tile registered a whole LR pixel off (a mistake, not a warp) is left out."""
+    usable = clear & (lr <= NOMINAL_DN)
+    share = usable.reshape(len(lr), -1).mean(axis=1)
+    frames = [i for i in np.argsort(-share) if share[i] > 0.97][:12]
+    if len(frames) < 3:
+        return np.nan
+    ref, spreads = frames[0], []
+    cuts = [(slice(y, y + side), slice(x, x + side)) for y in range(0, 128, side) for x in range(0, 128, side)]
+    for i in frames[1:]:
+        shifts = np.array(
+            [
+                estimate_shift(lr[i][c], usable[i][c], lr[ref][c], usable[ref][c])
+                for c in cuts
+                if usable[i][c].mean() > 0.98 and usable[ref][c].mean() > 0.98
+            ]
+        ).reshape(-1, 2)
+        shifts = shifts[np.all(np.abs(shifts - np.median(shifts, axis=0)) < 1, axis=1)]
+        if len(shifts) >= 4:
+            spreads.append(3 * np.sqrt(shifts.var(axis=0).mean()))
+    return float(np.median(spreads)) if spreads else np.nan
+
+
 def aligned_to(reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
     """`frame` rolled by the whole pixels (-1..1 each way) that bring it nearest `reference`."""
     ref = reference.astype(np.float64)
@@ -93,15 +122,17 @@ def aligned_to(reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
     return np.roll(frame.astype(np.float64), best, axis=(0, 1))
 
 
-def measure(scenes, tiles: Tiles) -> tuple[np.ndarray, np.ndarray]:
-    """The band's median spectrum (dB, per bin) and the median correlation of its frames' differences (x, y)."""
-    spectra, correlations = [], []
+def measure(scenes, tiles: Tiles) -> tuple[np.ndarray, np.ndarray, float]:
+    """The band's median spectrum (dB, per bin), the median correlation of its frames'
+    differences (x, y) and the median spread of their local shifts (HR px)."""
+    spectra, correlations, spreads = [], [], []
     for lr, qm in scenes:
         shares = [t for frame, clear in zip(lr, qm) for t in tiles.spectra(frame, clear)]
         if shares:
             spectra.append(10 * np.log10(np.mean(shares, axis=0)))
         correlations.append(difference_correlation(lr, qm))
-    return np.median(spectra, axis=0), np.nanmedian(np.array(correlations), axis=0)
+        spreads.append(local_shift_spread(lr, qm))
+    return np.median(spectra, axis=0), np.nanmedian(np.array(correlations), axis=0), float(np.nanmedian(spreads))
 
 
 def main():
@@ -121,15 +152,23 @@ def main():
     for band in BANDS:
         real = [(s.lr, s.qm) for s in real_scenes(args.real, band)]
         synthetic = [(s["lr"], s["qm"]) for s in (make_scene(args.seed, band, i, physics) for i in range(args.scenes))]
-        (real_db, real_corr), (synth_db, synth_corr) = measure(real, tiles), measure(synthetic, tiles)
+        (real_db, real_corr, real_spread), (synth_db, synth_corr, synth_spread) = (
+            measure(real, tiles),
+            measure(synthetic, tiles),
+        )
         gap = synth_db - real_db
         worst[band] = float(np.abs(gap).max())
-        for name, db, corr in (("real", real_db, real_corr), ("synthetic", synth_db, synth_corr), ("gap", gap, None)):
+        for name, db, corr, spread in (
+            ("real", real_db, real_corr, real_spread),
+            ("synthetic", synth_db, synth_corr, synth_spread),
+            ("gap", gap, None, None),
+        ):
             counted = {"real": f" ({len(real)} scenes)", "synthetic": f" ({args.scenes} scenes)"}.get(name, "")
             row = {"band": band, "of": name + counted}
             row.update({f"{tiles.frequencies()[i]:.3f}": float(db[i]) for i in shown})
             row["worst |gap|"] = worst[band] if name == "gap" else ""
             row["differences corr x, y"] = "" if corr is None else f"{corr[0]:.2f}, {corr[1]:.2f}"
+            row["local shift spread (HR px)"] = "" if spread is None else round(spread, 3)
             rows.append(row)
     report(f"spectra-{args.tile}" + ("-nowindow" if args.no_window else ""), rows, list(rows[0]))
     print("worst gap from 0.06 to 0.49 cycles/px: " + ", ".join(f"{b} {w:.2f} dB" for b, w in worst.items()))

@@ -1,12 +1,15 @@
 import hashlib
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from piunet_dist.__main__ import main
+from piunet_dist.data.landscape import landscape
 from piunet_dist.data.probav import (
+    HR_SIZE,
     NO_DATA,
     NOMINAL_DN,
     find_scenes,
@@ -15,9 +18,10 @@ from piunet_dist.data.probav import (
     select_frames,
     validate_scene,
 )
+from piunet_dist.data.registration import estimate_shift
 from piunet_dist.data.scene_fit import FrameModel, fit_frame
-from piunet_dist.data.sensor import QUANTUM, FrameGeometry, Physics
-from piunet_dist.data.synthetic import make_scene
+from piunet_dist.data.sensor import QUANTUM, FrameGeometry, Physics, view
+from piunet_dist.data.synthetic import PAD, make_scene
 
 
 def digest(root):
@@ -76,6 +80,25 @@ def test_scenes_look_like_land_seen_through_many_shifted_blurred_frames():
     own = np.corrcoef(down.ravel(), lr[clearest].ravel())[0, 1]
     assert own > 0.7 and np.corrcoef(other.ravel(), lr[clearest].ravel())[0, 1] < own - 0.5  # it views its HR
     assert np.abs(lr[0] - lr[1]).mean() > 20  # and each its own way
+
+
+def test_a_constant_displacement_is_the_frame_shifted_by_it_and_a_warp_shifts_by_place():
+    ground = landscape(np.random.default_rng(0), "NIR", HR_SIZE + 2 * PAD)
+    geometry = FrameGeometry(0.3, -0.2, 1.0, 0.7, 0.1)
+    plain = view(ground, geometry, PAD)
+    shifted = view(ground, FrameGeometry(0.4, -0.3, 1.0, 0.7, 0.1), PAD)
+    displaced = view(ground, geometry, PAD, (np.full(ground.shape, 0.1), np.full(ground.shape, -0.1)))
+    assert np.std(shifted - displaced) < 0.1 * np.std(shifted - plain)  # to first order, the same shift
+
+    def tile_shifts(scene):  # each 32x32 tile of frame 1 registered to frame 0's (LR px)
+        lr, clear = scene["lr"].astype(float), scene["qm"] & (scene["lr"] <= NOMINAL_DN)
+        cuts = [(slice(y, y + 32), slice(x, x + 32)) for y in range(0, 128, 32) for x in range(0, 128, 32)]
+        return np.array([estimate_shift(lr[1][c], clear[1][c], lr[0][c], clear[0][c]) for c in cuts])
+
+    physics = Physics(clear_frames=1.0, outliers=(0.0, 0.0))
+    still, warped = (make_scene(2, "NIR", 0, replace(physics, warp=(w, w))) for w in (0.0, 0.3))
+    assert warped["truth"]["warp"] == 0.3 and still["truth"]["warp"] == 0.0
+    assert tile_shifts(warped).std(axis=0).min() > 2 * tile_shifts(still).std(axis=0).max()
 
 
 def test_every_value_is_a_multiple_of_16_dn_and_the_defaults_lie_in_the_real_ranges():

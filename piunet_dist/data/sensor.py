@@ -4,7 +4,8 @@ draws it and as a fit measures it: one forward model for both.
     LR = gain · (3×3 mean of (PSF ∗ shifted ground)) + offset + noise, in steps of 16 DN
 
 x is the column index and y the row index, both in HR pixels. The PSF is a Gaussian with
-its own widths along its two axes and the angle of its first axis from x.
+its own widths along its two axes and the angle of its first axis from x. A frame's shift
+may also change smoothly from place to place (`Physics.warp`; none by default).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Physics:
     blur_y: tuple = span(0.6, 0.8, "PSF width along its second axis, near y (HR px)")
     blur_angle: float = value(10.0, "angle of the PSF's first axis from x: uniform in +-this (degrees)")
     blur_jitter: float = value(0.06, "standard deviation of each frame's PSF widths about the scene's (HR px)")
+    warp: tuple = span(
+        0.0, 0.0, "rms of each frame's own smooth displacement about its shift: misregistered by place (HR px)"
+    )
+    warp_scale: float = value(48.0, "size of that displacement's undulations: a Gaussian of this width (HR px)")
     gain_spread: tuple = span(0.03, 0.07, "standard deviation of a frame's gain about 1")
     brightness_change: tuple = span(0.015, 0.03, "standard deviation of a frame's mean change between dates (share)")
     seasonal: tuple = span(0.004, 0.012, "amplitude of a smooth brightness field that changes between dates (share)")
@@ -156,11 +161,24 @@ def box3(image: np.ndarray) -> np.ndarray:
     return image.reshape(h // 3, 3, w // 3, 3).mean(axis=(1, 3))
 
 
-def view(ground: np.ndarray, geometry: FrameGeometry, pad: int) -> np.ndarray:
-    """The noiseless LR view (before gain and offset) of a padded ground image."""
+def view(ground: np.ndarray, geometry: FrameGeometry, pad: int, displacement=None) -> np.ndarray:
+    """The noiseless LR view (before gain and offset) of a padded ground image; with a
+    `displacement` (dy, dx fields of the ground's shape, HR px) each place shifted that much
+    more, to first order: what it adds to the seen ground is its gradient times the field."""
     spectrum = np.fft.rfft2(ground) * transfer(ground.shape, geometry.dy, geometry.dx, *geometry.covariance())
     seen = np.fft.irfft2(spectrum, s=ground.shape)
+    if displacement is not None:
+        fy, fx = np.fft.fftfreq(ground.shape[0])[:, None], np.fft.rfftfreq(ground.shape[1])[None, :]
+        for field, f in zip(displacement, (fy, fx)):
+            seen -= field * np.fft.irfft2(spectrum * (2j * math.pi * f), s=ground.shape)
     return box3(seen[pad : ground.shape[0] - pad, pad : ground.shape[1] - pad])
+
+
+def displacement_field(rng: np.random.Generator, size: int, rms: float, scale: float) -> tuple:
+    """(dy, dx): two independent smooth fields of that rms (HR px), white noise seen through
+    a Gaussian of width `scale`."""
+    fields = (blurred(rng.standard_normal((size, size)), scale) for _ in range(2))
+    return tuple(rms * f / f.std() for f in fields)
 
 
 def correlated_noise(rng: np.random.Generator, shape: tuple[int, int], correlation: float) -> np.ndarray:

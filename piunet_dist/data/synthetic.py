@@ -4,7 +4,7 @@ physics (docs/method.md section 7; the ranges are data/sensor.Physics).
 A scene is a ground image (data/landscape.py) and its target HR, seen on many dates: each
 LR frame views the ground as it was that date (a seasonal brightness field, some land
 changed) through the scene's anisotropic PSF, shifted by the scene's grid offset and its
-own scatter (now and then a whole LR pixel more), averaged over 3x3 pixels, with its own
+own scatter (now and then a whole LR pixel more; with `warp`, more by place), averaged over 3x3 pixels, with its own
 gain and offset, noise correlated along x, outlier pixels no mask marks, and small clouds
 that its quality map marks; every value a multiple of 16 DN. As in real frames, some clouds
 are brighter than the sensor's nominal 14 bits (a few of their pixels marked clear), and in
@@ -34,7 +34,7 @@ from ..network.baselines import challenge_baseline
 from ..network.metrics import cpsnr
 from .landscape import fractal_noise, landscape
 from .probav import BANDS, HR_SIZE, LR_SIZE, NO_DATA, NOMINAL_DN
-from .sensor import PRESETS, FrameGeometry, Physics, blurred, correlated_noise, quantise, view
+from .sensor import PRESETS, FrameGeometry, Physics, blurred, correlated_noise, displacement_field, quantise, view
 
 PAD = 24  # HR margin that shifted views draw from
 MAX_CLOUD_COVER = 0.4
@@ -106,6 +106,7 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
     seasonal, changed = physics.draw(rng, "seasonal"), physics.draw(rng, "local_change")
     outliers = physics.draw(rng, "outliers")
     noise, correlation = physics.draw(rng, "noise"), physics.draw(rng, "noise_correlation")
+    warp = physics.draw(rng, "warp")
     mean = float(hr.mean())
     # the oddities draw from a stream of their own, so the rest of a scene is as without them
     odd_rng = np.random.default_rng([seed, BANDS.index(band), index, 1])
@@ -134,7 +135,8 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
             )
         gain = 1 + rng.normal(0, gain_spread)
         shift_dn = (1 - gain) * mean + rng.normal(0, change) * mean
-        frame = gain * view(dated, geometry, PAD) + shift_dn
+        displacement = displacement_field(rng, ground.shape[0], warp, physics.warp_scale) if warp > 0 else None
+        frame = gain * view(dated, geometry, PAD, displacement) + shift_dn
         sigma = np.sqrt(noise**2 + physics.noise_rise * np.maximum(frame, 0))
         frame = frame + sigma * correlated_noise(rng, frame.shape, correlation)
         odd = rng.random(frame.shape) < outliers
@@ -175,7 +177,7 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
         "qm": np.stack(qm),
         "hr": quantise(hr, physics.quantum, TOP),
         "sm": clouds(rng, HR_SIZE, hr_cover, 3 * physics.cloud_scale) < MARKED,
-        "truth": {"frames": truth, "noise": noise, "noise_correlation": correlation},
+        "truth": {"frames": truth, "noise": noise, "noise_correlation": correlation, "warp": warp},
     }
 
 
