@@ -30,7 +30,7 @@ import numpy as np
 from common import report
 from scenes import SHARED, real_scenes
 
-from piunet_dist.data.probav import BANDS, NOMINAL_DN
+from piunet_dist.data.probav import BANDS, LR_SIZE, NOMINAL_DN
 from piunet_dist.data.registration import estimate_shift
 from piunet_dist.data.synthetic import make_scene, physics_from
 
@@ -97,7 +97,7 @@ def local_shift_spread(lr: np.ndarray, clear: np.ndarray, side: int = 32) -> flo
     if len(frames) < 3:
         return np.nan
     ref, spreads = frames[0], []
-    cuts = [(slice(y, y + side), slice(x, x + side)) for y in range(0, 128, side) for x in range(0, 128, side)]
+    cuts = [(slice(y, y + side), slice(x, x + side)) for y in range(0, LR_SIZE, side) for x in range(0, LR_SIZE, side)]
     for i in frames[1:]:
         shifts = np.array(
             [

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from piunet_dist.data.packing import pack
-from piunet_dist.data.shards import scene_names, shard_paths
+from piunet_dist.data.shards import band_digest, scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
 from tests.helpers.faults import fill, flip_bytes
 from tests.helpers.runs import TINY_RUN, train_command
@@ -316,7 +316,12 @@ def test_a_run_resumes_on_its_shards_moved_and_is_refused_on_others(shards, stra
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
     resumed = train(run_dir, moved, "train.max_steps=16", *RESUMABLE)
     assert f"{run_dir}: resuming from {run_dir / 'checkpoints/step_0000012'}" in resumed.stderr
-    assert (run_dir / "checkpoints/step_0000016").is_dir()
+    state = run_dir / "checkpoints/step_0000016/trainer_state.json"
+    assert json.loads(state.read_text())["shards_sha256"] == band_digest(shards, "NIR")
+    # a checkpoint written before checkpoints kept the digest resumes wherever it is told
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "shards_sha256"}))
+    train(run_dir, other, "train.max_steps=18", *RESUMABLE)
+    assert (run_dir / "checkpoints/step_0000018").is_dir()
 
 
 def test_the_demo_bands_have_run_dirs_of_their_own():

@@ -5,7 +5,7 @@ draws it and as a fit measures it: one forward model for both.
 
 x is the column index and y the row index, both in HR pixels. The PSF is a Gaussian with
 its own widths along its two axes and the angle of its first axis from x. A frame's shift
-may also change smoothly from place to place (`Physics.warp`; none by default).
+changes smoothly from place to place too (`Physics.warp`), as real frames' do.
 """
 
 from __future__ import annotations
@@ -48,9 +48,14 @@ class Physics:
     blur_angle: float = value(10.0, "angle of the PSF's first axis from x: uniform in +-this (degrees)")
     blur_jitter: float = value(0.06, "standard deviation of each frame's PSF widths about the scene's (HR px)")
     warp: tuple = span(
-        0.0, 0.0, "rms of each frame's own smooth displacement about its shift: misregistered by place (HR px)"
+        0.1,
+        0.2,
+        "rms of each frame's own smooth displacement about its shift: misregistered by place (HR px)",
+        (0.0, 1.0),  # drawn to first order: beyond an HR pixel that no longer holds
     )
-    warp_scale: float = value(48.0, "size of that displacement's undulations: a Gaussian of this width (HR px)")
+    warp_scale: float = value(
+        48.0, "size of that displacement's undulations: a Gaussian of this width (HR px)", (1.0, math.inf)
+    )
     gain_spread: tuple = span(0.03, 0.07, "standard deviation of a frame's gain about 1")
     brightness_change: tuple = span(0.015, 0.03, "standard deviation of a frame's mean change between dates (share)")
     seasonal: tuple = span(0.004, 0.012, "amplitude of a smooth brightness field that changes between dates (share)")
@@ -94,6 +99,7 @@ class Physics:
                 blur_y=(0.9, 1.4),
                 blur_angle=0.0,
                 blur_jitter=0.0,
+                warp=(0.0, 0.0),
                 gain_spread=(0.023, 0.023),
                 brightness_change=(0.004, 0.004),
                 seasonal=(0.0, 0.0),
@@ -174,11 +180,13 @@ def view(ground: np.ndarray, geometry: FrameGeometry, pad: int, displacement=Non
     return box3(seen[pad : ground.shape[0] - pad, pad : ground.shape[1] - pad])
 
 
-def displacement_field(rng: np.random.Generator, size: int, rms: float, scale: float) -> tuple:
-    """(dy, dx): two independent smooth fields of that rms (HR px), white noise seen through
-    a Gaussian of width `scale`."""
-    fields = (blurred(rng.standard_normal((size, size)), scale) for _ in range(2))
-    return tuple(rms * f / f.std() for f in fields)
+def displacement_field(rng: np.random.Generator, size: int, pad: int, rms: float, scale: float) -> tuple:
+    """(dy, dx): two independent smooth fields of that rms (HR px) over the viewed part (within
+    `pad`), white noise seen through a Gaussian of width `scale`. Each has no mean there: a
+    frame's shift as a whole stays the one drawn for it."""
+    inner = (slice(pad, size - pad),) * 2
+    fields = [blurred(rng.standard_normal((size, size)), scale) for _ in range(2)]
+    return tuple(rms * (f - f[inner].mean()) / f[inner].std() for f in fields)
 
 
 def correlated_noise(rng: np.random.Generator, shape: tuple[int, int], correlation: float) -> np.ndarray:

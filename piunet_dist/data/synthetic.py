@@ -106,10 +106,11 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
     seasonal, changed = physics.draw(rng, "seasonal"), physics.draw(rng, "local_change")
     outliers = physics.draw(rng, "outliers")
     noise, correlation = physics.draw(rng, "noise"), physics.draw(rng, "noise_correlation")
-    warp = physics.draw(rng, "warp")
     mean = float(hr.mean())
-    # the oddities draw from a stream of their own, so the rest of a scene is as without them
+    # the oddities and the warps draw from streams of their own, so the rest of a scene is as without them
     odd_rng = np.random.default_rng([seed, BANDS.index(band), index, 1])
+    warp_rng = np.random.default_rng([seed, BANDS.index(band), index, 2])
+    warp = physics.draw(warp_rng, "warp")
     no_data = no_data_plan(odd_rng, physics, n_frames)
     lr, qm, truth = [], [], []
     for i in range(n_frames):
@@ -135,7 +136,7 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
             )
         gain = 1 + rng.normal(0, gain_spread)
         shift_dn = (1 - gain) * mean + rng.normal(0, change) * mean
-        displacement = displacement_field(rng, ground.shape[0], warp, physics.warp_scale) if warp > 0 else None
+        displacement = displacement_field(warp_rng, ground.shape[0], PAD, warp, physics.warp_scale) if warp else None
         frame = gain * view(dated, geometry, PAD, displacement) + shift_dn
         sigma = np.sqrt(noise**2 + physics.noise_rise * np.maximum(frame, 0))
         frame = frame + sigma * correlated_noise(rng, frame.shape, correlation)
