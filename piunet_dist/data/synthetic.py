@@ -4,11 +4,12 @@ physics (docs/method.md section 7; the ranges are data/sensor.Physics).
 A scene is a ground image (data/landscape.py) and its target HR, seen on many dates: each
 LR frame views the ground as it was that date (a seasonal brightness field, some land
 changed) through the scene's anisotropic PSF, shifted by the scene's grid offset and its
-own scatter (now and then a whole LR pixel more; with `warp`, more by place), averaged over 3x3 pixels, with its own
-gain and offset, noise correlated along x, outlier pixels no mask marks, and small clouds
-that its quality map marks; every value a multiple of 16 DN. As in real frames, some clouds
-are brighter than the sensor's nominal 14 bits (a few of their pixels marked clear), and in
-some scenes a few frames hold 65,520 beyond a swath edge, masked (docs/method.md section 5).
+own scatter (now and then a whole LR pixel more), and more by place (a smooth warp),
+averaged over 3x3 pixels, with its own gain and offset, noise correlated along x, outlier
+pixels no mask marks, and small clouds that its quality map marks; every value a multiple
+of 16 DN. As in real frames, some clouds are brighter than the sensor's nominal 14 bits (a
+few of their pixels marked clear), and in some scenes a few frames hold 65,520 beyond a
+swath edge, masked (docs/method.md section 5).
 norm.csv holds the cPSNR of the challenge baseline on every scene, test scenes included
 (their HR is not written).
 """
@@ -107,7 +108,7 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
     outliers = physics.draw(rng, "outliers")
     noise, correlation = physics.draw(rng, "noise"), physics.draw(rng, "noise_correlation")
     mean = float(hr.mean())
-    # the oddities and the warps draw from streams of their own, so the rest of a scene is as without them
+    # the oddities and the warps draw from streams of their own: the rest of a scene is as without them
     odd_rng = np.random.default_rng([seed, BANDS.index(band), index, 1])
     warp_rng = np.random.default_rng([seed, BANDS.index(band), index, 2])
     warp = physics.draw(warp_rng, "warp")

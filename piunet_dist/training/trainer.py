@@ -470,15 +470,15 @@ def _check_run_dir(cfg: Config) -> Path | None:
     return newest
 
 
-def check_same_shards(cfg: Config, newest: Path, digest: str | None = None) -> None:
+def check_same_shards(cfg: Config, checkpoint_dir: Path, digest: str | None = None) -> None:
     """A run resumes on the shards its checkpoint was trained on (wherever they lie now): its
     stream position and its val scores mean nothing on other scenes. Checkpoints written
     before they kept the digest are taken as they are."""
-    trained_on = checkpoint.saved_state(newest).get("shards_sha256")
+    trained_on = checkpoint.saved_state(checkpoint_dir).get("shards_sha256")
     root = Path(cfg.data.shards)
     if trained_on is not None and trained_on != (digest or band_digest(root, cfg.data.band)):
         raise UserError(
-            f"{cfg.run_dir}: {newest.name} was trained on other {cfg.data.band} shards than data.shards={root} "
+            f"{cfg.run_dir}: {checkpoint_dir.name} was trained on other {cfg.data.band} shards than data.shards={root} "
             "holds now (their manifest differs: scenes drawn or packed again); resume it on the shards it was "
             "trained on, or choose another run_dir"
         )
