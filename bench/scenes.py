@@ -25,7 +25,8 @@ def real_scenes(root: Path, band: str) -> list[Scene]:
     return [load_scene(ref, masks_required=False) for ref in sorted(refs, key=lambda r: r.name)]
 
 
-def plain_prediction(model, scene: Scene) -> torch.Tensor:
-    """The SR (1,1,384,384) of a scene from its nine clearest frames, as `predict` makes it."""
+def plain_prediction(model, scene: Scene, views: int = 1) -> torch.Tensor:
+    """The SR (1,1,384,384) of a scene from its nine clearest frames, as `predict` makes it
+    (averaged over a self-ensemble of `views`)."""
     lr, _ = prepare_frames(scene, DataConfig(), np.random.default_rng(0), keep_unclear=True)
-    return super_resolve(model, torch.from_numpy(lr)[None])[0]
+    return super_resolve(model, torch.from_numpy(lr)[None], views)[0]

@@ -1,0 +1,108 @@
+"""What differs between a scene's frames once they are registered, real (../shared/reference/
+real-scenes) against `synth`'s, per band: the changes between dates that no shift explains.
+
+Each scene's clearest frames (over 97% clear, up to 10) are registered to the clearest one
+(data/registration.py: sub-pixel shifts, applied in Fourier space), given its gain and offset
+by least squares, and each is compared with the median of the others. Per 64x64 tile (Hann
+window, only tiles clear in the frame): the power of that difference in each ring of
+frequencies over the frame's own power there, in dB; the median over a scene's tiles (a few
+tiles with an unmarked cloud do not move it), then over scenes. 0 dB: the frames differ as
+much as they hold; synthetic frames that agree more than real ones read lower.
+
+    python bench/differences.py [--scenes 16] [--seed 1] [--physics seasonal=0.02,0.04 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from common import report
+from scenes import SHARED, real_scenes
+
+from piunet_dist.data.probav import BANDS, NOMINAL_DN
+from piunet_dist.data.registration import estimate_shift
+from piunet_dist.data.sensor import transfer
+from piunet_dist.data.synthetic import make_scene, physics_from
+
+SIDE = 64
+CORNERS = [(y, x) for y in (16, 48) for x in (16, 48)]  # tiles away from the borders a shift wraps
+RINGS = np.arange(1, SIDE // 2)  # in cycles per tile: from the lowest frequency to the highest whole ring
+SHOWN = (4, 8, 12, 16, 20, 24, 28, 31)
+WINDOW = np.outer(np.hanning(SIDE), np.hanning(SIDE))
+RING = np.rint(SIDE * np.hypot(*np.meshgrid(np.fft.fftfreq(SIDE), np.fft.fftfreq(SIDE), indexing="ij"))).astype(int)
+IN_RING = np.maximum(np.bincount(RING.ravel(), None, SIDE), 1)
+
+
+def ring_power(tile: np.ndarray) -> np.ndarray:
+    """The tile's mean power in each of RINGS."""
+    power = np.abs(np.fft.fft2((tile - tile.mean()) * WINDOW)) ** 2
+    return (np.bincount(RING.ravel(), power.ravel(), SIDE) / IN_RING)[RINGS]
+
+
+def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndarray:
+    """The frames moved onto the first one by their sub-pixel shifts and brought to its gain
+    and offset; unusable pixels hold the frame's clear mean before the move."""
+    ref = frames[0]
+    out = []
+    for i in frames:
+        frame = np.where(usable[i], lr[i], lr[i][usable[i]].mean()).astype(np.float64)
+        if i != ref:
+            dy, dx = estimate_shift(lr[i], usable[i], lr[ref], usable[ref])
+            frame = np.fft.irfft2(np.fft.rfft2(frame) * transfer(frame.shape, -dy, -dx, 0, 0, 0), s=frame.shape)
+        both = usable[i] & usable[ref]
+        gain, offset = np.polyfit(frame[both], lr[ref][both].astype(np.float64), 1)
+        out.append(gain * frame + offset)
+    return np.stack(out)
+
+
+def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
+    """dB per ring (RINGS) of what a frame holds beyond the others, over what it holds;
+    None for a scene with fewer than four frames clear enough."""
+    usable = qm & (lr <= NOMINAL_DN)
+    share = usable.reshape(len(lr), -1).mean(axis=1)
+    frames = [int(i) for i in np.argsort(-share) if share[i] > 0.97][:10]
+    if len(frames) < 4:
+        return None
+    moved = registered(lr, usable, frames)
+    ratios = []
+    for k, i in enumerate(frames):
+        beyond = moved[k] - np.median(np.delete(moved, k, axis=0), axis=0)
+        for y, x in CORNERS:
+            cut = (slice(y, y + SIDE), slice(x, x + SIDE))
+            if usable[i][cut].all():
+                ratios.append(ring_power(beyond[cut]) / np.maximum(ring_power(moved[k][cut]), 1e-12))
+    return 10 * np.log10(np.median(ratios, axis=0)) if ratios else None
+
+
+def band_median(scenes) -> tuple[np.ndarray, int]:
+    found = [d for d in (scene_differences(lr, qm) for lr, qm in scenes) if d is not None]
+    return np.median(found, axis=0), len(found)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
+    parser.add_argument("--scenes", type=int, default=16, help="synthetic scenes a band")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--physics", nargs="*", default=[], help="NAME=VALUE over synth's defaults")
+    args = parser.parse_args()
+    physics = physics_from("proba-v", args.physics)
+    rows = []
+    for band in BANDS:
+        real, n_real = band_median((s.lr, s.qm) for s in real_scenes(args.real, band))
+        synthetic, n_synthetic = band_median(
+            (s["lr"], s["qm"]) for s in (make_scene(args.seed, band, i, physics) for i in range(args.scenes))
+        )
+        for name, db in (
+            (f"real ({n_real} scenes)", real),
+            (f"synthetic ({n_synthetic} scenes)", synthetic),
+            ("gap", synthetic - real),
+        ):
+            rows.append({"band": band, "of": name, **{f"{r / SIDE:.3f}": float(db[r - 1]) for r in SHOWN}})
+    report("differences", rows, list(rows[0]))
+
+
+if __name__ == "__main__":
+    main()
