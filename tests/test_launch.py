@@ -144,6 +144,14 @@ def test_auto_runs_locally_where_no_controller_answers_and_skips_a_trained_run(s
     again = launch(*args, env=no_cluster)
     assert again.stdout.strip() == f"{run_dir}: trained to train.max_steps=2 already; not submitted"
     assert [e["event"] for e in events(run_dir)].count("start") == 1
+    # the recipe changed since (a new version's configs/demo.yaml): the finished run is not taken as done
+    other = launch(*args, "data.augment=false", env=no_cluster, check=False)
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"piunet-dist launch: error: {run_dir}: resuming with settings that define another run "
+        "(data.augment: True -> False); give the run's own, or choose another run_dir"
+    )
+    assert [e["event"] for e in events(run_dir)].count("start") == 1
 
 
 def test_the_piunet_dist_launch_command_is_the_launcher(tmp_path):

@@ -21,7 +21,7 @@ from ..core.files import append_record
 from ..core.run_dir import RunDir
 from ..data.shards import MANIFEST
 from ..evaluation.evaluate import plan
-from ..training.trainer import check_same_shards, initial_model
+from ..training.trainer import check_same_settings, check_same_shards, initial_model
 from .following import Watched, wait_for
 from .jobs import EvaluateTask, TrainJob
 from .slurm import check_request, minutes, partition_nodes
@@ -239,10 +239,12 @@ def submit_training(args) -> int:
         newest = checkpoint.latest(Path(run_dir))
         if member.train.init_weights and newest is None:
             initial_model(member, resuming=False)  # weights that are not there, or do not fit, refused now
-        # a finished run on other scenes is not taken as done; shards seen only from the nodes
-        # are checked there, by the job
-        if member.train.resume and newest is not None and (Path(member.data.shards) / MANIFEST).is_file():
-            check_same_shards(member, newest)
+        # a finished run on other scenes or under other settings is not taken as done; shards
+        # seen only from the nodes are checked there, by the job
+        if member.train.resume and newest is not None:
+            check_same_settings(member)
+            if (Path(member.data.shards) / MANIFEST).is_file():
+                check_same_shards(member, newest)
         if member.train.resume and checkpoint.latest_step(Path(run_dir)) >= member.train.max_steps:
             print(f"{run_dir}: trained to train.max_steps={member.train.max_steps} already; not submitted")
         else:

@@ -456,18 +456,27 @@ def _check_run_dir(cfg: Config) -> Path | None:
                 "new run only in an unused run_dir: choose another run_dir, or move this one aside"
             )
         return None
-    if used and RunDir(run_dir).config.is_file():
-        try:
-            previous = load_config(RunDir(run_dir).config)
-        except UserError as e:
-            raise UserError(f"cannot resume: {e}") from None
-        changed = run_differences(previous, cfg)
-        if changed:
-            raise UserError(
-                f"{run_dir}: resuming with settings that define another run ({'; '.join(changed)}); "
-                "give the run's own, or choose another run_dir"
-            )
+    if used:
+        check_same_settings(cfg)
     return newest
+
+
+def check_same_settings(cfg: Config) -> None:
+    """A run continues (or counts as done) only under the settings that define it: its
+    config.yaml's, where it has one."""
+    saved = RunDir(cfg.run_dir).config
+    if not saved.is_file():
+        return
+    try:
+        previous = load_config(saved)
+    except UserError as e:
+        raise UserError(f"cannot resume: {e}") from None
+    changed = run_differences(previous, cfg)
+    if changed:
+        raise UserError(
+            f"{cfg.run_dir}: resuming with settings that define another run ({'; '.join(changed)}); "
+            "give the run's own, or choose another run_dir"
+        )
 
 
 def check_same_shards(cfg: Config, checkpoint_dir: Path, digest: str | None = None) -> None:
