@@ -12,7 +12,10 @@ power spectrum of its SR over the reference's, in dB, at frequencies in cycles p
 the frames' shifts), averaged over the scenes.
 
 With --low-pass F, each SR is also scored with its detail above F cycles per HR pixel taken
-out: what that detail is worth.
+out: what that detail is worth. With --gain G, the real frames are scaled by G (to the
+nearest 16 DN; bright clouds and no data left as they are) and the reference with them (G
+times its prediction of the scene as it is): the same scenes, brighter or dimmer, where a
+network trained on a narrow range of brightness may not hold.
 
 Predictions from the nine clearest frames, as `predict` makes them: each weights with the
 views `eval.self_ensemble` gives it (--views; auto: plainly, or the 4 rotations for a run
@@ -33,7 +36,7 @@ import torch
 from common import report
 from scenes import SHARED, plain_prediction, real_scenes
 
-from piunet_dist.data.probav import BANDS, NOMINAL_DN, Scene
+from piunet_dist.data.probav import BANDS, NO_DATA, NOMINAL_DN, Scene
 from piunet_dist.evaluation.inference import views_for
 from piunet_dist.evaluation.members import trained_with_rotations
 from piunet_dist.network.baselines import challenge_baseline
@@ -60,6 +63,12 @@ def low_passed(image: torch.Tensor, cut: float) -> torch.Tensor:
     return torch.from_numpy(kept)[None, None].float()
 
 
+def scaled(lr: np.ndarray, gain: float) -> np.ndarray:
+    """Frames with their values up to 16,383 DN scaled by `gain`, in the sensor's 16-DN steps."""
+    out = np.clip(np.rint(lr * gain / 16) * 16, 0, NO_DATA)
+    return np.where(lr <= NOMINAL_DN, out, lr).astype(np.uint16)
+
+
 def predicted(weights: Path, scenes: list[Scene], views: int = 1) -> list[torch.Tensor]:
     model = model_from_weights(weights).eval()
     return [plain_prediction(model, scene, views) for scene in scenes]
@@ -77,6 +86,7 @@ def main():
     parser.add_argument(
         "--low-pass", type=float, default=0.0, help="also score each SR cut off above this (cycles/HR px)"
     )
+    parser.add_argument("--gain", type=float, default=1.0, help="scale the real frames' DN by this (default 1)")
     args = parser.parse_args()
     # an LR-only copy has no quality maps: its bright clouds and no data are marked as a map would
     scenes = [
@@ -84,6 +94,9 @@ def main():
         for s in real_scenes(args.real, args.band)
     ]
     references = predicted(args.reference, scenes)
+    if args.gain != 1:
+        scenes = [Scene(s.name, s.band, scaled(s.lr, args.gain), s.qm) for s in scenes]
+        references = [args.gain * r for r in references]
     everywhere = [torch.ones_like(r, dtype=torch.bool) for r in references]
     baseline = [
         float(cpsnr(challenge_baseline(s.lr, s.qm)[None, None], r, m)[0])
@@ -129,8 +142,9 @@ def main():
         )
         ratio = np.mean([10 * np.log10(radial_power(p) / q) for p, q in zip(predictions, reference_power)], axis=0)
         detail.append({"of": str(weights), **{f"{f:.3f}": float(v) for f, v in zip(FREQUENCIES, ratio)}})
-    report(f"transfer-{args.band.lower()}", rows, list(rows[0]))
-    report(f"transfer_detail-{args.band.lower()}", detail, list(detail[0]))
+    name = f"{args.band.lower()}" + (f"-gain{args.gain:g}" if args.gain != 1 else "")
+    report(f"transfer-{name}", rows, list(rows[0]))
+    report(f"transfer_detail-{name}", detail, list(detail[0]))
 
 
 if __name__ == "__main__":
