@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 import torch
 from common import report
-from scenes import plain_prediction
+from scenes import prediction
 
 from piunet_dist.data.probav import Scene
 from piunet_dist.data.sensor import PRESETS
@@ -30,7 +30,7 @@ from piunet_dist.network.weights import model_from_weights
 
 def gain(model, scene: dict, band: str) -> tuple[float, float]:
     """(network's cPSNR, baseline's cPSNR) of one scene."""
-    sr = plain_prediction(model, Scene("scene", band, scene["lr"], scene["qm"], scene["hr"], scene["sm"]))
+    sr = prediction(model, Scene("scene", band, scene["lr"], scene["qm"], scene["hr"], scene["sm"]))
     hr = torch.from_numpy(scene["hr"].astype(np.float32))[None, None]
     sm = torch.from_numpy(scene["sm"])[None, None]
     base = challenge_baseline(scene["lr"], scene["qm"])[None, None]

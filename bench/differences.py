@@ -27,7 +27,7 @@ from piunet_dist.data.sensor import transfer
 from piunet_dist.data.synthetic import make_scene, physics_from
 
 SIDE = 64
-CORNERS = [(y, x) for y in (16, 48) for x in (16, 48)]  # tiles away from the borders a shift wraps
+TILES = [(y, x) for y in (16, 48) for x in (16, 48)]  # tiles away from the borders a shift wraps
 RINGS = np.arange(1, SIDE // 2)  # in cycles per tile: from the lowest frequency to the highest whole ring
 SHOWN = (4, 8, 12, 16, 20, 24, 28, 31)
 WINDOW = np.outer(np.hanning(SIDE), np.hanning(SIDE))
@@ -69,7 +69,7 @@ def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
     ratios = []
     for k, i in enumerate(frames):
         beyond = moved[k] - np.median(np.delete(moved, k, axis=0), axis=0)
-        for y, x in CORNERS:
+        for y, x in TILES:
             cut = (slice(y, y + SIDE), slice(x, x + SIDE))
             if usable[i][cut].all():
                 ratios.append(ring_power(beyond[cut]) / np.maximum(ring_power(moved[k][cut]), 1e-12))
@@ -78,7 +78,7 @@ def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
 
 def band_median(scenes) -> tuple[np.ndarray, int]:
     found = [d for d in (scene_differences(lr, qm) for lr, qm in scenes) if d is not None]
-    return np.median(found, axis=0), len(found)
+    return (np.median(found, axis=0) if found else None), len(found)
 
 
 def main():
@@ -92,6 +92,8 @@ def main():
     rows = []
     for band in BANDS:
         real, n_real = band_median((s.lr, s.qm) for s in real_scenes(args.real, band))
+        if not n_real:
+            parser.error(f"--real: {args.real} holds no {band} scene with four frames over 97% clear")
         synthetic, n_synthetic = band_median(
             (s["lr"], s["qm"]) for s in (make_scene(args.seed, band, i, physics) for i in range(args.scenes))
         )

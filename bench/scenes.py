@@ -1,5 +1,5 @@
 """The scenes and predictions the benchmarks of quality share: the real PROBA-V files in
-../shared/reference/real-scenes, and a network's plain prediction of a scene."""
+../shared/reference/real-scenes, and a network's prediction of a scene."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def real_scenes(root: Path, band: str) -> list[Scene]:
     return [load_scene(ref, masks_required=False) for ref in sorted(refs, key=lambda r: r.name)]
 
 
-def plain_prediction(model, scene: Scene, views: int = 1) -> torch.Tensor:
+def prediction(model, scene: Scene, views: int = 1) -> torch.Tensor:
     """The SR (1,1,384,384) of a scene from its nine clearest frames, as `predict` makes it
     (averaged over a self-ensemble of `views`)."""
     lr, _ = prepare_frames(scene, DataConfig(), np.random.default_rng(0), keep_unclear=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import report
-from scenes import SHARED, plain_prediction, real_scenes
+from scenes import SHARED, prediction, real_scenes
 
 from piunet_dist.data.probav import BANDS, NO_DATA, NOMINAL_DN, Scene
 from piunet_dist.evaluation.inference import views_for
@@ -65,13 +65,13 @@ def low_passed(image: torch.Tensor, cut: float) -> torch.Tensor:
 
 def scaled(lr: np.ndarray, gain: float) -> np.ndarray:
     """Frames with their values up to 16,383 DN scaled by `gain`, in the sensor's 16-DN steps."""
-    out = np.clip(np.rint(lr * gain / 16) * 16, 0, NO_DATA)
+    out = np.clip(np.rint(lr * gain / 16) * 16, 0, NO_DATA - 16)  # a scaled value is never "no data"
     return np.where(lr <= NOMINAL_DN, out, lr).astype(np.uint16)
 
 
 def predicted(weights: Path, scenes: list[Scene], views: int = 1) -> list[torch.Tensor]:
     model = model_from_weights(weights).eval()
-    return [plain_prediction(model, scene, views) for scene in scenes]
+    return [prediction(model, scene, views) for scene in scenes]
 
 
 def main():
@@ -88,11 +88,15 @@ def main():
     )
     parser.add_argument("--gain", type=float, default=1.0, help="scale the real frames' DN by this (default 1)")
     args = parser.parse_args()
+    if args.gain <= 0:
+        parser.error(f"--gain: {args.gain} is not above 0")
     # an LR-only copy has no quality maps: its bright clouds and no data are marked as a map would
     scenes = [
         s if s.masked_frames else Scene(s.name, s.band, s.lr, s.lr <= NOMINAL_DN)
         for s in real_scenes(args.real, args.band)
     ]
+    if not scenes:
+        parser.error(f"--real: {args.real} holds no {args.band} scenes")
     references = predicted(args.reference, scenes)
     if args.gain != 1:
         scenes = [Scene(s.name, s.band, scaled(s.lr, args.gain), s.qm) for s in scenes]
@@ -142,9 +146,10 @@ def main():
         )
         ratio = np.mean([10 * np.log10(radial_power(p) / q) for p, q in zip(predictions, reference_power)], axis=0)
         detail.append({"of": str(weights), **{f"{f:.3f}": float(v) for f, v in zip(FREQUENCIES, ratio)}})
-    name = f"{args.band.lower()}" + (f"-gain{args.gain:g}" if args.gain != 1 else "")
-    report(f"transfer-{name}", rows, list(rows[0]))
-    report(f"transfer_detail-{name}", detail, list(detail[0]))
+    suffix = args.band.lower() + (f"-gain{args.gain:g}" if args.gain != 1 else "")
+    suffix += f"-views{args.views}" if args.views != "auto" else ""
+    report(f"transfer-{suffix}", rows, list(rows[0]))
+    report(f"transfer_detail-{suffix}", detail, list(detail[0]))
 
 
 if __name__ == "__main__":
