@@ -58,7 +58,10 @@ class Physics:
     )
     gain_spread: tuple = span(0.03, 0.07, "standard deviation of a frame's gain about 1")
     brightness_change: tuple = span(0.015, 0.03, "standard deviation of a frame's mean change between dates (share)")
-    seasonal: tuple = span(0.004, 0.012, "amplitude of a smooth brightness field that changes between dates (share)")
+    seasonal: tuple = span(0.01, 0.02, "amplitude of a smooth brightness field that changes between dates (share)")
+    seasonal_slope: float = value(
+        2.0, "that field's power falls with frequency as f^-this: the smaller, the finer its changes", (0.5, 6.0)
+    )
     local_change: tuple = span(0.0, 0.04, "share of the land whose brightness changes between dates", SHARE)
     local_strength: float = value(0.08, "how much such land changes (share of its brightness)")
     outliers: tuple = span(0.01, 0.02, "share of each frame's pixels that are outliers no mask marks", SHARE)

@@ -129,7 +129,7 @@ def make_scene(seed: int, band: str, index: int, physics: Physics | None = None)
         )
         dated = ground
         if seasonal > 0:
-            dated = dated * (1 + seasonal * fractal_noise(rng, ground.shape[0], 3.5))
+            dated = dated * (1 + seasonal * fractal_noise(rng, ground.shape[0], physics.seasonal_slope))
         if changed > 0:
             patches = fractal_noise(rng, ground.shape[0], 3.0)
             dated = dated * (
