@@ -15,35 +15,30 @@ much as they hold; synthetic frames that agree more than real ones read lower.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from common import report
-from scenes import SHARED, real_scenes
+from scenes import comparison_arguments, real_scenes
+from spectra import SHOWN, Tiles
 
 from piunet_dist.data.probav import BANDS, NOMINAL_DN
 from piunet_dist.data.registration import estimate_shift
 from piunet_dist.data.sensor import transfer
 from piunet_dist.data.synthetic import make_scene, physics_from
 
-SIDE = 64
-TILES = [(y, x) for y in (16, 48) for x in (16, 48)]  # tiles away from the borders a shift wraps
-RINGS = np.arange(1, SIDE // 2)  # in cycles per tile: from the lowest frequency to the highest whole ring
-SHOWN = (4, 8, 12, 16, 20, 24, 28, 31)
-WINDOW = np.outer(np.hanning(SIDE), np.hanning(SIDE))
-RING = np.rint(SIDE * np.hypot(*np.meshgrid(np.fft.fftfreq(SIDE), np.fft.fftfreq(SIDE), indexing="ij"))).astype(int)
-IN_RING = np.maximum(np.bincount(RING.ravel(), None, SIDE), 1)
+TILE = Tiles(64, window=True)
+TILE_ORIGINS = [(y, x) for y in (16, 48) for x in (16, 48)]  # 4 tiles away from the borders a shift wraps
 
 
 def ring_power(tile: np.ndarray) -> np.ndarray:
-    """The tile's mean power in each of RINGS."""
-    power = np.abs(np.fft.fft2((tile - tile.mean()) * WINDOW)) ** 2
-    return (np.bincount(RING.ravel(), power.ravel(), SIDE) / IN_RING)[RINGS]
+    return TILE.radial(TILE.power(tile))
 
 
 def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndarray:
     """The frames moved onto the first one by their sub-pixel shifts and brought to its gain
-    and offset; unusable pixels hold the frame's clear mean before the move."""
+    and offset; unusable pixels hold the frame's clear mean before the move. The shift is a
+    phase ramp, not data/registration.register_frames' bilinear resampling: that blurs what
+    it moves, and the blur would read here as a difference at the highest frequencies."""
     ref = frames[0]
     out = []
     for i in frames:
@@ -58,7 +53,7 @@ def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndar
 
 
 def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
-    """dB per ring (RINGS) of what a frame holds beyond the others, over what it holds;
+    """dB per bin of TILE of what a frame holds beyond the others, over what it holds;
     None for a scene with fewer than four frames clear enough."""
     usable = qm & (lr <= NOMINAL_DN)
     share = usable.reshape(len(lr), -1).mean(axis=1)
@@ -69,8 +64,8 @@ def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
     ratios = []
     for k, i in enumerate(frames):
         beyond = moved[k] - np.median(np.delete(moved, k, axis=0), axis=0)
-        for y, x in TILES:
-            cut = (slice(y, y + SIDE), slice(x, x + SIDE))
+        for y, x in TILE_ORIGINS:
+            cut = (slice(y, y + TILE.side), slice(x, x + TILE.side))
             if usable[i][cut].all():
                 ratios.append(ring_power(beyond[cut]) / np.maximum(ring_power(moved[k][cut]), 1e-12))
     return 10 * np.log10(np.median(ratios, axis=0)) if ratios else None
@@ -83,12 +78,10 @@ def band_median(scenes) -> tuple[np.ndarray, int]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
-    parser.add_argument("--scenes", type=int, default=16, help="synthetic scenes a band")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--physics", nargs="*", default=[], help="NAME=VALUE over synth's defaults")
+    comparison_arguments(parser, scenes=16)
     args = parser.parse_args()
     physics = physics_from("proba-v", args.physics)
+    shown = [int(np.argmin(np.abs(TILE.frequencies() - f))) for f in SHOWN]
     rows = []
     for band in BANDS:
         real, n_real = band_median((s.lr, s.qm) for s in real_scenes(args.real, band))
@@ -102,7 +95,7 @@ def main():
             (f"synthetic ({n_synthetic} scenes)", synthetic),
             ("gap", synthetic - real),
         ):
-            rows.append({"band": band, "of": name, **{f"{r / SIDE:.3f}": float(db[r - 1]) for r in SHOWN}})
+            rows.append({"band": band, "of": name, **{f"{TILE.frequencies()[i]:.3f}": float(db[i]) for i in shown}})
     report("differences", rows, list(rows[0]))
 
 

@@ -17,6 +17,15 @@ from piunet_dist.evaluation.inference import super_resolve
 SHARED = ROOT.parent / "shared" / "reference"
 
 
+def comparison_arguments(parser, scenes: int, scenes_help: str = "synthetic scenes a band") -> None:
+    """--real, --scenes, --seed and --physics: the real scenes of a comparison and the
+    synthetic ones drawn to compare with them."""
+    parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
+    parser.add_argument("--scenes", type=int, default=scenes, help=scenes_help)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--physics", nargs="*", default=[], help="NAME=VALUE over synth's defaults")
+
+
 def real_scenes(root: Path, band: str) -> list[Scene]:
     """A band's scenes of the real-scenes folder: its challenge tree (probav/) and its LR-only
     copies (lr-only/BAND/), whose frames without a quality map load as all clear."""

@@ -24,11 +24,10 @@ shifted as a whole gives the registration's own error).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from common import report
-from scenes import SHARED, real_scenes
+from scenes import comparison_arguments, real_scenes
 
 from piunet_dist.data.probav import BANDS, LR_SIZE, NOMINAL_DN
 from piunet_dist.data.registration import estimate_shift
@@ -52,6 +51,14 @@ class Tiles:
     def frequencies(self) -> np.ndarray:
         return self.bins / self.side
 
+    def power(self, tile: np.ndarray) -> np.ndarray:
+        """The power spectrum of a tile without its mean, through the window."""
+        return np.abs(np.fft.fft2((tile - tile.mean()) * self.window)) ** 2
+
+    def radial(self, power: np.ndarray) -> np.ndarray:
+        """The mean of a power spectrum in each bin."""
+        return (np.bincount(self.radius, power.ravel(), self.side) / self.count)[self.bins]
+
     def spectra(self, frame: np.ndarray, clear: np.ndarray) -> list[np.ndarray]:
         """The share of the power in each bin, for each usable tile of a frame."""
         out, side = [], self.side
@@ -61,10 +68,9 @@ class Tiles:
                 if not usable[y : y + side, x : x + side].all():
                     continue
                 tile = frame[y : y + side, x : x + side].astype(np.float64)
-                power = np.abs(np.fft.fft2((tile - tile.mean()) * self.window)) ** 2
+                power = self.power(tile)
                 if power.sum() > 0:
-                    radial = np.bincount(self.radius, power.ravel(), side) / self.count
-                    out.append(radial[self.bins] / power.sum())
+                    out.append(self.radial(power) / power.sum())
         return out
 
 
@@ -137,10 +143,7 @@ def measure(scenes, tiles: Tiles) -> tuple[np.ndarray, np.ndarray, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, default=SHARED / "real-scenes")
-    parser.add_argument("--scenes", type=int, default=48, help="synthetic scenes a band (16: 0.7 dB noisier)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--physics", nargs="*", default=[], help="NAME=VALUE over synth's defaults")
+    comparison_arguments(parser, scenes=48, scenes_help="synthetic scenes a band (16: 0.7 dB noisier)")
     parser.add_argument("--tile", type=int, default=64, choices=(32, 64, 128), help="tile side (128: whole frames)")
     parser.add_argument("--no-window", action="store_true", help="no Hann window: the tiles' edges add to the spectra")
     args = parser.parse_args()
