@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import ROOT, report
+from common import ROOT, command, report
 
 METHODS = ("scale", "quantile")
 
@@ -112,4 +112,4 @@ def nll_of_ensembles(out: Path, band: str, entry: dict, shards: Path | None) -> 
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))  # the straightforward references (references/), as the tests use them
 
+from piunet_dist.core.errors import UserError  # noqa: E402  (found through ROOT, as above)
+
+
+def command(main) -> None:
+    """Run a benchmark's main: a user's mistake (a weights file that is not there, a setting
+    out of range) is one line and exit status 2, as the project's commands give it."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()

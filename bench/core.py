@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import report, seconds  # noqa: E402  (sets up the path to the references)
+from common import command, report, seconds  # noqa: E402  (sets up the path to the references)
 
 from piunet_dist.network.losses import registered_laplace
 from piunet_dist.network.metrics import cpsnr
@@ -102,4 +102,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

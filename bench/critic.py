@@ -17,7 +17,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import report
+from common import command, report
 from scenes import prediction
 
 from piunet_dist.data.probav import Scene
@@ -73,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

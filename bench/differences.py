@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import report
+from common import command, report
 from scenes import comparison_arguments, real_scenes
 from spectra import SHOWN, Tiles
 
@@ -100,4 +100,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

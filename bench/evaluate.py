@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import report  # noqa: E402  (sets up the path to the references)
+from common import command, report  # noqa: E402  (sets up the path to the references)
 from torch.utils.data import DataLoader
 
 from piunet_dist.data.packing import pack
@@ -105,4 +105,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

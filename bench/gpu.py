@@ -40,7 +40,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, fmt, machine, sync, table, trainer_step  # noqa: E402  (sets up the path to the references)
+from common import RESULTS, ROOT, command, fmt, machine, sync, table, trainer_step  # noqa: E402  (sets up the path to the references)
 
 SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")  # SECTION_RUNS runs them
 HEADLINE = ("step", "train", "evaluate")  # what the goals are judged by, and only that
@@ -782,4 +782,4 @@ def titled(title: str, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, report
+from common import ROOT, command, report
 from PIL import Image
 
 from piunet_dist.core.config import load_config
@@ -87,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import report  # noqa: E402
+from common import command, report  # noqa: E402
 from torch.utils.data import DataLoader
 
 from piunet_dist.core.config import DataConfig
@@ -78,4 +78,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import ROOT, report
+from common import ROOT, command, report
 
 PRECISIONS = ("no", "bf16")
 
@@ -70,4 +70,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

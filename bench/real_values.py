@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import report
+from common import command, report
 from PIL import Image
 
 from piunet_dist.data.probav import MIN_CLEARANCE, NO_DATA, NOMINAL_DN, SceneRef, load_scene, select_frames
@@ -162,4 +162,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

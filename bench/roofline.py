@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import report
+from common import command, report
 from torch.utils.flop_counter import FlopCounterMode
 
 from piunet_dist.network.losses import registered_laplace
@@ -116,4 +116,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import report
+from common import command, report
 from scenes import comparison_arguments, real_scenes
 
 from piunet_dist.data.probav import BANDS, LR_SIZE, NOMINAL_DN
@@ -178,4 +178,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import torch
-from common import report, seconds, trainer_step  # noqa: E402  (sets up the path to the references)
+from common import command, report, seconds, trainer_step  # noqa: E402  (sets up the path to the references)
 
 CONFIGS = {  # model settings, batch, frames, LR patch side
     "paper": ({"n_feat": 42, "r_bneck": 8, "n_tefa": 16, "n_heads": 1}, 24, 9, 32),
@@ -122,4 +122,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from common import RESULTS
+from common import RESULTS, command
 
 
 def _core(rows):
@@ -78,4 +78,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import report
+from common import command, report
 from scenes import SHARED, prediction, real_scenes
 
 from piunet_dist.data.probav import BANDS, NO_DATA, NOMINAL_DN, Scene
@@ -153,4 +153,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    command(main)
