@@ -102,6 +102,23 @@ def test_a_constant_displacement_is_the_frame_shifted_by_it_and_a_warp_shifts_by
     assert tile_shifts(warped).std(axis=0).min() > 2 * tile_shifts(still).std(axis=0).max()
 
 
+def test_the_date_field_changes_the_ground_more_finely_the_smaller_its_slope():
+    # frames that differ by the date's brightness field alone: one place, one PSF, no noise
+    alone = Physics(
+        shift_offset=0.0, shift_scatter=(0.0, 0.0), jump_chance=0.0, blur_jitter=0.0, warp=(0.0, 0.0),
+        gain_spread=(0.0, 0.0), brightness_change=(0.0, 0.0), seasonal=(0.02, 0.02), local_change=(0.0, 0.0),
+        outliers=(0.0, 0.0), noise=(0.0, 0.0), noise_rise=0.0, quantum=1, clear_frames=1.0, no_data_scenes=0.0,
+    )  # fmt: skip
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(LR_SIZE), np.fft.fftfreq(LR_SIZE), indexing="ij"))
+
+    def fine_share(slope):  # the share of two frames' difference above 0.1 cycles/px
+        lr = make_scene(4, "NIR", 0, replace(alone, seasonal_slope=slope))["lr"].astype(np.float64)
+        power = np.abs(np.fft.fft2(lr[1] - lr[0])) ** 2
+        return power[radius > 0.1].sum() / power.sum()
+
+    assert fine_share(1.0) > 5 * fine_share(3.5)
+
+
 def test_every_value_is_a_multiple_of_16_dn_and_the_defaults_lie_in_the_real_ranges():
     scene = make_scene(1, "NIR", 0)
     assert (scene["lr"] % QUANTUM == 0).all() and (scene["hr"] % QUANTUM == 0).all()
