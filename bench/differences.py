@@ -18,13 +18,13 @@ import argparse
 
 import numpy as np
 from common import command, report
-from scenes import comparison_arguments, real_scenes
+from scenes import compared_scenes, comparison_arguments
 from spectra import SHOWN, Tiles
 
-from piunet_dist.data.probav import BANDS, NOMINAL_DN
+from piunet_dist.core.errors import UserError
+from piunet_dist.data.probav import BANDS
 from piunet_dist.data.registration import estimate_shift
 from piunet_dist.data.sensor import transfer
-from piunet_dist.data.synthetic import make_scene, physics_from
 
 TILE = Tiles(64, window=True)
 TILE_ORIGINS = [(y, x) for y in (16, 48) for x in (16, 48)]  # 4 tiles away from the borders a shift wraps
@@ -52,10 +52,9 @@ def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndar
     return np.stack(out)
 
 
-def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
+def scene_differences(lr: np.ndarray, usable: np.ndarray) -> np.ndarray | None:
     """dB per bin of TILE of what a frame holds beyond the others, over what it holds;
     None for a scene with fewer than four frames clear enough."""
-    usable = qm & (lr <= NOMINAL_DN)
     share = usable.reshape(len(lr), -1).mean(axis=1)
     frames = [int(i) for i in np.argsort(-share) if share[i] > 0.97][:10]
     if len(frames) < 4:
@@ -72,7 +71,9 @@ def scene_differences(lr: np.ndarray, qm: np.ndarray) -> np.ndarray | None:
 
 
 def band_median(scenes) -> tuple[np.ndarray, int]:
-    found = [d for d in (scene_differences(lr, qm) for lr, qm in scenes) if d is not None]
+    """The median over scenes, given as (lr, where it shows the ground), of scene_differences,
+    and how many scenes had frames clear enough for it."""
+    found = [d for d in (scene_differences(lr, usable) for lr, usable in scenes) if d is not None]
     return (np.median(found, axis=0) if found else None), len(found)
 
 
@@ -80,16 +81,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     comparison_arguments(parser, scenes=16)
     args = parser.parse_args()
-    physics = physics_from("proba-v", args.physics)
     shown = [int(np.argmin(np.abs(TILE.frequencies() - f))) for f in SHOWN]
     rows = []
     for band in BANDS:
-        real, n_real = band_median((s.lr, s.qm) for s in real_scenes(args.real, band))
+        real_frames, synthetic_frames = compared_scenes(args, band)
+        real, n_real = band_median(real_frames)
         if not n_real:
-            parser.error(f"--real: {args.real} holds no {band} scene with four frames over 97% clear")
-        synthetic, n_synthetic = band_median(
-            (s["lr"], s["qm"]) for s in (make_scene(args.seed, band, i, physics) for i in range(args.scenes))
-        )
+            raise UserError(f"--real: {args.real} holds no {band} scene with four frames over 97% clear")
+        synthetic, n_synthetic = band_median(synthetic_frames)
         for name, db in (
             (f"real ({n_real} scenes)", real),
             (f"synthetic ({n_synthetic} scenes)", synthetic),

@@ -1,5 +1,6 @@
 """The scenes and predictions the benchmarks of quality share: the real PROBA-V files in
-../shared/reference/real-scenes, and a network's prediction of a scene."""
+../shared/reference/real-scenes, the synthetic scenes compared with them, and a network's
+prediction of a scene."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 from common import ROOT
 
 from piunet_dist.core.config import DataConfig
+from piunet_dist.core.errors import UserError
 from piunet_dist.data.pipeline import prepare_frames
-from piunet_dist.data.probav import Scene, SceneRef, find_scenes, load_scene
+from piunet_dist.data.probav import NOMINAL_DN, Scene, SceneRef, find_scenes, load_scene
+from piunet_dist.data.synthetic import make_scene, physics_from
 from piunet_dist.evaluation.inference import super_resolve
 
 SHARED = ROOT.parent / "shared" / "reference"
@@ -26,11 +29,39 @@ def comparison_arguments(parser, scenes: int, scenes_help: str = "synthetic scen
     parser.add_argument("--physics", nargs="*", default=[], help="NAME=VALUE over synth's defaults")
 
 
+def showing_ground(lr: np.ndarray, qm: np.ndarray) -> np.ndarray:
+    """Where each frame shows the ground: clear, and at most 16,383 DN (a bright cloud is no
+    ground, even where a quality map calls it clear)."""
+    return qm.astype(bool) & (lr <= NOMINAL_DN)
+
+
+def compared_scenes(args, band: str) -> tuple[list, list]:
+    """The real scenes of a band and the synthetic ones drawn to compare with them (the
+    arguments of comparison_arguments), each as (lr, where it shows the ground)."""
+    physics = physics_from("proba-v", args.physics)
+    real = [(s.lr, showing_ground(s.lr, s.qm)) for s in real_scenes(args.real, band)]
+    drawn = (make_scene(args.seed, band, i, physics) for i in range(args.scenes))
+    return real, [(s["lr"], showing_ground(s["lr"], s["qm"])) for s in drawn]
+
+
+def whole_tiles(usable: np.ndarray, side: int) -> list[tuple[slice, slice]]:
+    """The side x side tiles of a frame, from its corner and without overlap, in which every
+    pixel is usable."""
+    cuts = [
+        (slice(y, y + side), slice(x, x + side))
+        for y in range(0, usable.shape[0] - side + 1, side)
+        for x in range(0, usable.shape[1] - side + 1, side)
+    ]
+    return [c for c in cuts if usable[c].all()]
+
+
 def real_scenes(root: Path, band: str) -> list[Scene]:
     """A band's scenes of the real-scenes folder: its challenge tree (probav/) and its LR-only
     copies (lr-only/BAND/), whose frames without a quality map load as all clear."""
     refs = find_scenes(root / "probav", [band])
     refs += [SceneRef(d.name, band, "train", d) for d in sorted((root / "lr-only" / band).glob("imgset*"))]
+    if not refs:
+        raise UserError(f"--real: {root} holds no {band} scene (in probav/ or lr-only/{band}/)")
     return [load_scene(ref, masks_required=False) for ref in sorted(refs, key=lambda r: r.name)]
 
 

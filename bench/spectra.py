@@ -27,11 +27,10 @@ import argparse
 
 import numpy as np
 from common import command, report
-from scenes import comparison_arguments, real_scenes
+from scenes import compared_scenes, comparison_arguments, whole_tiles
 
-from piunet_dist.data.probav import BANDS, LR_SIZE, NOMINAL_DN
+from piunet_dist.data.probav import BANDS, LR_SIZE
 from piunet_dist.data.registration import estimate_shift
-from piunet_dist.data.synthetic import make_scene, physics_from
 
 SHOWN = (0.0625, 0.125, 0.1875, 0.25, 0.3125, 0.375, 0.4375, 0.484)  # cycles per LR pixel
 
@@ -59,26 +58,20 @@ class Tiles:
         """The mean of a power spectrum in each bin."""
         return (np.bincount(self.radius, power.ravel(), self.side) / self.count)[self.bins]
 
-    def spectra(self, frame: np.ndarray, clear: np.ndarray) -> list[np.ndarray]:
-        """The share of the power in each bin, for each usable tile of a frame."""
-        out, side = [], self.side
-        usable = clear & (frame <= NOMINAL_DN)
-        for y in range(0, frame.shape[0] - side + 1, side):
-            for x in range(0, frame.shape[1] - side + 1, side):
-                if not usable[y : y + side, x : x + side].all():
-                    continue
-                tile = frame[y : y + side, x : x + side].astype(np.float64)
-                power = self.power(tile)
-                if power.sum() > 0:
-                    out.append(self.radial(power) / power.sum())
+    def spectra(self, frame: np.ndarray, usable: np.ndarray) -> list[np.ndarray]:
+        """The share of the power in each bin, for each tile of a frame that shows only ground."""
+        out = []
+        for cut in whole_tiles(usable, self.side):
+            power = self.power(frame[cut].astype(np.float64))
+            if power.sum() > 0:
+                out.append(self.radial(power) / power.sum())
         return out
 
 
-def difference_correlation(lr: np.ndarray, clear: np.ndarray) -> tuple[float, float]:
+def difference_correlation(lr: np.ndarray, usable: np.ndarray) -> tuple[float, float]:
     """Correlation of neighbours along x and y of what each frame holds beyond the others:
     the frame minus the median of the others, each moved by the whole LR pixel that brings
-    it nearest, over the frame's clear pixels."""
-    usable = clear & (lr <= NOMINAL_DN)
+    it nearest, over the pixels where the frame shows the ground."""
     frames = [i for i in range(len(lr)) if usable[i].mean() > 0.9][:12]
     if len(frames) < 3:
         return np.nan, np.nan
@@ -93,11 +86,10 @@ def difference_correlation(lr: np.ndarray, clear: np.ndarray) -> tuple[float, fl
     return sums[1] / sums[0], sums[2] / sums[0]
 
 
-def local_shift_spread(lr: np.ndarray, clear: np.ndarray, side: int = 32) -> float:
+def local_shift_spread(lr: np.ndarray, usable: np.ndarray, side: int = 32) -> float:
     """Median over a scene's frames of the rms spread (both axes, HR px) of their tiles'
     shifts against the clearest frame's; only frames and tiles nearly all clear count, and a
     tile registered a whole LR pixel off (a mistake, not a warp) is left out."""
-    usable = clear & (lr <= NOMINAL_DN)
     share = usable.reshape(len(lr), -1).mean(axis=1)
     frames = [i for i in np.argsort(-share) if share[i] > 0.97][:12]
     if len(frames) < 3:
@@ -130,14 +122,15 @@ def aligned_to(reference: np.ndarray, frame: np.ndarray) -> np.ndarray:
 
 def measure(scenes, tiles: Tiles) -> tuple[np.ndarray, np.ndarray, float]:
     """The band's median spectrum (dB, per bin), the median correlation of its frames'
-    differences (x, y) and the median spread of their local shifts (HR px)."""
+    differences (x, y) and the median spread of their local shifts (HR px), of scenes given
+    as (lr, where it shows the ground)."""
     spectra, correlations, spreads = [], [], []
-    for lr, qm in scenes:
-        shares = [t for frame, clear in zip(lr, qm) for t in tiles.spectra(frame, clear)]
+    for lr, usable in scenes:
+        shares = [t for frame, ok in zip(lr, usable) for t in tiles.spectra(frame, ok)]
         if shares:
             spectra.append(10 * np.log10(np.mean(shares, axis=0)))
-        correlations.append(difference_correlation(lr, qm))
-        spreads.append(local_shift_spread(lr, qm))
+        correlations.append(difference_correlation(lr, usable))
+        spreads.append(local_shift_spread(lr, usable))
     return np.median(spectra, axis=0), np.nanmedian(np.array(correlations), axis=0), float(np.nanmedian(spreads))
 
 
@@ -147,14 +140,12 @@ def main():
     parser.add_argument("--tile", type=int, default=64, choices=(32, 64, 128), help="tile side (128: whole frames)")
     parser.add_argument("--no-window", action="store_true", help="no Hann window: the tiles' edges add to the spectra")
     args = parser.parse_args()
-    physics = physics_from("proba-v", args.physics)
     tiles = Tiles(args.tile, window=not args.no_window)
     shown = [int(np.argmin(np.abs(tiles.frequencies() - f))) for f in SHOWN]
     rows = []
     worst = {}
     for band in BANDS:
-        real = [(s.lr, s.qm) for s in real_scenes(args.real, band)]
-        synthetic = [(s["lr"], s["qm"]) for s in (make_scene(args.seed, band, i, physics) for i in range(args.scenes))]
+        real, synthetic = compared_scenes(args, band)
         (real_db, real_corr, real_spread), (synth_db, synth_corr, synth_spread) = (
             measure(real, tiles),
             measure(synthetic, tiles),

@@ -95,8 +95,6 @@ def main():
         s if s.masked_frames else Scene(s.name, s.band, s.lr, s.lr <= NOMINAL_DN)
         for s in real_scenes(args.real, args.band)
     ]
-    if not scenes:
-        parser.error(f"--real: {args.real} holds no {args.band} scenes")
     references = predicted(args.reference, scenes)
     if args.gain != 1:
         scenes = [Scene(s.name, s.band, scaled(s.lr, args.gain), s.qm) for s in scenes]
