@@ -89,6 +89,8 @@ def main():
         if not n_real:
             raise UserError(f"--real: {args.real} holds no {band} scene with four frames over 97% clear")
         synthetic, n_synthetic = band_median(synthetic_frames)
+        if not n_synthetic:
+            raise UserError(f"--scenes: no {band} scene of the {args.scenes} drawn has four frames over 97% clear")
         for name, db in (
             (f"real ({n_real} scenes)", real),
             (f"synthetic ({n_synthetic} scenes)", synthetic),

@@ -38,6 +38,8 @@ def showing_ground(lr: np.ndarray, qm: np.ndarray) -> np.ndarray:
 def compared_scenes(args, band: str) -> tuple[list, list]:
     """The real scenes of a band and the synthetic ones drawn to compare with them (the
     arguments of comparison_arguments), each as (lr, where it shows the ground)."""
+    if args.scenes < 1:
+        raise UserError(f"--scenes: {args.scenes} is not 1 or more")
     physics = physics_from("proba-v", args.physics)
     real = [(s.lr, showing_ground(s.lr, s.qm)) for s in real_scenes(args.real, band)]
     drawn = (make_scene(args.seed, band, i, physics) for i in range(args.scenes))
