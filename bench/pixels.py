@@ -37,28 +37,13 @@ from scenes import compared_scenes, comparison_arguments, whole_tiles
 
 from piunet_dist.core.errors import UserError
 from piunet_dist.data.probav import BANDS
+from piunet_dist.data.sensor import blurred
 
 DERIVATIVE_SIGMA, WINDOW_SIGMA = 1.0, 2.0  # LR px
 TILE = 32
 # a frame mostly under cloud holds too few pixels of ground for its values and orientation
 # to speak for the scene's
 MIN_USABLE = 0.5
-
-
-def radius(sigma: float) -> int:
-    return int(np.ceil(3 * sigma))
-
-
-def smoothed(image: np.ndarray, sigma: float) -> np.ndarray:
-    """`image` through a Gaussian of `sigma` px, edges reflected."""
-    r = radius(sigma)
-    kernel = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    kernel /= kernel.sum()
-    out = image
-    for axis in (0, 1):
-        padded = np.pad(out, [(r, r) if a == axis else (0, 0) for a in (0, 1)], mode="reflect")
-        out = np.lib.stride_tricks.sliding_window_view(padded, 2 * r + 1, axis=axis) @ kernel
-    return out
 
 
 def eroded(mask: np.ndarray, r: int) -> np.ndarray:
@@ -87,12 +72,13 @@ def tile_gradients(frame: np.ndarray, usable: np.ndarray) -> list[tuple[float, f
 
 def structure(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The structure tensor (xx, yy, xy) at every pixel of a frame."""
-    gy, gx = np.gradient(smoothed(frame, DERIVATIVE_SIGMA))
-    return tuple(smoothed(g, WINDOW_SIGMA) for g in (gx * gx, gy * gy, gx * gy))
+    gy, gx = np.gradient(blurred(frame, DERIVATIVE_SIGMA))
+    return tuple(blurred(g, WINDOW_SIGMA) for g in (gx * gx, gy * gy, gx * gy))
 
 
-# how far from a pixel the structure tensor reaches: both Gaussians and np.gradient's neighbour
-TENSOR_REACH = radius(WINDOW_SIGMA) + radius(DERIVATIVE_SIGMA) + 1
+# how far from a pixel the structure tensor reaches, each Gaussian to 3 sigma and np.gradient's
+# neighbour: what the Gaussians bring round from the frame's other edge stays beyond it
+TENSOR_REACH = int(np.ceil(3 * (DERIVATIVE_SIGMA + WINDOW_SIGMA))) + 1
 
 
 def measure_scene(lr: np.ndarray, usable: np.ndarray) -> dict | None:
