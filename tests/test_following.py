@@ -1,8 +1,14 @@
 """The live view of --wait, drawn on a terminal and in a log."""
 
 import io
+import time
+from pathlib import Path
 
-from piunet_dist.launch.following import LiveView
+import pytest
+
+from piunet_dist.core.config import load_config
+from piunet_dist.launch.following import REFRESH, LiveView, Watched, wait_for
+from piunet_dist.launch.submitting import make_executor
 
 ROW = {
     "run": "a",
@@ -42,3 +48,18 @@ def test_in_a_log_a_run_gets_a_line_when_its_state_validation_or_tenth_of_steps_
         "a: job 1 RUNNING, step 4/8, loss 0.5, 3.0 samples/s, ETA 0:00:02",
         "a: job 1 RUNNING, step 4/8, loss 0.5, val cPSNR 40.100 dB, 3.0 samples/s, ETA 0:00:02",
     ]
+
+
+def _sleep_until(deadline: float, ended: Path) -> None:
+    time.sleep(max(0.0, deadline - time.time()))
+    ended.write_text(str(time.time()))
+
+
+@pytest.mark.processes
+def test_a_local_job_is_seen_to_end_at_the_next_redraw(tmp_path):
+    # SLURM is asked 0, 2, 5, 9.5 and 16.25 s into the wait: a job that ends at 10.5 s, if asked
+    # only then, would hold the next phase back 5.75 s
+    executor = make_executor(load_config(None, ["launch.cpus_per_task=1"]), tmp_path, "sleeper", "local")
+    job = executor.submit(_sleep_until, time.time() + 10.5, tmp_path / "ended")
+    assert wait_for([Watched(job, "sleeper")]) == 0
+    assert time.time() - float((tmp_path / "ended").read_text()) < REFRESH + 2.5

@@ -70,27 +70,29 @@ def _line(row: dict) -> str:
 
 def wait_for(watched: list[Watched], partition: str = "", view: LiveView | None = None) -> int:
     """Follow jobs to their end, showing where each stands (the rows of `launch status`),
-    asking SLURM at least every 30 s; a line as each ends, then a summary as the last lines:
-    how many succeeded and, for each that did not, its run, job id, error and log. Non-zero
-    when any failed. A job that waits for a reason that will not resolve by itself is
-    cancelled and named with that reason."""
+    asking SLURM at least every 30 s and a local process at every redraw; a line as each
+    ends, then a summary as the last lines: how many succeeded and, for each that did not,
+    its run, job id, error and log. Non-zero when any failed. A job that waits for a reason
+    that will not resolve by itself is cancelled and named with that reason."""
     view = view or LiveView()
     ended, pending, pause, asked, states = {}, list(watched), 2.0, 0.0, {}
     while pending:
-        if time.time() - asked >= pause:  # SLURM is asked on a schedule that lengthens to 30 s
+        slurm_due = time.time() - asked >= pause  # on a schedule that lengthens to 30 s
+        if slurm_due:
             asked, pause = time.time(), min(30.0, pause * 1.5)
-            for w in list(pending):
-                states[w.label], outcome = _progress(w.job, partition)
-                if outcome is None:
-                    continue
-                pending.remove(w)
-                ended[w.label] = outcome
-                view.show(_rows(watched, states))
-                view.said_below()
-                if outcome.error:
-                    print(f"job {w.job.job_id}: {outcome.error}", file=sys.stderr, flush=True)
-                else:
-                    print(f"job {w.job.job_id}: done", flush=True)
+        # a local process costs nothing to ask: the next phase starts as soon as it ends
+        for w in [w for w in pending if slurm_due or isinstance(w.job, submitit.LocalJob)]:
+            states[w.label], outcome = _progress(w.job, partition)
+            if outcome is None:
+                continue
+            pending.remove(w)
+            ended[w.label] = outcome
+            view.show(_rows(watched, states))
+            view.said_below()
+            if outcome.error:
+                print(f"job {w.job.job_id}: {outcome.error}", file=sys.stderr, flush=True)
+            else:
+                print(f"job {w.job.job_id}: done", flush=True)
         view.show(_rows(watched, states))
         if pending:
             time.sleep(REFRESH)
