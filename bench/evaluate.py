@@ -8,7 +8,8 @@ cPSNR looped over the 49 shifts). Paper configuration, weights as initialised.
 
 On a CPU with glibc, a batch of two scenes (activations of ~50 MB) is slower per scene than
 one: allocations above malloc's 32 MB mmap threshold go back to the kernel when freed, and
-every forward pays page faults for them again.
+every forward pays page faults for them again. This bench keeps glibc's defaults; `evaluate`
+and `train` keep freed blocks up to 128 MB in the heap (core/memory.py, bench/heap.py).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from ..core import tracking
 from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config, sweep_point
 from ..core.errors import UserError
 from ..core.files import write_json
+from ..core.memory import keep_freed_memory
 from ..data.pipeline import EvalScenes
 from ..data.probav import LR_SIZE
 from ..data.shards import scene_count, scene_names, shard_paths
@@ -54,6 +55,7 @@ def evaluate(runs: list[Path], settings: EvalConfig, phase: str = "all", member:
     score); `all` does both. Returns the summary on the main process after scoring, else None."""
     from accelerate import Accelerator
 
+    keep_freed_memory()
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if member is not None and (phase != "predict" or not 0 <= member < len(runs)):
         raise UserError(f"--member: {member} must go with --phase predict and index one of the {len(runs)} runs")

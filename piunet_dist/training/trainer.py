@@ -45,6 +45,7 @@ from ..core.config import (
 )
 from ..core.errors import UserError
 from ..core.files import append_record, repair_lines, utc_now, write_text
+from ..core.memory import keep_freed_memory
 from ..core.run_dir import RunDir
 from ..core.stop import Interrupted, StopRequest
 from ..core.version import VERSION
@@ -529,6 +530,7 @@ def train_run(cfg: Config, stop_on_signals: bool = True) -> tuple[TrainerState, 
     before this returns: DDP's reducer holds the process group after end_training has
     destroyed it, and freed only as the interpreter shuts down, gloo's threads abort a
     finished run ("terminate called without an active exception", SIGABRT)."""
+    keep_freed_memory()
     trainer = Trainer(cfg, stop_on_signals=stop_on_signals)
     state, main_process = trainer.train(), trainer.acc.is_main_process
     del trainer

@@ -1,0 +1,46 @@
+"""The C heap keeps freed blocks for the next step (core/memory.py), unless the user set malloc's thresholds."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+BLOCK_PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
+CYCLES = 12
+
+# the page faults of allocating, filling and freeing a 64 MB tensor CYCLES times, after a first time
+FAULTS = f"""
+import resource, sys, torch
+from piunet_dist.core.memory import keep_freed_memory
+if sys.argv[1] == "kept":
+    keep_freed_memory()
+torch.ones(16 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range({CYCLES}):
+    torch.ones(16 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def faults(heap: str, **env) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS, heap], env={**os.environ, **env}, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's heap: Linux only"),
+]
+
+
+def test_a_freed_block_is_reused_not_mapped_afresh():
+    assert faults("default") > (CYCLES - 2) * BLOCK_PAGES  # glibc maps each one again
+    assert faults("kept") < 2 * BLOCK_PAGES
+
+
+def test_thresholds_the_user_set_stand():
+    assert faults("kept", MALLOC_MMAP_THRESHOLD_=str(1 << 20)) > (CYCLES - 2) * BLOCK_PAGES
+    assert faults("kept", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576") > (CYCLES - 2) * BLOCK_PAGES
