@@ -31,7 +31,8 @@ command -v apt-get >/dev/null || command -v slurmctld >/dev/null || cannot "no a
 exec 3>&1 1>&2   # logs go to stderr; only the final export reaches stdout
 BASE=${SLURMTEST_BASE:-/tmp/slurmtest}
 NNODES=${SLURMTEST_NODES:-2}
-CPUS=${SLURMTEST_CPUS:-$(nproc)}
+# nproc would count OMP_NUM_THREADS, which a launcher sets to one job's CPUs, as the machine's
+CPUS=${SLURMTEST_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 MEM=${SLURMTEST_MEM:-4000}
 ACCT=${SLURMTEST_ACCOUNTING:-1}
 RESET=${SLURMTEST_RESET:-0}
