@@ -12,12 +12,15 @@ from common import ROOT
 
 from piunet_dist.core.config import DataConfig
 from piunet_dist.core.errors import UserError
+from piunet_dist.core.memory import keep_freed_memory
 from piunet_dist.data.pipeline import prepare_frames
 from piunet_dist.data.probav import NOMINAL_DN, Scene, SceneRef, find_scenes, load_scene
 from piunet_dist.data.synthetic import make_scene, physics_from
 from piunet_dist.evaluation.inference import super_resolve
 
 SHARED = ROOT.parent / "shared" / "reference"
+
+keep_freed_memory()  # predictions as fast as evaluate's: a paper-size scene 2.2x (core/memory.py)
 
 
 def comparison_arguments(parser, scenes: int, scenes_help: str = "synthetic scenes a band") -> None:
