@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import torch
-from common import command, report, seconds, trainer_step  # noqa: E402  (sets up the path to the project)
+from common import command, report, seconds, trainer_step  # before piunet_dist: it puts the project on the path
 from step import CONFIGS
 
 from piunet_dist.core.memory import keep_freed_memory
@@ -50,11 +50,11 @@ def one_row(name: str, kept: bool, repeats: int) -> dict:
     if kept:
         keep_freed_memory()
     fn = work(name)
-    fn()
+    fn()  # the first call, which grows the heap in either case
     before = resource.getrusage(resource.RUSAGE_SELF)
-    call_s = seconds(fn, repeats, warmup=1)
+    call_s = seconds(fn, repeats, warmup=0)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    calls = repeats + 1
+    calls = repeats
     return {
         "work": name,
         "heap": "kept" if kept else "glibc default",

@@ -20,8 +20,6 @@ from piunet_dist.evaluation.inference import super_resolve
 
 SHARED = ROOT.parent / "shared" / "reference"
 
-keep_freed_memory()  # predictions as fast as evaluate's: a paper-size scene 2.2x (core/memory.py)
-
 
 def comparison_arguments(parser, scenes: int, scenes_help: str = "synthetic scenes a band") -> None:
     """--real, --scenes, --seed and --physics: the real scenes of a comparison and the
@@ -72,6 +70,7 @@ def real_scenes(root: Path, band: str) -> list[Scene]:
 
 def prediction(model, scene: Scene, views: int = 1) -> torch.Tensor:
     """The SR (1,1,384,384) of a scene from its nine clearest frames, as `predict` makes it
-    (averaged over a self-ensemble of `views`)."""
+    (averaged over a self-ensemble of `views`), with the C heap kept as `evaluate` keeps it."""
+    keep_freed_memory()
     lr, _ = prepare_frames(scene, DataConfig(), np.random.default_rng(0), keep_unclear=True)
     return super_resolve(model, torch.from_numpy(lr)[None], views)[0]

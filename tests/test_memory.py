@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-BLOCK_PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
 CYCLES = 12
 
-# the page faults of allocating, filling and freeing a 64 MB tensor CYCLES times, after a first time
+# the page faults of allocating, filling and freeing a 64 MiB tensor CYCLES times, after a first
+# time; counted against each other, since with transparent huge pages a block faults in 32 pages
 FAULTS = f"""
 import resource, sys, torch
 from piunet_dist.core.memory import keep_freed_memory
@@ -37,10 +37,12 @@ pytestmark = [
 
 
 def test_a_freed_block_is_reused_not_mapped_afresh():
-    assert faults("default") > (CYCLES - 2) * BLOCK_PAGES  # glibc maps each one again
-    assert faults("kept") < 2 * BLOCK_PAGES
+    # glibc maps each block again: CYCLES blocks' faults, against at most the one that grows the heap
+    assert faults("default") > CYCLES / 3 * faults("kept")
 
 
 def test_thresholds_the_user_set_stand():
-    assert faults("kept", MALLOC_MMAP_THRESHOLD_=str(1 << 20)) > (CYCLES - 2) * BLOCK_PAGES
-    assert faults("kept", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576") > (CYCLES - 2) * BLOCK_PAGES
+    default = faults("default")
+    assert faults("kept", MALLOC_MMAP_THRESHOLD_=str(1 << 20)) > default / 2
+    assert faults("kept", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=1048576") > default / 2
+    assert faults("kept", GLIBC_TUNABLES="glibc.malloc.arena_max=2") < default / 4  # another setting: kept
