@@ -729,6 +729,14 @@ def test_time_limits_in_every_format_slurm_reads(text, minutes):
     assert read(text) == minutes
 
 
+def test_the_tasks_of_an_array_meet_on_ports_of_their_own_below_the_ephemeral_range():
+    from piunet_dist.launch.jobs import rendezvous_port
+
+    ports = [rendezvous_port("434", str(task)) for task in range(64)]
+    assert len(set(ports)) == 64 and all(20000 <= port < 32768 for port in ports)
+    assert rendezvous_port("435", "0") not in ports  # the next array starts elsewhere
+
+
 def test_flags_and_settings_mix_in_any_order():
     from piunet_dist.__main__ import build_command_parser
     from piunet_dist.launch.cli import build_parser

@@ -19,6 +19,18 @@ from ..core.files import append_record
 from ..core.run_dir import RunDir
 from ..evaluation.evaluate import evaluate
 
+# below Linux's default ephemeral range (32768-60999), from which the kernel gives outgoing
+# connections their ports: submitit draws from 20000-60000, and a test-cluster job whose drawn
+# port a connection held failed to rendezvous (EADDRINUSE)
+RENDEZVOUS_PORTS = range(20000, 32768)
+
+
+def rendezvous_port(job_id: str, array_task: str) -> int:
+    """The port the tasks of a job meet on: the same for each of its tasks, and one of its own
+    for each task of an array, whose tasks may share a node."""
+    spread = int(job_id) * 7919  # a prime: consecutive arrays start far apart
+    return RENDEZVOUS_PORTS[(spread + int(array_task)) % len(RENDEZVOUS_PORTS)]
+
 
 class TrainJob(submitit.helpers.Checkpointable):
     """One training run as a SLURM (or local) job; every task of the job calls it. It carries
@@ -28,6 +40,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.cfg = cfg
 
     def __call__(self) -> dict:
+        job = submitit.JobEnvironment()
+        os.environ["MASTER_PORT"] = str(rendezvous_port(job.array_job_id or job.raw_job_id, job.array_task_id or "0"))
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         import torch
 
