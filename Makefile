@@ -2,15 +2,17 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# PyTorch's build: TORCH_BUILD=auto takes CUDA where nvidia-smi finds a GPU, the CPU build
-# elsewhere (a bare `torch` would pull the CUDA wheels); a login node without GPUs installs
-# for its GPU nodes with TORCH_BUILD=cuda, a GPU machine for CPUs with TORCH_BUILD=cpu.
+# PyTorch's build: TORCH_BUILD=auto keeps the build .venv has, and a new .venv takes CUDA
+# where nvidia-smi finds a GPU, the CPU build elsewhere (a bare `torch` would pull the CUDA
+# wheels); a login node without GPUs installs for its GPU nodes with TORCH_BUILD=cuda, a GPU
+# machine for CPUs with TORCH_BUILD=cpu, either of them replacing the build .venv has.
 TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 TORCH_BUILD ?= auto
 TRITON_VERSION ?= 3.6.0
 ifeq ($(TORCH_BUILD),auto)
-TORCH_BUILD := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+TORCH_BUILD := $(or $(patsubst $(VENV)/.installed-%,%,$(wildcard $(VENV)/.installed-c*)),\
+  $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu))
 endif
 ifneq ($(filter-out cpu cuda,$(TORCH_BUILD)),)
 $(error TORCH_BUILD=$(TORCH_BUILD): expected auto, cpu or cuda)
@@ -18,12 +20,15 @@ endif
 
 .PHONY: install lint test test-fast demo bench bench-gpu clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-$(TORCH_BUILD)
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed-$(TORCH_BUILD): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(TORCH_BUILD),cuda)
+	# a CPU build satisfies torch==$(TORCH_VERSION) as well (+cpu is a local version): it goes first
+	$(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null \
+	  || $(PY) -m pip uninstall -q -y torch
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
 else
 	$(PY) -m pip install -q --retries 0 "torch==$(TORCH_VERSION)+cpu" \
@@ -33,6 +38,7 @@ else
 	$(PY) -m pip install -q "triton==$(TRITON_VERSION)"
 endif
 	$(PY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed*
 	touch $@
 
 # ruff's checks and its formatting, as pyproject.toml configures them
