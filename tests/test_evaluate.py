@@ -295,6 +295,16 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
         "Challenge score: n/a (no norm.csv)." in md
         and "no frame is clear enough (data.min_clearance): imgset0999" in md
     )
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps(summary)[:-40])  # cut short
+    refused = subprocess.run(
+        [sys.executable, "-m", "piunet_dist", "report", str(tmp_path / "eval"), "--out", str(tmp_path / "cut")],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        f"piunet-dist report: error: {tmp_path / 'eval' / 'summary.json'}: not valid JSON ("
+    ), refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and not (tmp_path / "cut").exists()
     browser = chromium()
     if browser is None:
         assert os.environ.get("CI") != "true", "CI must check the report page in Chromium"

@@ -614,6 +614,10 @@ def evaluation(runs, out, *flags):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["bands"]) == {"NIR", "RED"}
     assert summary["bands"]["NIR"]["members"].keys() == {"nir"}
+    # the scores are shown where the command was given, not only in the scoring job's log
+    nir = summary["bands"]["NIR"]
+    shown = f"NIR: baseline {nir['baseline_cpsnr']:.2f} dB, bicubic mean {nir['bicubic_mean_cpsnr']:.2f}, nir "
+    assert shown in result.stdout and result.stdout.rstrip().endswith(str(out / "summary.json")), result.stdout
     return result
 
 

@@ -122,6 +122,27 @@ def repair_lines(path: Path | str) -> int:
     return len(data) - keep
 
 
+def read_json(path: Path | str):
+    """A JSON file this project wrote, read back; one UserError naming it when it cannot be
+    read or is not whole."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_json_or_empty(path: Path | str) -> dict:
+    """A record kept beside outputs to say how they were made: {} when missing or not whole,
+    which makes them be made again."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def read_json_lines(path: Path | str) -> tuple[list[dict], int]:
     """The records of a log of JSON lines, and how many lines were not whole records."""
     records, bad = [], 0

@@ -19,7 +19,6 @@ eval.log_with the figures go to experiment trackers too (trackers.py).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from ..core import tracking
 from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config, sweep_point
 from ..core.errors import UserError
-from ..core.files import write_json
+from ..core.files import read_json_or_empty, write_json
 from ..core.memory import keep_freed_memory
 from ..data.pipeline import EvalScenes
 from ..data.probav import LR_SIZE
@@ -46,6 +45,7 @@ from .members import Member, by_band, find_members
 from .outputs import predicted, read_outputs, read_view_cpsnr, write_calibrated, write_outputs
 from .scoring import Calibration, SceneResult, grid, score, summarise_band, write_csv
 from .submission import ENSEMBLE, check_complete, write_submission
+from .summary_text import summary_text
 
 STAMP = "predictions.json"
 
@@ -193,11 +193,7 @@ def write_predictions(members: list[Member], predicting: list[Member], shards: P
 def _keep_if_same(folder: Path, stamp: dict) -> None:
     """Keep a member's predictions only when they were made with `stamp`'s weights and
     settings; otherwise remove them (only the files this evaluation writes) and stamp anew."""
-    try:
-        kept = json.loads((folder / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
-        kept = None
-    if kept == stamp:
+    if read_json_or_empty(folder / STAMP) == stamp:
         return
     if folder.is_dir():
         for path in folder.iterdir():
@@ -338,7 +334,7 @@ def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
     and weights files scored on validation scenes that may be their own training scenes."""
     lines = []
     for m in members:
-        stamp = _stamp(out / m.band / m.name)
+        stamp = read_json_or_empty(out / m.band / m.name / STAMP)
         if settings.self_ensemble == "auto":
             why = "trained with rotations" if m.trained_with_rotations else "trained without rotations"
             lines.append(
@@ -364,13 +360,6 @@ def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
     return lines
 
 
-def _stamp(folder: Path) -> dict:
-    try:
-        return json.loads((folder / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def view_scores(members: list[Member], results: list[SceneResult], out: Path, described: dict) -> dict:
     """Per member that averaged several views: each view's mean cPSNR over the scored scenes,
     so a user sees whether averaging the views helps their network."""
@@ -381,36 +370,6 @@ def view_scores(members: list[Member], results: list[SceneResult], out: Path, de
         if len(names) > 1 and found:
             scores[m.name] = dict(zip(names, np.mean(found, axis=0).tolist()))
     return scores
-
-
-def grid_text(found: dict) -> str:
-    """The sweep's grid points of a band, a line each, and the best on validation."""
-    out = ["  grid points (mean and spread over seeds, cPSNR dB):"]
-    for point in found["points"]:
-        settings = ", ".join(f"{k}={v}" for k, v in point["settings"].items())
-        here = "-" if point["cpsnr_mean"] is None else f"{point['cpsnr_mean']:.3f} +- {point['cpsnr_spread']:.3f}"
-        out.append(f"    {settings}: {here} ({len(point['members'])} member(s))")
-    if found["best"] is not None:
-        which = "this split" if found["best_by"] == "cpsnr_mean" else "training's validation"
-        out.append(f"  best on validation ({which}): " + ", ".join(f"{k}={v}" for k, v in found["best"].items()))
-    return "\n".join(out)
-
-
-def calibration_text(found: dict, path: Path) -> str:
-    """The ensemble's calibration, as checked on the scenes its fit did not see."""
-    checked = found.get("ensemble")
-    if not checked:
-        return f"  calibration ({found['method']}): fitted on {found['fit_scenes']} scene(s), none kept back to check"
-    at = {p: i for i, p in enumerate(checked["nominal"])}
-
-    def held(level):
-        return f"{checked['before']['coverage'][at[level]]:.1%} -> {checked['after']['coverage'][at[level]]:.1%}"
-
-    return (
-        f"  calibration ({found['method']}, fitted on {found['fit_scenes']} scenes, checked on "
-        f"{len(found['check_scenes'])} others): the 50% interval holds {held(0.5)}, the 90% {held(0.9)}; "
-        f"NLL {checked['before']['nll']:.3f} -> {checked['after']['nll']:.3f}; {path}"
-    )
 
 
 def add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -449,40 +408,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = eval_settings(args)
     summary = evaluate(args.runs, settings, args.phase, args.member)
-    if summary is None:
-        return 0
-    for band, entry in summary["bands"].items():
-        if "ensemble_cpsnr" not in entry:
-            print(f"{band}: {entry['scenes']} scenes predicted")
-            continue
-        gains = ", ".join(f"{k} {v['gain_over_best_member_db']:+.3f}" for k, v in entry["ensembles"].items())
-        print(
-            f"{band}: baseline {entry['baseline_cpsnr']:.2f} dB, bicubic mean {entry['bicubic_mean_cpsnr']:.2f}, "
-            + ", ".join(f"{k} {v:.2f}" for k, v in entry["members"].items())
-            + f", ensemble ({entry['ensemble_method']}) {entry['ensemble_cpsnr']:.2f}"
-            + (f", score {entry['score']:.4f}" if entry["score"] is not None else ", score n/a (no norm.csv)")
-            + f"\n  each ensemble method against the best member ({entry['best_member']}), dB: {gains}"
-        )
-        for member, views in entry["views"].items():
-            print(
-                f"  {member}, each view alone (cPSNR, dB): "
-                + ", ".join(f"{k} {v:.2f}" for k, v in views.items())
-                + f"; their average {entry['members'][member]:.2f}"
-            )
-        if entry.get("calibration_fit"):
-            print(calibration_text(entry["calibration_fit"], Path(settings.out) / band / ENSEMBLE / FILE))
-        if "grid" in entry:
-            print(grid_text(entry["grid"]))
-        if entry["left_out"]:
-            print(f"  left out (no clear frame): {', '.join(entry['left_out'])}")
-    if summary["chosen"]:
-        print("chosen for you (summary.json's chosen):\n  " + "\n  ".join(summary["chosen"]))
-    submission = summary.get("submission")
-    if submission:
-        gaps = ", ".join(f"{n} {b}" for b, n in submission["lacking"].items() if n)
-        print(
-            f"{submission['path']}: {submission['scenes']} test scenes"
-            + (f"; lacks {gaps} of the challenge's 290 (--partial)" if gaps else ", the challenge's 290")
-        )
-    print(f"{settings.out}/summary.json")
+    if summary is not None:
+        print(summary_text(summary, Path(settings.out)))
     return 0

@@ -13,7 +13,6 @@ scenes as the paper does (data section defaults).
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from ..core import checkpoint
 from ..core.config import BANDS, CHOICES, Config, config_hash, load_config
 from ..core.errors import UserError
-from ..core.files import read_json_lines, sha256
+from ..core.files import read_json_lines, read_json_or_empty, sha256
 from ..core.run_dir import STEP, RunDir
 from ..network.model import PIUNet
 from ..network.weights import load_weights, model_from_weights, shape_of
@@ -67,7 +66,7 @@ class Member:
         validation at or before the checkpoint's step; None where it never validated."""
         if self.is_file:
             return None
-        state = _state(self.weights)
+        state = read_json_or_empty(self.weights / checkpoint.STATE)
         if "val_cpsnr" in state:
             return state["val_cpsnr"]
         metrics = RunDir(self.run_dir).metrics
@@ -97,7 +96,7 @@ class Member:
                 "date": when.isoformat(timespec="seconds"),
                 "version": "unknown",
             }
-        state = _state(self.weights)
+        state = read_json_or_empty(self.weights / checkpoint.STATE)
         when = state.get("time") or datetime.datetime.fromtimestamp(
             self.weights_file().stat().st_mtime, datetime.timezone.utc
         ).isoformat(timespec="seconds")
@@ -123,13 +122,6 @@ def trained_with_rotations(weights: Path) -> bool:
     patches; False for a weights file of its own, like the published ones."""
     run = RunDir.of_weights(weights)
     return run is not None and run.config.is_file() and load_config(run.config).data.augment
-
-
-def _state(weights: Path) -> dict:
-    try:
-        return json.loads((weights / checkpoint.STATE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def weights_path(run_dir: Path, which: str) -> Path:

@@ -18,6 +18,7 @@ from ..core.config import Config, EvalConfig
 from ..core.files import append_record
 from ..core.run_dir import RunDir
 from ..evaluation.evaluate import evaluate
+from ..evaluation.summary_text import summary_text
 
 # below Linux's default ephemeral range (32768-60999), from which the kernel gives outgoing
 # connections their ports: submitit draws from 20000-60000, and a test-cluster job whose drawn
@@ -80,4 +81,6 @@ class EvaluateTask(submitit.helpers.Checkpointable):
         import torch
 
         torch.set_num_threads(self.threads)
-        evaluate(self.runs, self.settings, self.phase, self.member)
+        summary = evaluate(self.runs, self.settings, self.phase, self.member)
+        if summary is not None:
+            print(summary_text(summary, Path(self.settings.out)), flush=True)

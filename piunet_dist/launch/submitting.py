@@ -17,10 +17,11 @@ import submitit
 from ..core import checkpoint, tracking
 from ..core.config import Config, LaunchConfig, check_sweep, check_world, flag_overrides, load_config
 from ..core.errors import UserError
-from ..core.files import append_record
+from ..core.files import append_record, read_json
 from ..core.run_dir import RunDir
 from ..data.shards import MANIFEST
 from ..evaluation.evaluate import plan
+from ..evaluation.summary_text import summary_text
 from ..training.trainer import check_same_settings, check_same_shards, initial_model
 from .following import Watched, wait_for
 from .jobs import EvaluateTask, TrainJob
@@ -323,5 +324,11 @@ def submit_evaluation(args) -> int:
     score = scorer.submit(EvaluateTask(runs, settings, "score", None, launch.cpus_per_task))
     print(f"job {score.job_id} ({kind}): ensembles and scores -> {settings.out}/summary.json")
     print(f"  logs: {folder}")
+    if not args.wait:
+        return 0
     scoring = [Watched(score, f"score -> {settings.out}")]
-    return wait_for([*predicting, *scoring] if kind == "slurm" else scoring, launch.partition) if args.wait else 0
+    if wait_for([*predicting, *scoring] if kind == "slurm" else scoring, launch.partition):
+        return 1
+    out = Path(settings.out)
+    print(summary_text(read_json(out / "summary.json"), out))
+    return 0

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 from pathlib import Path
 
 from ..core.errors import UserError
-from ..core.files import disk_error, write_text
+from ..core.files import disk_error, read_json, write_text
 from ..core.run_dir import RunDir
 from .figures import calibration_figure, curves_figure, panels_figure, scatter_figure
 
@@ -336,6 +335,7 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
     for d in dirs:
         if d not in runs and d not in evals:
             raise UserError(f"{d}: neither a run directory (metrics.jsonl) nor an evaluation (summary.json)")
+    summaries = {d: read_json(d / "summary.json") for d in evals}  # each one whole before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -351,8 +351,7 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
         )
         sections_md.append(f"## Training\n\n![training curves]({curves.name})\n")
 
-    for eval_dir in evals:
-        summary = json.loads((eval_dir / "summary.json").read_text())
+    for eval_dir, summary in summaries.items():
         if any("ensemble_cpsnr" in e and "ensembles" not in e for e in summary["bands"].values()):
             raise UserError(
                 f"{eval_dir / 'summary.json'}: written by an earlier version of evaluate; run the "
