@@ -68,8 +68,12 @@ def test_yaml_booleans_become_the_words_a_setting_takes(tmp_path):
         ("train=3", "train is a section; give it as train.<setting>"),
         ("train.lr=nan", "train.lr: must be positive, got nan"),
         ("train.lr=inf", "train.lr: must be a finite number, got inf"),
-        ("train.lr_gamma=-0.2", "train.lr_gamma and train.weight_decay: the factor must be positive"),
-        ("train.weight_decay=-1", "train.lr_gamma and train.weight_decay: the factor must be positive"),
+        ("train.lr_gamma=-0.2", "train.lr_gamma: must be positive, got -0.2"),
+        ("train.weight_decay=-1", "train.weight_decay: must not be negative, got -1.0"),
+        ("train.l1_warmup_steps=-3", "train.l1_warmup_steps: must not be negative, got -3"),
+        ("train.seed=-1", "train.seed: must not be negative, got -1"),
+        ("launch.max_requeues=-1", "launch.max_requeues: must not be negative, got -1"),
+        ("data.workers=-1", "data.workers: must not be negative, got -1"),
         ("data.max_skipped_share=1", "data.max_skipped_share: must be in [0, 1), got 1.0"),
         ("train.lr", "'train.lr': expected section.key=value"),
         ("launch.gpus_per_node=-1", "launch.gpus_per_node: expected auto or a whole number of at least 0, got '-1'"),
@@ -185,7 +189,7 @@ def test_a_fine_tune_keeps_its_schedule_inside_its_steps_and_its_recipe_passes()
         )
     assert str(e.value) == (
         "train.lr_milestones: [150000] at or beyond this fine-tune's train.max_steps=9000; give milestones inside "
-        "its steps, or [] (as configs/finetune.yaml does)"
+        "its steps (configs/finetune.yaml has [15000] of 20000), or []"
     )
     recipe = load_config(CONFIGS / "finetune.yaml", ["train.init_weights=w.pt"])
     assert recipe.train.l1_warmup_steps == 0 and recipe.train.lr_milestones == [15000] < [recipe.train.max_steps]
