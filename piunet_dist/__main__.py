@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-from .core.errors import UserError
-from .core.files import disk_error, disk_failure
+from .core.exits import error_exit
 
 # command -> (module with add_arguments(parser) and run(args), one line of help)
 COMMANDS = {
@@ -65,28 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return module.run(args) or 0
-    except UserError as e:
-        return _error(args.command, one_line(e))
     except Exception as e:
-        if not disk_failure(e):
-            raise
-        # a write that no helper named (a library's own file): the path if the error knows it
-        return _error(args.command, str(disk_error(getattr(e, "filename", None) or "a file", e)))
-
-
-def _error(command: str, message: str) -> int:
-    rank = f"[rank {os.environ.get('RANK', '?')}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    print(f"{rank}piunet-dist {command}: error: {message}", file=sys.stderr)
-    return 2
-
-
-def one_line(error: UserError) -> str:
-    """The message alone, also when a DataLoader worker raised it: the loader re-raises it
-    with the worker's traceback in the text, whose last line is 'module.Class: message'."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        return text.splitlines()[-1].split(": ", 1)[-1]
-    return text
+        return error_exit(args.command, e)
 
 
 if __name__ == "__main__":

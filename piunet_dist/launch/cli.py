@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..core.config import LaunchConfig, add_setting_flags
-from ..core.errors import UserError
+from ..core.exits import error_exit
 from ..evaluation.evaluate import add_evaluation_arguments
 from .following import cancel_runs
 from .progress import lines, status
@@ -109,6 +109,5 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         return submit_training(build_parser().parse_intermixed_args(argv))
-    except UserError as e:
-        print(f"piunet-dist launch: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return error_exit("launch", e)

@@ -162,8 +162,11 @@ def job_state(job_id: str) -> JobState | None:
     """The job's state now: squeue while SLURM holds it, sacct once it has ended; None when
     neither knows it (yet)."""
     # squeue fails on an id it no longer holds: sacct then has the answer
-    queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True, timeout=60)
-    row = queued.stdout.strip().splitlines() if queued.returncode == 0 else []
+    try:
+        queued = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+    except UserError:
+        queued = ""
+    row = queued.strip().splitlines()
     if row:
         state, reason = row[0].split("|", 1)
         return JobState(state, reason)
