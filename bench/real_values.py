@@ -21,7 +21,7 @@ import torch
 from common import command, report
 from PIL import Image
 
-from piunet_dist.data.probav import MIN_CLEARANCE, NO_DATA, NOMINAL_DN, SceneRef, load_scene, select_frames
+from piunet_dist.data.probav import NO_DATA, NOMINAL_DN, SceneRef, load_scene, select_frames
 from piunet_dist.data.sensor import Physics
 from piunet_dist.data.synthetic import make_scene
 from piunet_dist.evaluation.inference import super_resolve
@@ -68,7 +68,7 @@ VARIANTS = {
 
 def selected(scene: dict) -> np.ndarray:
     clearance = scene["qm"].mean(axis=(1, 2))
-    return select_frames(clearance, 9, "paper", np.random.default_rng(0), True, MIN_CLEARANCE)
+    return select_frames(clearance, 9, "paper", np.random.default_rng(0), True)
 
 
 def score(model, lr: np.ndarray, scene: dict) -> float:
@@ -83,7 +83,7 @@ def pasted(model, real: Path) -> list[dict]:
     against the other over the scene's clear HR pixels; higher is nearer)."""
     ref = SceneRef("imgset1306", "NIR", "test", real / "probav" / "test" / "NIR" / "imgset1306")
     scene = load_scene(ref)
-    chosen = select_frames(scene.clearance, 9, "paper", np.random.default_rng(0), True, MIN_CLEARANCE)
+    chosen = select_frames(scene.clearance, 9, "paper", np.random.default_rng(0), True)
     lr, qm = scene.lr[chosen], scene.qm[chosen]
     sm = torch.from_numpy(np.asarray(Image.open(ref.path / "SM.png")) != 0)[None, None]  # test scenes ship one too
     own, _ = super_resolve(model, torch.from_numpy(lr.astype(np.float32))[None])

@@ -199,10 +199,13 @@ def test_gpus_and_precision_default_to_what_the_machine_has():
     cfg = load_config(CONFIGS / "base.yaml", ["launch.gpus_per_node=4"])
     assert (Config().launch.gpus_per_node, Config().train.precision, cfg.launch.gpus_per_node) == ("auto", "auto", "4")
     assert load_config(CONFIGS / "base.yaml").train.precision == "auto"
-    from piunet_dist.training.trainer import train_precision
+    import torch
 
-    assert train_precision("auto") == ("no", "train.precision auto: float32 without a GPU")  # this machine's
-    assert train_precision("bf16") == ("bf16", "")
+    from piunet_dist.evaluation.inference import resolve_precision
+
+    cpu = torch.device("cpu")  # this machine's
+    assert resolve_precision("auto", cpu, "train.precision") == ("no", "train.precision auto: float32 without a GPU")
+    assert resolve_precision("bf16", cpu, "train.precision") == ("bf16", "")
 
 
 def test_help_gives_every_settings_default():

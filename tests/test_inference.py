@@ -52,8 +52,8 @@ def test_a_cpu_takes_one_scene_per_batch_and_float32():
     cpu = torch.device("cpu")
     assert scenes_per_batch("auto", "eval.batch_size", cpu, 9, 128, 42, views=4) == 1
     assert scenes_per_batch("6", "eval.batch_size", cpu, 9, 128, 42) == 6
-    assert resolve_precision("auto", cpu) == "no"
-    assert resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("no", "eval.precision auto: float32 without a GPU")
+    assert resolve_precision("bf16", cpu) == ("bf16", "")
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "many", "1.5"])

@@ -350,7 +350,7 @@ class Raw(str):
 BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
-def _from_raw(key: str, value: Raw, origin):
+def _from_raw(value: Raw, origin):
     text = str(value).strip()
     try:
         if origin is str:
@@ -371,7 +371,7 @@ def _from_raw(key: str, value: Raw, origin):
 def _check_type(key: str, value, kind, choices=()):
     origin = typing.get_origin(kind) or kind
     if isinstance(value, Raw):
-        value = _from_raw(key, value, origin)
+        value = _from_raw(value, origin)
     if origin is str and isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
         words = [c for c in choices if isinstance(c, str) and BOOL_WORDS.get(c) is value]
         value = words[0] if words else value

@@ -18,7 +18,6 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from ..core.config import DataConfig
 from ..core.errors import UserError
 from ..core.files import PARTIAL, disk_error, disk_failure, remove, sha256, write_json
 from ..core.stop import process_pool, raising_on_signals
@@ -34,6 +33,7 @@ from .probav import (
     read_norm,
     validate_scene,
 )
+from .scene_values import READ_WITH
 from .shards import (
     FORMAT,
     MANIFEST,
@@ -46,8 +46,6 @@ from .shards import (
     previous_manifest,
     verify,
 )
-
-READ_WITH = DataConfig()  # the frame selection the summary counts against
 
 
 def _load_and_encode(job: tuple[SceneRef, str, dict]) -> tuple[dict, dict[str, bool]]:

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BANDS = ("NIR", "RED")
+from ..core.config import BANDS, DataConfig
+
 SPLITS = ("train", "test")
 LR_SIZE = 128
 HR_SIZE = 384
 NOMINAL_DN = 2**14 - 1  # the sensor's nominal top: real LR frames pass it (docs/method.md section 5)
 NO_DATA = 65520  # what a real LR frame holds where the sensor saw nothing
-MIN_CLEARANCE = 0.85  # the paper keeps frames whose quality map is more than 85% clear
 SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I"}
 SCENE_NAME = re.compile(r"imgset\d{4}$")
 
@@ -197,7 +197,7 @@ def select_frames(
     policy: str,
     rng: np.random.Generator,
     keep_unclear: bool = False,
-    min_clearance: float = MIN_CLEARANCE,
+    min_clearance: float = DataConfig.min_clearance,
 ) -> np.ndarray | None:
     """Indices of the n_frames frames to use, or None when the scene has no clear frame.
 

@@ -11,7 +11,7 @@ changes smoothly from place to place too (`Physics.warp`), as real frames' do.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -126,10 +126,6 @@ class Physics:
 
 
 PRESETS = ("proba-v", "simple")
-
-
-def physics_fields() -> list:
-    return list(fields(Physics))
 
 
 @dataclass

@@ -140,7 +140,7 @@ def write_predictions(members: list[Member], predicting: list[Member], shards: P
     with each view's cPSNR where it averages several and the scene has a target. A scene
     already predicted by the same weights and settings is not predicted again."""
     band, out = members[0].band, Path(settings.out)
-    precision = resolve_precision(settings.precision, acc.device)
+    precision, _ = resolve_precision(settings.precision, acc.device)
     folders = {m.name: out / band / m.name for m in predicting}
     views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in predicting}
     if acc.is_main_process:

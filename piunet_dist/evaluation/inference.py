@@ -84,11 +84,17 @@ def super_resolve_views(
     return torch.stack(srs), torch.stack(scales)
 
 
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """eval.precision for this device: auto is bf16 on a GPU that supports it, no (float32) elsewhere."""
-    if setting == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    return setting
+def resolve_precision(setting: str, device: torch.device, key: str = "eval.precision") -> tuple[str, str]:
+    """A precision setting (train.precision, eval.precision) for this device, and why where auto
+    chose it ("" where it was given): auto is bf16 on a GPU that supports it, no (float32) elsewhere."""
+    if setting != "auto":
+        return setting, ""
+    if device.type != "cuda":
+        return "no", f"{key} auto: float32 without a GPU"
+    name = torch.cuda.get_device_name(device)
+    if torch.cuda.is_bf16_supported():
+        return "bf16", f"{key} auto: bf16 on {name}"
+    return "no", f"{key} auto: float32, {name} has no bf16"
 
 
 def scenes_per_batch(

@@ -21,7 +21,7 @@ from ..core.config import DataConfig
 from ..core.errors import UserError
 from ..core.files import sha256
 from ..data.pipeline import prepare_frames
-from ..data.probav import MIN_CLEARANCE, SceneRef, load_scene, validate_scene
+from ..data.probav import SceneRef, load_scene, validate_scene
 from ..network.weights import model_from_weights
 from .calibration import FILE, Fit, bounds
 from .inference import resolve_precision, super_resolve, views_for
@@ -48,18 +48,21 @@ def predict_scene(
     if problems:
         raise UserError("; ".join(problems))
     scene = load_scene(ref)
-    if not keep_unclear and scene.clearance.max() <= MIN_CLEARANCE:
+    reading = DataConfig(n_frames=n_frames)
+    if not keep_unclear and scene.clearance.max() <= reading.min_clearance:
         raise UserError(
-            f"{scene_dir}: no frame is more than {MIN_CLEARANCE:.0%} clear (the clearest: "
+            f"{scene_dir}: no frame is more than {reading.min_clearance:.0%} clear (the clearest: "
             f"{scene.clearance.max():.0%}), too cloudy to trust; --keep-unclear predicts from the "
             "clearest frames anyway"
         )
     # the clearest frames first; with --keep-unclear a scene without a clear frame keeps its clearest one
-    lr, _ = prepare_frames(scene, DataConfig(n_frames=n_frames), np.random.default_rng(0), keep_unclear=True)
+    lr, _ = prepare_frames(scene, reading, np.random.default_rng(0), keep_unclear=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model_from_weights(weights, n_heads).to(device).eval()
     views = views_for(self_ensemble, trained_with_rotations(weights))
-    sr, scale = super_resolve(model, torch.from_numpy(lr)[None].to(device), views, resolve_precision(precision, device))
+    sr, scale = super_resolve(
+        model, torch.from_numpy(lr)[None].to(device), views, resolve_precision(precision, device)[0]
+    )
     write_outputs(out, scene.name, sr[0], scale[0])
     written = [out / f"{scene.name}{end}" for end in (".png", "_scale.npy")]
     fit = calibration_for(weights, calibration)

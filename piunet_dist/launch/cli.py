@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..core.config import LaunchConfig, add_setting_flags
+from ..core.config import BANDS, LaunchConfig, add_setting_flags
 from ..core.exits import error_exit
 from ..evaluation.evaluate import add_evaluation_arguments
 from .following import cancel_runs
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="YAML file of settings (as for train)")
     add_setting_flags(parser, "launch")
-    parser.add_argument("--bands", nargs="+", choices=("NIR", "RED"), help="a job array over these bands (x --seeds)")
+    parser.add_argument("--bands", nargs="+", choices=BANDS, help="a job array over these bands (x --seeds)")
     parser.add_argument("--seeds", nargs="+", type=int, help="a job array over these seeds (x --bands)")
     parser.add_argument(
         "--sweep",

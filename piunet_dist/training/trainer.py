@@ -52,7 +52,7 @@ from ..core.version import VERSION
 from ..data.pipeline import EvalScenes
 from ..data.probav import LR_SIZE
 from ..data.shards import band_digest, shard_paths
-from ..evaluation.inference import scenes_per_batch, super_resolve
+from ..evaluation.inference import resolve_precision, scenes_per_batch, super_resolve
 from ..network.attention import resolve
 from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
 from ..network.model import PIUNet
@@ -76,18 +76,6 @@ class TrainerState:
         return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
-def train_precision(setting: str) -> tuple[str, str]:
-    """train.precision for this machine, and why where auto chose it ("" where it was given)."""
-    if setting != "auto":
-        return setting, ""
-    if not torch.cuda.is_available():
-        return "no", "train.precision auto: float32 without a GPU"
-    name = torch.cuda.get_device_name()
-    if torch.cuda.is_bf16_supported():
-        return "bf16", f"train.precision auto: bf16 on {name}"
-    return "no", f"train.precision auto: float32, {name} has no bf16"
-
-
 class Trainer:
     def __init__(self, cfg: Config, stop_on_signals: bool = True):
         self.cfg = cfg
@@ -98,7 +86,9 @@ class Trainer:
         self.stop = StopRequest() if stop_on_signals else None
         on_gpu = torch.cuda.is_available()
         _check_process_group_env()
-        self.precision, self.precision_reason = train_precision(cfg.train.precision)
+        self.precision, self.precision_reason = resolve_precision(
+            cfg.train.precision, torch.device("cuda" if on_gpu else "cpu"), "train.precision"
+        )
         self.acc = Accelerator(
             cpu=not on_gpu,
             mixed_precision=self.precision,
@@ -277,7 +267,7 @@ class Trainer:
     def _stopped(self, saved: Path | None) -> None:
         """A signal arrived: every process checkpoints this step (unless just done) and stops."""
         step = self.state.step
-        if saved is None or saved.name != f"step_{step:07d}":
+        if saved is None or saved.name != self.run_dir.checkpoint(step).name:
             saved = self.save()
         raise Interrupted(
             f"stopped by {self.stop.signal or 'a signal to another process'} at step {step}; "
