@@ -692,9 +692,13 @@ def settings() -> list[tuple[str, object, str]]:
 
 
 def reference() -> str:
-    """Markdown table of every setting: key, default, meaning (for the README)."""
-    rows = ["| setting | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{key}` | `{json.dumps(value)}` | {meaning} |" for key, value, meaning in settings()]
+    """Markdown table of every setting: key, default, whether a resumed run may change it, meaning
+    (docs/settings.md)."""
+    rows = ["| setting | default | on resume | meaning |", "|---|---|---|---|"]
+    rows += [
+        f"| `{key}` | `{json.dumps(value)}` | {'may change' if RULES[key]['resumable'] else ''} | {meaning} |"
+        for key, value, meaning in settings()
+    ]
     return "\n".join(rows)
 
 
