@@ -274,7 +274,8 @@ def test_report_page_loads_in_headless_chromium(members, tmp_path):
     import os
 
     _, runs = members
-    evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "1", "--out", tmp_path / "eval")
+    # the scenes read in this process (eval.workers 0), as where worker processes cannot start
+    evaluate("--runs", *runs, "--split", "val", "--self-ensemble", "1", "--workers", "0", "--out", tmp_path / "eval")
     assert main(["report", str(tmp_path / "eval"), *map(str, runs), "--out", str(tmp_path / "report")]) == 0
     report = tmp_path / "report"
     for name in ("index.html", "report.md", "curves.png", "scenes_NIR.png", "calibration_NIR.png", "panels_NIR.png"):

@@ -238,6 +238,9 @@ class EvalConfig:
         "views: auto (1 on a CPU, as many as fit on a GPU, at most 32) or a number",
         auto_or_count=1,
     )
+    workers: int = setting(
+        2, "loader worker processes reading the scenes, beside each predicting or scoring process", not_negative=True
+    )
     precision: str = setting(
         "auto",
         "inference precision: auto (bf16 on a GPU that supports it, float32 elsewhere), no or bf16; the output "

@@ -172,7 +172,7 @@ def write_predictions(members: list[Member], predicting: list[Member], shards: P
         disable=not acc.is_main_process,
         dynamic_ncols=True,
     ) as bar:
-        for batch in DataLoader(todo, batch_size=batch_size, num_workers=2):
+        for batch in DataLoader(todo, batch_size=batch_size, num_workers=settings.workers):
             for m in predicting:
                 missing = [j for j, name in enumerate(batch["name"]) if not predicted(folders[m.name], name)]
                 if not missing:
@@ -210,7 +210,8 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
     views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in members}
     applied = applied_fit(members, settings)
     results = []
-    for batch in DataLoader(scenes(members, shards, settings.split, rank, world), batch_size=1, num_workers=2):
+    reading = scenes(members, shards, settings.split, rank, world)
+    for batch in DataLoader(reading, batch_size=1, num_workers=settings.workers):
         name, has_target = batch["name"][0], bool(batch["has_target"][0])
         predictions = [read_outputs(out / band / m.name, name) for m in members]
         srs = torch.stack([p[0] for p in predictions])  # (M, 1, H, W)
