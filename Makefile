@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 TORCH_BUILD ?= auto
 TRITON_VERSION ?= 3.6.0
 ifeq ($(TORCH_BUILD),auto)
-TORCH_BUILD := $(or $(patsubst $(VENV)/.installed-%,%,$(wildcard $(VENV)/.installed-c*)),\
+override TORCH_BUILD := $(or $(patsubst $(VENV)/.installed-%,%,$(firstword $(wildcard $(VENV)/.installed-c*))),\
   $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu))
 endif
 ifneq ($(filter-out cpu cuda,$(TORCH_BUILD)),)
@@ -23,6 +23,7 @@ endif
 install: $(VENV)/.installed-$(TORCH_BUILD)
 
 $(VENV)/.installed-$(TORCH_BUILD): pyproject.toml Makefile
+	rm -f $(VENV)/.installed*
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(TORCH_BUILD),cuda)
@@ -30,6 +31,8 @@ ifeq ($(TORCH_BUILD),cuda)
 	$(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null \
 	  || $(PY) -m pip uninstall -q -y torch
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	@$(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)" || { echo "TORCH_BUILD=cuda: pip \
+	  installed a CPU build of torch (an index or find-links of the pip config serves one; see TORCH_PIP_ARGS)" >&2; exit 1; }
 else
 	$(PY) -m pip install -q --retries 0 "torch==$(TORCH_VERSION)+cpu" \
 	  --extra-index-url https://download.pytorch.org/whl/cpu $(TORCH_PIP_ARGS)
@@ -38,7 +41,6 @@ else
 	$(PY) -m pip install -q "triton==$(TRITON_VERSION)"
 endif
 	$(PY) -m pip install -q -e ".[dev]"
-	rm -f $(VENV)/.installed*
 	touch $@
 
 # ruff's checks and its formatting, as pyproject.toml configures them
