@@ -533,6 +533,42 @@ def test_sbatch_templates_pass_test_only():
 
 @needs_slurm
 @pytest.mark.slurm
+def test_train_sbatch_requeues_no_more_than_launch_max_requeues(shards, tmp_path):
+    run_dir, out = tmp_path / "sbatch", tmp_path / "sbatch.out"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--cpus-per-task", "1", "--output", str(out), "slurm/train.sbatch"]
+        + ["configs/demo.yaml", f"run_dir={run_dir}", f"data.shards={shards}", *TINY]
+        + ["train.max_steps=100000", "launch.max_requeues=0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PIUNET_PYTHON": sys.executable},
+    ).stdout.strip()
+    try:
+        wait_until(run_dir / "metrics.jsonl", 120, "the run's first event")
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # SLURM's warning before the end
+        refused = f"[train.sbatch] USR1: not requeued: job {job} restarted 0 times, launch.max_requeues=0"
+        deadline = time.time() + 60
+        while refused not in out.read_text() and time.time() < deadline:
+            time.sleep(1)
+        assert refused in out.read_text(), out.read_text()[-2000:]
+
+        # and training goes on in the same job: more steps logged, the job still running
+        def logged():
+            return (run_dir / "metrics.jsonl").read_text().count("\n")
+
+        before = logged()
+        while logged() == before and time.time() < deadline + 60:
+            time.sleep(1)
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+        assert logged() > before and state.strip() == "RUNNING", (state, out.read_text()[-2000:])
+    finally:
+        subprocess.run(["scancel", job])
+
+
+@needs_slurm
+@pytest.mark.slurm
 def test_train_sbatch_runs_a_tiny_job_to_completion(shards, tmp_path):
     run_dir, out = tmp_path / "sbatch", tmp_path / "sbatch.out"
     submitted = subprocess.run(
