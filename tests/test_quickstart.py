@@ -84,6 +84,9 @@ def test_the_quick_start_ends_in_one_submission_of_the_challenges_290_scenes(tmp
             assert (tmp_path / "runs" / "piunet" / f"{band}-seed{seed}" / "best" / "model.safetensors").is_file()
     val = json.loads((tmp_path / "runs" / "val" / "summary.json").read_text())
     assert set(val["bands"]) == {"NIR", "RED"}
+    # the val split's scores and calibration on screen, where the evaluation was launched
+    shown = out.split("+ python -m piunet_dist.launch evaluate", 2)[1]
+    assert f"NIR: baseline {val['bands']['NIR']['baseline_cpsnr']:.2f} dB" in shown and "  calibration (" in shown
     challenge = sorted(f"{n}.png" for names in CHALLENGE_TEST.values() for n in names)
     with zipfile.ZipFile(tmp_path / "runs" / "test" / "submission.zip") as z:
         assert sorted(z.namelist()) == challenge
