@@ -605,12 +605,13 @@ def _auto_or_count(least: int):
     return read
 
 
-def flag_overrides(args, section: str) -> list[str]:
-    """The setting flags given on the command line as section.key=value overrides."""
+def flag_overrides(args, section: str, names: tuple[str, ...] | None = None) -> list[str]:
+    """The setting flags given on the command line (those of add_setting_flags, of the same
+    `names`) as section.key=value overrides."""
     return [
         f"{section}.{f.name}={getattr(args, f.name)}"
         for f in dataclasses.fields(type(getattr(Config(), section)))
-        if getattr(args, f.name, None) is not None
+        if (names is None or f.name in names) and getattr(args, f.name, None) is not None
     ]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import DataConfig
+from ..core.config import DataConfig, add_setting_flags, flag_overrides, load_config
 from ..core.errors import UserError
 from ..core.files import sha256
 from ..data.pipeline import prepare_frames
@@ -91,6 +91,9 @@ def calibration_for(weights: Path, choice: str) -> Fit | None:
     return fit
 
 
+EVAL_FLAGS = ("self_ensemble", "precision")  # as evaluate predicts a scene
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
@@ -100,14 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scene", type=Path, required=True, help="directory with LR000.png, QM000.png, ...")
     parser.add_argument("--out", type=Path, default=Path("."), help="where the SR PNG and scale map go (default .)")
-    parser.add_argument(
-        "--self-ensemble",
-        default="auto",
-        choices=("auto", "1", "4", "8"),
-        help="views averaged: auto (the views the weights were trained to expect: 1 for the "
-        "published files and runs trained without data.augment, the 4 rotations for runs "
-        "trained with it), 1, 4 (rotations) or 8 (with flips) (default auto)",
-    )
+    add_setting_flags(parser, "eval", EVAL_FLAGS)
     parser.add_argument("--frames", type=int, default=9, help="frames used, T (default 9, as trained in the paper)")
     parser.add_argument(
         "--heads",
@@ -132,12 +128,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the bounds of the central interval holding this share of the pixels (0.9, say): "
         "<scene>_lower.png and <scene>_upper.png, 16-bit DN, calibrated where a calibration applies (default 0: none)",
     )
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "no", "bf16"),
-        default="auto",
-        help="auto (bf16 on a GPU that supports it, float32 elsewhere), no (float32) or bf16 (default auto)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,14 +137,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--frames: must be at least 1")
     if args.heads is not None and args.heads < 1:
         raise UserError("--heads: must be at least 1")
+    settings = load_config(None, flag_overrides(args, "eval", EVAL_FLAGS)).eval
     written = predict_scene(
         args.weights,
         args.scene,
         args.out,
-        args.self_ensemble,
+        settings.self_ensemble,
         args.frames,
         args.heads,
-        args.precision,
+        settings.precision,
         args.keep_unclear,
         args.calibration,
         args.interval,
