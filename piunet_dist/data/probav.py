@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..core.config import BANDS, DataConfig
 
-SPLITS = ("train", "test")
+TREE_SPLITS = ("train", "test")  # the challenge tree's folders; the shards add val (shards.SPLITS)
 LR_SIZE = 128
 HR_SIZE = 384
 NOMINAL_DN = 2**14 - 1  # the sensor's nominal top: real LR frames pass it (docs/method.md section 5)
@@ -66,7 +66,7 @@ def find_scenes(root: Path, bands=BANDS) -> list[SceneRef]:
     root = Path(root)
     refs = []
     for band in bands:
-        for split in SPLITS:
+        for split in TREE_SPLITS:
             folder = root / split / band
             if folder.is_dir():
                 refs += [

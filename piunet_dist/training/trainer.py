@@ -302,23 +302,23 @@ class Trainer:
             cfg.model.n_feat,
         )
         loader = DataLoader(scenes, batch_size=batch_size, num_workers=min(2, cfg.data.workers))
-        metrics = [m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration())]
+        psnr, ssim, calibration = (m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration()))
         # eagerly: compiled blocks would compile again for whole scenes in eval mode
         with torch.compiler.set_stance("force_eager"):
             for batch in loader:
                 sr, scale = super_resolve(model, batch["lr"].to(self.acc.device))
                 hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
-                metrics[0].update(sr, hr, sm)
+                psnr.update(sr, hr, sm)
                 if cfg.train.val_cssim:
-                    metrics[1].update(sr, hr, sm)
-                metrics[2].update(sr, scale, hr, sm)
+                    ssim.update(sr, hr, sm)
+                calibration.update(sr, scale, hr, sm)
         with warnings.catch_warnings():  # a rank with no val scene adds zeros to the sums: that is right
             warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
-            cpsnr = metrics[0].compute().item()
-            cssim = metrics[1].compute().item() if cfg.train.val_cssim else None
-            nll = metrics[2].compute()["nll"].item()
+            cpsnr = psnr.compute().item()
+            cssim = ssim.compute().item() if cfg.train.val_cssim else None
+            nll = calibration.compute()["nll"].item()
         # compute() hands back each rank its own states once it has the global value
-        scenes = int(self.acc.reduce(metrics[0].count.clone(), "sum").item())
+        scenes = int(self.acc.reduce(psnr.count.clone(), "sum").item())
         model.train()
         step = self.state.step
         self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll, val_scenes=scenes)
