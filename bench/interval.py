@@ -25,7 +25,7 @@ import torch
 from common import ROOT, command, report
 from PIL import Image
 
-from piunet_dist.core.config import load_config
+from piunet_dist.core.config_load import load_config
 from piunet_dist.data.probav import SceneRef, load_scene
 from piunet_dist.evaluation.scene import predict_scene
 from piunet_dist.network.metrics import shift_search

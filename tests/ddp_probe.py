@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from piunet_dist.core.config import load_config
+from piunet_dist.core.config_load import load_config
 from piunet_dist.training.trainer import Trainer
 
 if __name__ == "__main__":

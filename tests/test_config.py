@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 
 from piunet_dist.__main__ import main
-from piunet_dist.core.config import Config, check_world, config_hash, load_config, reference, to_yaml
+from piunet_dist.core.config import Config, config_hash, to_yaml
+from piunet_dist.core.config_flags import reference
+from piunet_dist.core.config_load import check_world, load_config
 from piunet_dist.core.errors import UserError
 
 CONFIGS = Path(__file__).parent.parent / "configs"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from piunet_dist.core.config import load_config
+from piunet_dist.core.config_load import load_config
 from tests.helpers.scene_tree import holds_real_oddities
 
 pytestmark = pytest.mark.demo

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from piunet_dist.core.config import load_config
+from piunet_dist.core.config_load import load_config
 from piunet_dist.launch.following import REFRESH, LiveView, Watched, wait_for
 from piunet_dist.launch.submitting import make_executor
 

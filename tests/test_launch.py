@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from piunet_dist.__main__ import main
-from piunet_dist.core.config import load_config
+from piunet_dist.core.config_load import load_config
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
 from piunet_dist.data.synthetic import synthesise
@@ -840,7 +840,7 @@ def test_a_request_no_node_can_run_is_refused_before_it_is_sent(shards, tmp_path
 @needs_slurm
 @pytest.mark.slurm
 def test_a_job_pending_for_a_hopeless_reason_is_cancelled_and_named(tmp_path, capsys):
-    from piunet_dist.core.config import load_config
+    from piunet_dist.core.config_load import load_config
     from piunet_dist.launch.following import Watched, wait_for
     from piunet_dist.launch.slurm import job_state
     from piunet_dist.launch.submitting import make_executor

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from piunet_dist.core.config import reference
+from piunet_dist.core.config_flags import reference
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"

@@ -221,7 +221,7 @@ def test_queued_steps_are_the_steps_read_one_by_one_also_when_stopped_and_resume
     ],
 )
 def test_a_quiet_step_is_queued_before_the_one_before_is_read(shards, tmp_path, pipeline, order):
-    from piunet_dist.core.config import load_config
+    from piunet_dist.core.config_load import load_config
     from piunet_dist.training.trainer import Trainer
 
     settings = [f"run_dir={tmp_path / 'run'}", f"data.shards={shards}", *TINY, "train.max_steps=8", *RESUMABLE]
@@ -325,7 +325,7 @@ def test_a_run_resumes_on_its_shards_moved_and_is_refused_on_others(shards, stra
 
 
 def test_the_demo_bands_have_run_dirs_of_their_own():
-    from piunet_dist.core.config import load_config
+    from piunet_dist.core.config_load import load_config
 
     nir, red = (load_config(ROOT / "configs" / name) for name in ("demo.yaml", "demo-red.yaml"))
     assert (nir.data.band, red.data.band) == ("NIR", "RED") and nir.run_dir != red.run_dir

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from piunet_dist.__main__ import main
-from piunet_dist.core.config import load_config
+from piunet_dist.core.config_load import load_config
 from piunet_dist.core.files import sha256
 from piunet_dist.data.packing import pack
 from piunet_dist.data.probav import find_scenes, load_scene

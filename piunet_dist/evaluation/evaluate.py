@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..core import tracking
-from ..core.config import EvalConfig, add_setting_flags, flag_overrides, load_config, sweep_point
+from ..core.config import EvalConfig, sweep_point
+from ..core.config_flags import add_setting_flags, flag_overrides
+from ..core.config_load import load_config
 from ..core.errors import UserError
 from ..core.files import read_json_or_empty, write_json
 from ..core.memory import keep_freed_memory

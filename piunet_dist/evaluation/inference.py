@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
-from ..core.config import count_or_auto
+from ..core.config_load import count_or_auto
 from ..core.errors import UserError
 from ..network.model import PIUNet, denormalise, normalise, scale_dn
 

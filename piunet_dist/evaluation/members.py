@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..core import checkpoint
-from ..core.config import BANDS, CHOICES, Config, config_hash, load_config
+from ..core.config import BANDS, CHOICES, Config, config_hash
+from ..core.config_load import load_config
 from ..core.errors import UserError
 from ..core.files import read_json_lines, read_json_or_empty, sha256
 from ..core.run_dir import STEP, RunDir

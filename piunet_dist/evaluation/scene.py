@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import DataConfig, add_setting_flags, flag_overrides, load_config
+from ..core.config import DataConfig
+from ..core.config_flags import add_setting_flags, flag_overrides
+from ..core.config_load import load_config
 from ..core.errors import UserError
 from ..core.files import sha256
 from ..data.pipeline import prepare_frames

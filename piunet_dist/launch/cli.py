@@ -16,7 +16,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..core.config import BANDS, LaunchConfig, add_setting_flags
+from ..core.config import BANDS, LaunchConfig
+from ..core.config_flags import add_setting_flags
 from ..core.exits import error_exit
 from ..evaluation.evaluate import add_evaluation_arguments
 from .following import cancel_runs

@@ -12,7 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ..core.config import Config, load_config, sweep_point
+from ..core.config import Config, sweep_point
+from ..core.config_load import load_config
 from ..core.errors import UserError
 from ..core.files import read_json_lines
 from ..core.run_dir import RunDir

@@ -15,7 +15,9 @@ from pathlib import Path
 import submitit
 
 from ..core import checkpoint, tracking
-from ..core.config import Config, LaunchConfig, check_sweep, check_world, flag_overrides, load_config
+from ..core.config import Config, LaunchConfig
+from ..core.config_flags import flag_overrides
+from ..core.config_load import check_sweep, check_world, load_config
 from ..core.errors import UserError
 from ..core.files import append_record, read_json
 from ..core.run_dir import RunDir

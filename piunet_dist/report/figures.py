@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ..core.config import load_config  # noqa: E402
+from ..core.config_load import load_config  # noqa: E402
 from ..core.errors import UserError  # noqa: E402
 from ..core.files import read_json_lines, replacing  # noqa: E402
 from ..core.run_dir import RunDir  # noqa: E402

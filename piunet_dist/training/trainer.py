@@ -33,16 +33,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..core import checkpoint, tracking
-from ..core.config import (
-    Config,
-    check_world,
-    config_hash,
-    flat,
-    load_config,
-    run_differences,
-    settings_help,
-    to_yaml,
-)
+from ..core.config import Config, config_hash, flat, run_differences, to_yaml
+from ..core.config_flags import settings_help
+from ..core.config_load import check_world, load_config
 from ..core.errors import UserError
 from ..core.files import append_record, repair_lines, utc_now, write_text
 from ..core.memory import keep_freed_memory
