@@ -89,6 +89,18 @@ def wait_for_job(job: str, timeout: float = 300) -> str:
         time.sleep(2)
 
 
+def sbatch(*args: str) -> str:
+    """Submit one of slurm/'s scripts as a user would, with this test's Python; the job's id."""
+    return subprocess.run(
+        ["sbatch", "--parsable", "--cpus-per-task", "1", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PIUNET_PYTHON": sys.executable},
+    ).stdout.strip()
+
+
 def wait_until(path: Path, seconds: float, what: str) -> None:
     deadline = time.time() + seconds
     while not path.exists():
@@ -535,16 +547,10 @@ def test_sbatch_templates_pass_test_only():
 @pytest.mark.slurm
 def test_train_sbatch_requeues_no_more_than_launch_max_requeues(shards, tmp_path):
     run_dir, out = tmp_path / "sbatch", tmp_path / "sbatch.out"
-    job = subprocess.run(
-        ["sbatch", "--parsable", "--cpus-per-task", "1", "--output", str(out), "slurm/train.sbatch"]
-        + ["configs/demo.yaml", f"run_dir={run_dir}", f"data.shards={shards}", *TINY]
-        + ["train.max_steps=100000", "launch.max_requeues=0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PIUNET_PYTHON": sys.executable},
-    ).stdout.strip()
+    job = sbatch(
+        *("--output", str(out), "slurm/train.sbatch", "configs/demo.yaml", f"run_dir={run_dir}"),
+        *(f"data.shards={shards}", *TINY, "train.max_steps=100000", "launch.max_requeues=0"),
+    )
     try:
         wait_until(run_dir / "metrics.jsonl", 120, "the run's first event")
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # SLURM's warning before the end
@@ -571,32 +577,10 @@ def test_train_sbatch_requeues_no_more_than_launch_max_requeues(shards, tmp_path
 @pytest.mark.slurm
 def test_train_sbatch_runs_a_tiny_job_to_completion(shards, tmp_path):
     run_dir, out = tmp_path / "sbatch", tmp_path / "sbatch.out"
-    submitted = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--nodes",
-            "2",
-            "--cpus-per-task",
-            "1",
-            "--output",
-            str(out),
-            "slurm/train.sbatch",
-            "configs/demo.yaml",
-            f"run_dir={run_dir}",
-            f"data.shards={shards}",
-            *TINY,
-            "train.max_steps=4",
-            "train.ckpt_every=2",
-            "train.val_every=2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PIUNET_PYTHON": sys.executable},
+    job = sbatch(
+        *("--nodes", "2", "--output", str(out), "slurm/train.sbatch", "configs/demo.yaml", f"run_dir={run_dir}"),
+        *(f"data.shards={shards}", *TINY, "train.max_steps=4", "train.ckpt_every=2", "train.val_every=2"),
     )
-    job = submitted.stdout.strip()
     assert wait_for_job(job) == "COMPLETED", out.read_text()[-3000:]
     assert events(run_dir)[0]["world_size"] == 2 and sacct_nodes(job) == "n[1-2]"
     assert (run_dir / "checkpoints/step_0000004").is_dir()
@@ -661,28 +645,10 @@ def evaluation(runs, out, *flags):
 @pytest.mark.slurm
 def test_evaluate_sbatch_scores_both_bands_in_one_job(shards, two_runs, tmp_path):
     out = tmp_path / "eval"
-    job = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--cpus-per-task",
-            "1",
-            "--output",
-            str(tmp_path / "ev-%j.out"),
-            "slurm/evaluate.sbatch",
-            str(two_runs[0].parent),
-            str(out),
-            "--split",
-            "val",
-            "--self-ensemble",
-            "1",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PIUNET_PYTHON": sys.executable},
-    ).stdout.strip()
+    job = sbatch(
+        *("--output", str(tmp_path / "ev-%j.out"), "slurm/evaluate.sbatch", str(two_runs[0].parent), str(out)),
+        *("--split", "val", "--self-ensemble", "1"),
+    )
     assert wait_for_job(job) == "COMPLETED", [p.read_text()[-2000:] for p in tmp_path.glob("ev-*.out")]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["bands"]) == {"NIR", "RED"}
@@ -724,31 +690,10 @@ def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
 
     synthesise(tmp_path / "scenes", 4, 1, ["NIR", "RED"], seed=2, workers=2)
     pack(tmp_path / "scenes", tmp_path / "whole", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
-    env = {**os.environ, "PIUNET_PYTHON": sys.executable}
-    array = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--cpus-per-task",
-            "1",
-            "--chdir",
-            str(ROOT),
-            "--output",
-            str(tmp_path / "pack-%A_%a.out"),
-            "slurm/pack.sbatch",
-            str(tmp_path / "scenes"),
-            str(tmp_path / "out"),
-            "--val-fraction",
-            "0.25",
-            "--scenes-per-shard",
-            "2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    ).stdout.strip()
+    array = sbatch(
+        *("--chdir", str(ROOT), "--output", str(tmp_path / "pack-%A_%a.out"), "slurm/pack.sbatch"),
+        *(str(tmp_path / "scenes"), str(tmp_path / "out"), "--val-fraction", "0.25", "--scenes-per-shard", "2"),
+    )
     assert wait_for_job(array) == "COMPLETED"
     deadline = time.time() + 120
     while not (tmp_path / "out" / "manifest.json").is_file():
