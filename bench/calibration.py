@@ -11,12 +11,14 @@ Members are anything `evaluate --runs` takes.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from common import ROOT, command, report
+
+from piunet_dist.core.eval_dir import EvalDir
+from piunet_dist.core.files import read_json
 
 METHODS = ("scale", "quantile")
 
@@ -33,7 +35,7 @@ def main():
         command = [sys.executable, "-m", "piunet_dist", "evaluate", "--runs", *args.runs, "--split", "val"]
         command += ["--calibrate", method, "--out", str(out)] + (["--shards", args.shards] if args.shards else [])
         subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        for band, entry in json.loads((out / "summary.json").read_text())["bands"].items():
+        for band, entry in read_json(EvalDir(out).summary)["bands"].items():
             found = entry["calibration_fit"]
             checked = (
                 {"ensemble": found["ensemble"], **found["members"]} if len(found["members"]) > 1 else found["members"]
@@ -60,7 +62,7 @@ def main():
 
 
 def bands(out: Path):
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_json(EvalDir(out).summary)
     for band, entry in summary["bands"].items():
         yield band, entry | {"shards": summary["shards"][band], "ensemble_method": summary["ensemble"]}
 

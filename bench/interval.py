@@ -26,6 +26,8 @@ from common import ROOT, command, report
 from PIL import Image
 
 from piunet_dist.core.config_load import load_config
+from piunet_dist.core.eval_dir import EvalDir
+from piunet_dist.core.files import read_json
 from piunet_dist.data.probav import SceneRef, load_scene
 from piunet_dist.evaluation.scene import predict_scene
 from piunet_dist.network.metrics import shift_search
@@ -55,7 +57,7 @@ def main():
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
     parser.add_argument("--interval", type=float, default=0.9)
     args = parser.parse_args()
-    summary = json.loads((args.evaluation / "summary.json").read_text())
+    summary = read_json(EvalDir(args.evaluation).summary)
     rows = []
     for run in args.runs:
         band = load_config(run / "config.yaml").data.band

@@ -16,6 +16,7 @@ from PIL import Image
 
 from piunet_dist import __version__
 from piunet_dist.__main__ import main
+from piunet_dist.core.eval_dir import EvalDir
 from piunet_dist.core.files import sha256
 from piunet_dist.data.packing import pack
 from piunet_dist.data.shards import scene_names, shard_paths
@@ -193,7 +194,7 @@ def test_test_split_writes_a_complete_submission_or_none(members, tmp_path, caps
     (out / "NIR" / "ensemble" / f"{names[0]}.png").unlink()
     (out / "submission.zip").unlink()
     with pytest.raises(Exception, match=rf"1 test scene\(s\) have no prediction \(NIR/{names[0]}\)"):
-        write_submission(out, {"NIR": root / "shards"})
+        write_submission(EvalDir(out), {"NIR": root / "shards"})
     assert not (out / "submission.zip").exists()
 
 

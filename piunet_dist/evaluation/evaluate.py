@@ -32,6 +32,7 @@ from ..core.config import EvalConfig, sweep_point
 from ..core.config_flags import add_setting_flags, flag_overrides
 from ..core.config_load import load_config
 from ..core.errors import UserError
+from ..core.eval_dir import EvalDir
 from ..core.files import read_json_or_empty, write_json
 from ..core.memory import keep_freed_memory
 from ..data.pipeline import EvalScenes
@@ -46,7 +47,7 @@ from .inference import resolve_precision, scenes_per_batch, super_resolve_views,
 from .members import Member, by_band, find_members
 from .outputs import predicted, read_outputs, read_view_cpsnr, write_calibrated, write_outputs
 from .scoring import Calibration, SceneResult, grid, score, summarise_band, write_csv
-from .submission import ENSEMBLE, check_complete, write_submission
+from .submission import check_complete, write_submission
 from .summary_text import summary_text
 
 STAMP = "predictions.json"
@@ -141,9 +142,9 @@ def write_predictions(members: list[Member], predicting: list[Member], shards: P
     """Each member in `predicting` predicts every scene of this process: OUT/<band>/<member>/,
     with each view's cPSNR where it averages several and the scene has a target. A scene
     already predicted by the same weights and settings is not predicted again."""
-    band, out = members[0].band, Path(settings.out)
+    band, out = members[0].band, EvalDir(settings.out)
     precision, _ = resolve_precision(settings.precision, acc.device)
-    folders = {m.name: out / band / m.name for m in predicting}
+    folders = {m.name: out.member(band, m.name) for m in predicting}
     views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in predicting}
     if acc.is_main_process:
         for m in predicting:
@@ -207,7 +208,7 @@ def _keep_if_same(folder: Path, stamp: dict) -> None:
 def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: int, world: int) -> list[SceneResult]:
     """Combine the members' predictions of this process's scenes, write the ensemble's, and
     score every member and method where the scene has a target."""
-    band, out = members[0].band, Path(settings.out)
+    band, out = members[0].band, EvalDir(settings.out)
     val_cpsnr = torch.tensor([math.nan if (v := m.val_cpsnr()) is None else v for m in members])
     views = {m.name: views_for(settings.self_ensemble, m.trained_with_rotations) for m in members}
     applied = applied_fit(members, settings)
@@ -215,15 +216,15 @@ def score_band(members: list[Member], shards: Path, settings: EvalConfig, rank: 
     reading = scenes(members, shards, settings.split, rank, world)
     for batch in DataLoader(reading, batch_size=1, num_workers=settings.workers):
         name, has_target = batch["name"][0], bool(batch["has_target"][0])
-        predictions = [read_outputs(out / band / m.name, name) for m in members]
+        predictions = [read_outputs(out.member(band, m.name), name) for m in members]
         srs = torch.stack([p[0] for p in predictions])  # (M, 1, H, W)
         scales = torch.stack([p[1] for p in predictions])
         ensembles, u = combine(srs, scales, val_cpsnr), uncertainty(srs, scales)
-        write_outputs(out / band / ENSEMBLE, name, ensembles[settings.ensemble], u.total)
+        write_outputs(out.ensemble(band), name, ensembles[settings.ensemble], u.total)
         if applied or settings.interval:
             sr = ensembles[settings.ensemble]
             write_calibrated(
-                out / band / ENSEMBLE,
+                out.ensemble(band),
                 name,
                 u.total * applied.factor if applied else None,
                 bounds(sr, u.total, applied, settings.interval) if settings.interval else None,
@@ -258,7 +259,7 @@ def write_results(
     results: list[SceneResult], members: list[Member], shards: dict[str, Path], settings: EvalConfig
 ) -> dict:
     """scenes.csv, summary.json and, for the test split, the submission; returns the summary."""
-    out = Path(settings.out)
+    out = EvalDir(settings.out)
     setting = settings.self_ensemble
     summary = {
         "split": settings.split,
@@ -286,10 +287,10 @@ def write_results(
         if settings.split == "val" and settings.calibrate != "none":
             summary["bands"][band]["calibration_fit"] = fit_calibrations(ms, mine, settings)
     summary["chosen"] = chosen(members, settings, out)
-    write_csv(out / "scenes.csv", results)
+    write_csv(out.scenes, results)
     if settings.split == "test":
         summary["submission"] = write_submission(out, shards)
-    write_json(out / "summary.json", summary)
+    write_json(out.summary, summary)
     return summary
 
 
@@ -297,7 +298,7 @@ def fit_calibrations(members: list[Member], results: list[SceneResult], settings
     """A calibration of each member's scale and of the ensemble's, fitted on part of the
     band's scored scenes and checked on the rest; written to OUT/<band>/<member or ensemble>/
     and to each run's weights directory (its best/), where predict finds it."""
-    band, out = members[0].band, Path(settings.out)
+    band, out = members[0].band, EvalDir(settings.out)
     scored = [r for r in results if r.scores]
     weights = {m.name: m.weights_sha256() for m in members}
     entry = {"method": settings.calibrate, "holdout": settings.calibration_holdout, "members": {}}
@@ -308,7 +309,7 @@ def fit_calibrations(members: list[Member], results: list[SceneResult], settings
         ensemble = name == settings.ensemble
         fitted_for = weights if ensemble else {name: weights[name]}
         fit, checked = fit_and_check(by_scene, settings.calibrate, settings.calibration_holdout, band, fitted_for)
-        fit.write(out / band / (ENSEMBLE if ensemble else name))
+        fit.write(out.ensemble(band) if ensemble else out.member(band, name))
         if ensemble:
             fit_on, check = split_scenes(list(by_scene), settings.calibration_holdout)
             entry |= {"fit_scenes": len(fit_on), "check_scenes": check, "ensemble": checked}
@@ -325,19 +326,19 @@ def applied_fit(members: list[Member], settings: EvalConfig) -> Fit | None:
     if not settings.calibration:
         return None
     band = members[0].band
-    path = Path(settings.calibration) / band / ENSEMBLE / FILE
+    path = EvalDir(settings.calibration).ensemble(band) / FILE
     fit = Fit.read(path)
     fit.check(band, {m.name: m.weights_sha256() for m in members}, path)
     return fit
 
 
-def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
+def chosen(members: list[Member], settings: EvalConfig, out: EvalDir) -> list[str]:
     """What was decided for the user, a line each, where a setting's auto or a fallback decided
     it: each member's views and precision, an ensemble method that could not be used as named,
     and weights files scored on validation scenes that may be their own training scenes."""
     lines = []
     for m in members:
-        stamp = read_json_or_empty(out / m.band / m.name / STAMP)
+        stamp = read_json_or_empty(out.member(m.band, m.name) / STAMP)
         if settings.self_ensemble == "auto":
             why = "trained with rotations" if m.trained_with_rotations else "trained without rotations"
             lines.append(
@@ -363,13 +364,13 @@ def chosen(members: list[Member], settings: EvalConfig, out: Path) -> list[str]:
     return lines
 
 
-def view_scores(members: list[Member], results: list[SceneResult], out: Path, described: dict) -> dict:
+def view_scores(members: list[Member], results: list[SceneResult], out: EvalDir, described: dict) -> dict:
     """Per member that averaged several views: each view's mean cPSNR over the scored scenes,
     so a user sees whether averaging the views helps their network."""
     scores = {}
     for m in members:
         names = view_names(described[m.name]["self_ensemble"])
-        found = [v for r in results if r.scores and (v := read_view_cpsnr(out / m.band / m.name, r.scene))]
+        found = [v for r in results if r.scores and (v := read_view_cpsnr(out.member(m.band, m.name), r.scene))]
         if len(names) > 1 and found:
             scores[m.name] = dict(zip(names, np.mean(found, axis=0).tolist()))
     return scores
@@ -412,5 +413,5 @@ def run(args: argparse.Namespace) -> int:
     settings = eval_settings(args)
     summary = evaluate(args.runs, settings, args.phase, args.member)
     if summary is not None:
-        print(summary_text(summary, Path(settings.out)))
+        print(summary_text(summary, EvalDir(settings.out)))
     return 0

@@ -10,10 +10,10 @@ import zipfile
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.eval_dir import EvalDir
 from ..core.files import replacing
 from ..data.shards import scene_names, shard_paths
 
-ENSEMBLE = "ensemble"  # OUT/<band>/ensemble/: the predictions of eval.ensemble's method
 # the challenge's test scenes (docs/method.md section 5): what Kelvins scores a submission on
 CHALLENGE_TEST = {
     "RED": [f"imgset{i:04d}" for i in range(1160, 1306)],
@@ -39,29 +39,28 @@ def check_complete(shards_by_band: dict[str, Path], partial: bool) -> None:
         )
 
 
-def write_submission(out: Path, shards_by_band: dict[str, Path]) -> dict:
+def write_submission(out: EvalDir, shards_by_band: dict[str, Path]) -> dict:
     """Write the submission; what it holds: its path, its scenes and the challenge's it lacks per band."""
-    folder = out / "submission"
     expected, missing = [], []
     for band, shards in shards_by_band.items():
         for name in scene_names(shard_paths(shards, band, "test")):
             expected.append((band, name))
-            if not (out / band / ENSEMBLE / f"{name}.png").is_file():
+            if not (out.ensemble(band) / f"{name}.png").is_file():
                 missing.append(f"{band}/{name}")
     if missing:
         raise UserError(
             f"{out}: {len(missing)} test scene(s) have no prediction ({', '.join(missing[:5])}); no submission written"
         )
-    with replacing(folder) as partial:
+    with replacing(out.submission) as partial:
         partial.mkdir()
         for band, name in expected:
-            shutil.copyfile(out / band / ENSEMBLE / f"{name}.png", partial / f"{name}.png")
-    with replacing(out / "submission.zip") as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            shutil.copyfile(out.ensemble(band) / f"{name}.png", partial / f"{name}.png")
+    with replacing(out.submission_zip) as partial, zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
         for _, name in sorted(expected, key=lambda e: e[1]):
-            z.write(folder / f"{name}.png", f"{name}.png")
+            z.write(out.submission / f"{name}.png", f"{name}.png")
     gaps = lacking(shards_by_band)
     return {
-        "path": str(out / "submission.zip"),
+        "path": str(out.submission_zip),
         "scenes": len(expected),
         "lacking": {band: len(names) for band, names in gaps.items()},
         "complete": not any(gaps.values()),

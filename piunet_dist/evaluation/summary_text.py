@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.eval_dir import EvalDir
 from .calibration import FILE
-from .submission import ENSEMBLE
 
 
-def summary_text(summary: dict, out: Path) -> str:
+def summary_text(summary: dict, out: EvalDir) -> str:
     """Per band the baseline, each member and the ensemble, each view, the calibration and the
     sweep's grid; what was chosen; the submission; the summary's path."""
     lines = []
@@ -32,7 +32,7 @@ def summary_text(summary: dict, out: Path) -> str:
                 + f"; their average {entry['members'][member]:.2f}"
             )
         if entry.get("calibration_fit"):
-            lines.append(calibration_text(entry["calibration_fit"], out / band / ENSEMBLE / FILE))
+            lines.append(calibration_text(entry["calibration_fit"], out.ensemble(band) / FILE))
         if "grid" in entry:
             lines.append(grid_text(entry["grid"]))
         if entry["left_out"]:
@@ -46,7 +46,7 @@ def summary_text(summary: dict, out: Path) -> str:
             f"{submission['path']}: {submission['scenes']} test scenes"
             + (f"; lacks {gaps} of the challenge's 290 (--partial)" if gaps else ", the challenge's 290")
         )
-    lines.append(str(out / "summary.json"))
+    lines.append(str(out.summary))
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..core import tracking
 from ..core.config import EvalConfig, TrainConfig
+from ..core.eval_dir import EvalDir
 from ..report.figures import calibration_figure, panels_figure, scatter_figure
 from .members import Member, by_band
 
@@ -29,7 +30,7 @@ def send(summary: dict, members: list[Member], settings: EvalConfig) -> None:
     names = tracking.resolve(settings.log_with, "eval.log_with")
     if not names:
         return
-    out, split = Path(settings.out), settings.split
+    out, split = EvalDir(settings.out), settings.split
     for band, ms in by_band(members).items():
         entry = summary["bands"][band]
         for m in ms:
@@ -45,11 +46,11 @@ def send(summary: dict, members: list[Member], settings: EvalConfig) -> None:
             )
             _log(runs, figures, step)
         project = next((m.cfg.train.tracker_project for m in ms if not m.is_file), TrainConfig().tracker_project)
-        tags = {"band": band, "split": split, "evaluation": out.name}
-        runs = tracking.trackers(names, out / band, project, tags)
+        tags = {"band": band, "split": split, "evaluation": out.path.name}
+        runs = tracking.trackers(names, out.band(band), project, tags)
         config = {f"eval.{k}": v for k, v in dataclasses.asdict(settings).items()}
         config["members"] = json.dumps({m.name: str(m.source) for m in ms})
-        drawn = out / band / "figures"
+        drawn = out.figures(band)
         figures = [
             f
             for f in (

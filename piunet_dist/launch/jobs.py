@@ -15,6 +15,7 @@ from pathlib import Path
 import submitit
 
 from ..core.config import Config, EvalConfig
+from ..core.eval_dir import EvalDir
 from ..core.files import append_record
 from ..core.run_dir import RunDir
 from ..evaluation.evaluate import evaluate
@@ -83,4 +84,4 @@ class EvaluateTask(submitit.helpers.Checkpointable):
         torch.set_num_threads(self.threads)
         summary = evaluate(self.runs, self.settings, self.phase, self.member)
         if summary is not None:
-            print(summary_text(summary, Path(self.settings.out)), flush=True)
+            print(summary_text(summary, EvalDir(self.settings.out)), flush=True)

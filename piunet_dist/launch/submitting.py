@@ -19,6 +19,7 @@ from ..core.config import Config, LaunchConfig
 from ..core.config_flags import flag_overrides
 from ..core.config_load import check_sweep, check_world, load_config
 from ..core.errors import UserError
+from ..core.eval_dir import EvalDir
 from ..core.files import append_record, read_json
 from ..core.run_dir import RunDir
 from ..data.shards import MANIFEST
@@ -303,7 +304,8 @@ def submit_evaluation(args) -> int:
     )
     runs, settings, launch = list(args.runs), cfg.eval, cfg.launch
     plan(runs, settings)  # every member and its scenes found before anything is sent
-    folder = Path(settings.out) / "slurm"
+    out = EvalDir(settings.out)
+    folder = out.slurm
     kind = cluster_kind(launch.cluster)
     found = resolve_gpus(launch, kind)
     launch.gpus_per_node = str(min(int(launch.gpus_per_node), 1))  # a task predicts on one GPU at most
@@ -324,13 +326,12 @@ def submit_evaluation(args) -> int:
     if kind != "slurm" and wait_for(predicting, launch.partition):  # no scheduler to hold the scoring back
         return 1
     score = scorer.submit(EvaluateTask(runs, settings, "score", None, launch.cpus_per_task))
-    print(f"job {score.job_id} ({kind}): ensembles and scores -> {settings.out}/summary.json")
+    print(f"job {score.job_id} ({kind}): ensembles and scores -> {out.summary}")
     print(f"  logs: {folder}")
     if not args.wait:
         return 0
     scoring = [Watched(score, f"score -> {settings.out}")]
     if wait_for([*predicting, *scoring] if kind == "slurm" else scoring, launch.partition):
         return 1
-    out = Path(settings.out)
-    print(summary_text(read_json(out / "summary.json"), out))
+    print(summary_text(read_json(out.summary), out))
     return 0

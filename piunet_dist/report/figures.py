@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 
 from ..core.config_load import load_config  # noqa: E402
 from ..core.errors import UserError  # noqa: E402
+from ..core.eval_dir import EvalDir  # noqa: E402
 from ..core.files import read_json_lines, replacing  # noqa: E402
 from ..core.run_dir import RunDir  # noqa: E402
 from ..data.pipeline import EvalScenes  # noqa: E402
@@ -84,7 +85,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _rows(eval_dir: Path) -> list[dict]:
-    with open(eval_dir / "scenes.csv", newline="") as f:
+    with open(EvalDir(eval_dir).scenes, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -189,11 +190,12 @@ def panels_figure(eval_dir: Path, summary: dict, band: str, n_scenes: int, out: 
         "|error| (DN), masked in blue",
         "predicted scale (DN), masked in blue",
     )
+    predicted = EvalDir(eval_dir).ensemble(band)
     fig, axes = plt.subplots(len(found), 6, figsize=(18, 3.1 * len(found)), squeeze=False)
     for row, name in zip(axes, sorted(found)):
         scene = found[name]
-        sr = torch.from_numpy(np.asarray(Image.open(eval_dir / band / "ensemble" / f"{name}.png")).astype(np.float32))
-        scale = np.load(eval_dir / band / "ensemble" / f"{name}_scale.npy")
+        sr = torch.from_numpy(np.asarray(Image.open(predicted / f"{name}.png")).astype(np.float32))
+        scale = np.load(predicted / f"{name}_scale.npy")
         hr, sm = scene["hr"], scene["sm"]
         found_shift = shift_search(sr[None, None], hr[None, None], sm[None, None])
         shift = found_shift.best[0]

@@ -16,6 +16,7 @@ import html
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.eval_dir import EvalDir
 from ..core.files import disk_error, read_json, write_text
 from ..core.run_dir import RunDir
 from .figures import calibration_figure, curves_figure, panels_figure, scatter_figure
@@ -331,11 +332,11 @@ def _pct(v: float | None) -> str:
 def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
     """Write the report; returns index.html and the per-band tables as text."""
     runs = [d for d in dirs if RunDir(d).metrics.is_file()]
-    evals = [d for d in dirs if (d / "summary.json").is_file()]
+    evals = [d for d in dirs if EvalDir(d).summary.is_file()]
     for d in dirs:
         if d not in runs and d not in evals:
             raise UserError(f"{d}: neither a run directory (metrics.jsonl) nor an evaluation (summary.json)")
-    summaries = {d: read_json(d / "summary.json") for d in evals}  # each one whole before anything is written
+    summaries = {d: read_json(EvalDir(d).summary) for d in evals}  # each one whole before anything is written
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -354,7 +355,7 @@ def build(dirs: list[Path], out: Path, n_scenes: int) -> tuple[Path, list[str]]:
     for eval_dir, summary in summaries.items():
         if any("ensemble_cpsnr" in e and "ensembles" not in e for e in summary["bands"].values()):
             raise UserError(
-                f"{eval_dir / 'summary.json'}: written by an earlier version of evaluate; run the "
+                f"{EvalDir(eval_dir).summary}: written by an earlier version of evaluate; run the "
                 "evaluation again (the members' predictions are kept, only the scoring runs)"
             )
         for band in summary["bands"]:
@@ -384,7 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = args.out or next((d / "report" for d in args.dirs if (d / "summary.json").is_file()), Path("runs/report"))
+    out = args.out or next((d / "report" for d in args.dirs if EvalDir(d).summary.is_file()), Path("runs/report"))
     page, tables = build(args.dirs, out, args.scenes)
     for table in tables:
         print(table + "\n")
