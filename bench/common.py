@@ -102,8 +102,8 @@ def trainer_step(
     from accelerate import Accelerator
 
     from piunet_dist.core.config import Config
+    from piunet_dist.training.starting import initial_model
     from piunet_dist.training.step import prepare_step
-    from piunet_dist.training.trainer import initial_model
 
     cfg = Config()
     for key, value in model_cfg.items():

@@ -25,7 +25,7 @@ from ..core.run_dir import RunDir
 from ..data.shards import MANIFEST
 from ..evaluation.evaluate import plan
 from ..evaluation.summary_text import summary_text
-from ..training.trainer import check_same_settings, check_same_shards, initial_model
+from ..training.starting import check_same_settings, check_same_shards, initial_model
 from .following import Watched, wait_for
 from .jobs import EvaluateTask, TrainJob
 from .slurm import check_request, minutes, partition_nodes

@@ -22,18 +22,16 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, set_seed
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..core import checkpoint, tracking
-from ..core.config import Config, config_hash, flat, run_differences, to_yaml
+from ..core.config import Config, config_hash, flat, to_yaml
 from ..core.config_flags import settings_help
 from ..core.config_load import check_world, load_config
 from ..core.errors import UserError
@@ -42,16 +40,13 @@ from ..core.memory import keep_freed_memory
 from ..core.run_dir import RunDir
 from ..core.stop import Interrupted, StopRequest
 from ..core.version import VERSION
-from ..data.pipeline import EvalScenes
-from ..data.probav import LR_SIZE
 from ..data.shards import band_digest, shard_paths
-from ..evaluation.inference import resolve_precision, scenes_per_batch, super_resolve
+from ..evaluation.inference import resolve_precision
 from ..network.attention import resolve
-from ..network.metrics import CPSNR, CSSIM, UncertaintyCalibration
-from ..network.model import PIUNet
-from ..network.weights import load_weights
+from .starting import check_run_dir, check_same_shards, initial_model
 from .step import prepare_step
 from .stream import StreamPosition, TrainStream
+from .validation import validate
 
 
 @dataclass
@@ -73,7 +68,7 @@ class Trainer:
     def __init__(self, cfg: Config, stop_on_signals: bool = True):
         self.cfg = cfg
         self.run_dir = RunDir(cfg.run_dir)
-        self.resume_from = _check_run_dir(cfg)  # before anything is written
+        self.resume_from = check_run_dir(cfg)  # before anything is written
         log_with = tracking.resolve(cfg.train.log_with)
         # under submitit, SLURM's signals are its own: it requeues the job
         self.stop = StopRequest() if stop_on_signals else None
@@ -274,62 +269,14 @@ class Trainer:
 
     # --- validation -----------------------------------------------------------------
 
-    @torch.no_grad()
     def _validate(self) -> None:
-        cfg = self.cfg
-        # the bare module: ranks hold different scene counts, and DDP's forward may talk to the others
-        model = self.acc.unwrap_model(self.model).eval()
-        scenes = EvalScenes(
-            self.val_shards,
-            cfg.data,
-            rank=self.acc.process_index,
-            world_size=self.acc.num_processes,
-            seed=cfg.train.seed,
-        )
-        batch_size = scenes_per_batch(
-            cfg.train.val_batch_size,
-            "train.val_batch_size",
-            self.acc.device,
-            cfg.data.n_frames,
-            LR_SIZE,
-            cfg.model.n_feat,
-        )
-        loader = DataLoader(scenes, batch_size=batch_size, num_workers=min(2, cfg.data.workers))
-        psnr, ssim, calibration = (m.to(self.acc.device) for m in (CPSNR(), CSSIM(), UncertaintyCalibration()))
-        # eagerly: compiled blocks would compile again for whole scenes in eval mode
-        with torch.compiler.set_stance("force_eager"):
-            for batch in loader:
-                sr, scale = super_resolve(model, batch["lr"].to(self.acc.device))
-                hr, sm = batch["hr"][:, None].to(self.acc.device), batch["sm"][:, None].to(self.acc.device)
-                psnr.update(sr, hr, sm)
-                if cfg.train.val_cssim:
-                    ssim.update(sr, hr, sm)
-                calibration.update(sr, scale, hr, sm)
-        with warnings.catch_warnings():  # a rank with no val scene adds zeros to the sums: that is right
-            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
-            cpsnr = psnr.compute().item()
-            cssim = ssim.compute().item() if cfg.train.val_cssim else None
-            nll = calibration.compute()["nll"].item()
-        # compute() hands back each rank its own states once it has the global value
-        scenes = int(self.acc.reduce(psnr.count.clone(), "sum").item())
-        model.train()
+        scores = validate(self.model, self.val_shards, self.cfg, self.acc)
         step = self.state.step
-        self._log("val", step=step, val_cpsnr=cpsnr, val_cssim=cssim, val_nll=nll, val_scenes=scenes)
-        if cpsnr > self.state.best_val_cpsnr:
-            self.state.best_val_cpsnr = cpsnr
-            checkpoint.save_best(
-                self.acc,
-                self.model,
-                self.run_dir,
-                {
-                    "step": step,
-                    "val_cpsnr": cpsnr,
-                    "val_cssim": cssim,
-                    "val_nll": nll,
-                    "version": VERSION,
-                    "time": utc_now(),
-                },
-            )
+        self._log("val", step=step, **{f"val_{k}": v for k, v in asdict(scores).items()})
+        if scores.cpsnr > self.state.best_val_cpsnr:
+            self.state.best_val_cpsnr = scores.cpsnr
+            record = {"step": step, "val_cpsnr": scores.cpsnr, "val_cssim": scores.cssim, "val_nll": scores.nll}
+            checkpoint.save_best(self.acc, self.model, self.run_dir, record | {"version": VERSION, "time": utc_now()})
 
     # --- state and logs -------------------------------------------------------------
 
@@ -415,66 +362,6 @@ class Trainer:
         numbers = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float)) and k != "step"}
         if numbers and event != "start":
             self.acc.log(numbers, step=fields["step"])
-
-
-def initial_model(cfg: Config, resuming: bool) -> PIUNet:
-    """The network a run starts from: newly initialised, or for a new run with
-    train.init_weights those weights, batch-norm statistics included (a file that does not
-    fit is one line naming its keys and shapes). A resumed run loads its own checkpoint later."""
-    model = PIUNet.from_config(cfg.model, checkpoint_blocks=cfg.train.activation_checkpointing)
-    if cfg.train.init_weights and not resuming:
-        load_weights(model, cfg.train.init_weights)
-    return model
-
-
-def _check_run_dir(cfg: Config) -> Path | None:
-    """The checkpoint to resume from, or None for a new run; a run_dir that holds another
-    run, or this one under other defining settings, is refused before anything is written."""
-    run_dir = Path(cfg.run_dir)
-    newest = checkpoint.latest(run_dir)
-    used = newest is not None or checkpoint.best_dir(run_dir) is not None
-    if not cfg.train.resume:
-        if used:
-            raise UserError(
-                f"{run_dir}: holds a run already (checkpoints or best/); train.resume=false starts a "
-                "new run only in an unused run_dir: choose another run_dir, or move this one aside"
-            )
-        return None
-    if used:
-        check_same_settings(cfg)
-    return newest
-
-
-def check_same_settings(cfg: Config) -> None:
-    """A run continues (or counts as done) only under the settings that define it: its
-    config.yaml's, where it has one."""
-    saved = RunDir(cfg.run_dir).config
-    if not saved.is_file():
-        return
-    try:
-        previous = load_config(saved)
-    except UserError as e:
-        raise UserError(f"cannot resume: {e}") from None
-    changed = run_differences(previous, cfg)
-    if changed:
-        raise UserError(
-            f"{cfg.run_dir}: resuming with settings that define another run ({'; '.join(changed)}); "
-            "give the run's own, or choose another run_dir"
-        )
-
-
-def check_same_shards(cfg: Config, checkpoint_dir: Path, digest: str | None = None) -> None:
-    """A run resumes on the shards its checkpoint was trained on (wherever they lie now): its
-    stream position and its val scores mean nothing on other scenes. Checkpoints written
-    before they kept the digest are taken as they are."""
-    trained_on = checkpoint.saved_state(checkpoint_dir).get("shards_sha256")
-    root = Path(cfg.data.shards)
-    if trained_on is not None and trained_on != (digest or band_digest(root, cfg.data.band)):
-        raise UserError(
-            f"{cfg.run_dir}: {checkpoint_dir.name} was trained on other {cfg.data.band} shards than data.shards={root} "
-            "holds now (their manifest differs: scenes drawn or packed again); resume it on the shards it was "
-            "trained on, or choose another run_dir"
-        )
 
 
 def _process_group_kwargs(on_gpu: bool) -> list:
