@@ -1,7 +1,8 @@
-"""Timing, the table and the JSON file shared by the benchmarks."""
+"""Timing, the steps timed, the table and the JSON file shared by the benchmarks."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import platform
@@ -128,3 +129,27 @@ def trainer_step(
             raise RuntimeError("non-finite loss")
 
     return one, step.model
+
+
+def plain_step(model, loss_fn, batch: int, frames: int, side: int, device: str, bf16: bool = False):
+    """One optimizer step written plainly around a model and its registered loss, as the
+    reference and the published code train: forward (under bf16 autocast if asked), the loss
+    in float32, backward, gradients clipped at 15, Adam; on one fixed batch of random inputs.
+    Returns the function that takes one step."""
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, frames, side, side, generator=g).to(device)
+    y = torch.randn(batch, 1, 3 * side, 3 * side, generator=g).to(device)
+    mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def step():
+        with autocast:
+            mu, s = model(x)
+        loss_fn(y, mu.float(), s.float(), mask).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step

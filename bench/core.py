@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import command, report, seconds  # noqa: E402  (sets up the path to the references)
+from common import command, plain_step, report, seconds  # noqa: E402  (sets up the path to the references)
 
 from piunet_dist.network.losses import registered_laplace
 from piunet_dist.network.metrics import cpsnr
@@ -43,25 +43,11 @@ def cpsnr_case(device):
 
 
 def step_case(device):
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 9, 32, 32, generator=g).to(device)
-    y = torch.randn(2, 1, 96, 96, generator=g).to(device)
-    mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
-
     def make(model_cls, loss, compile_model=False, **kw):
-        model = model_cls().to(device).train()
+        model = model_cls()
         if compile_model:
             model.compile_blocks()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-        def step():
-            mu, s = model(x)
-            loss(y, mu, s, mask, **kw).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return step
+        return plain_step(model, lambda *tensors: loss(*tensors, **kw), 2, 9, 32, device)
 
     return {
         "eager": make(PIUNet, registered_laplace),

@@ -36,11 +36,10 @@ import sys
 import tempfile
 import time
 import types
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, command, fmt, machine, sync, table, trainer_step  # noqa: E402  (sets up the path to the references)
+from common import RESULTS, ROOT, command, fmt, machine, plain_step, sync, table, trainer_step  # noqa: E402  (sets up the path to the references)
 
 SECTIONS = ("attention", "step", "train", "two", "evaluate", "profile", "matrix")  # SECTION_RUNS runs them
 HEADLINE = ("step", "train", "evaluate")  # what the goals are judged by, and only that
@@ -221,16 +220,12 @@ def make_step(
     are the same sequence written plainly around their model and loss."""
     if kind == "this":
         return trainer_step(model_cfg, batch, 9, side, precision, compiled, ckpt, impl)
-    dev = device()
     torch.manual_seed(0)
     if kind == "reference":
         from references import oracles
         from references.reference_piunet import RefPIUNet
 
-        model = RefPIUNet(**model_cfg)
-
-        def loss_fn(y, mu, s, m):
-            return oracles.registered_laplace(y, mu, s, m)
+        model, loss_fn = RefPIUNet(**model_cfg), oracles.registered_laplace
     else:
         cfg = types.SimpleNamespace(
             N_feat=model_cfg["n_feat"],
@@ -241,25 +236,9 @@ def make_step(
         model = pub.model.PIUNET(cfg)
 
         def loss_fn(y, mu, s, m):
-            return pub.losses.l1_registered_uncertainty_loss(y, mu, s, m, y.shape[-1])
+            return pub.losses.l1_registered_uncertainty_loss(y, mu, s, m.float(), y.shape[-1])
 
-    model = model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 9, side, side, generator=g).to(dev)
-    y = torch.randn(batch, 1, 3 * side, 3 * side, generator=g).to(dev)
-    m = (torch.rand(y.shape, generator=g) > 0.1).float().to(dev)
-    autocast = torch.autocast(dev, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-    def step():
-        with autocast:
-            mu, s = model(x)
-        loss_fn(y, mu.float(), s.float(), m).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, model
+    return plain_step(model, loss_fn, batch, 9, side, device(), bf16=precision == "bf16"), model
 
 
 def step_row(section: str, kind: str, impl: str = "-", precision: str = "fp32", pub=None, **options) -> dict | None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import torch
-from common import command, report, seconds, trainer_step  # noqa: E402  (sets up the path to the references)
+from common import command, plain_step, report, seconds, trainer_step  # noqa: E402  (sets up the path to the references)
 
 CONFIGS = {  # model settings, batch, frames, LR patch side
     "paper": ({"n_feat": 42, "r_bneck": 8, "n_tefa": 16, "n_heads": 1}, 24, 9, 32),
@@ -41,21 +41,7 @@ def make_step(name: str, precision: str, mode: str, device: str):
     from references.reference_piunet import RefPIUNet
 
     torch.manual_seed(0)
-    model = RefPIUNet(**model_cfg).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, frames, side, side, generator=g).to(device)
-    y = torch.randn(batch, 1, 3 * side, 3 * side, generator=g).to(device)
-    mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
-
-    def step():
-        mu, s = model(x)
-        oracles.registered_laplace(y, mu, s, mask).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 15.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, batch
+    return plain_step(RefPIUNet(**model_cfg), oracles.registered_laplace, batch, frames, side, device), batch
 
 
 def resident_mib() -> float:
