@@ -81,7 +81,7 @@ def main():
     fast.load_state_dict(ref.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
         synthesise(Path(tmp) / "tree", args.scenes, 0, ["NIR"], seed=0, workers=2)
-        pack(Path(tmp) / "tree", Path(tmp) / "shards", ["NIR"], 0.0, None, 0, 2, 8, False)
+        pack(Path(tmp) / "tree", Path(tmp) / "shards", ["NIR"], val_fraction=0.0, workers=2, scenes_per_shard=8)
         shards = shard_paths(Path(tmp) / "shards", "NIR", "train")
         with torch.no_grad():  # warm-up: first calls allocate and pick kernels
             for model in (ref, fast):

@@ -395,7 +395,8 @@ def shards(args) -> Path:
     if not (out / "manifest.json").is_file():
         scenes = 12 if args.quick else 48
         synthesise(work_dir(args) / "scenes", scenes, 0, ["NIR"], seed=0, workers=8)
-        pack(work_dir(args) / "scenes", out, ["NIR"], 0.67 if not args.quick else 0.34, None, 0, 8, 4, False)
+        val_fraction = 0.34 if args.quick else 0.67
+        pack(work_dir(args) / "scenes", out, ["NIR"], val_fraction=val_fraction, workers=8, scenes_per_shard=4)
     return out
 
 

@@ -55,7 +55,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tree, out = Path(tmp) / "tree", Path(tmp) / "shards"
         synthesise(tree, args.scenes, 0, ["NIR"], seed=0, workers=2)
-        pack(tree, out, ["NIR"], 0.0, None, 0, 2, 8, False)
+        pack(tree, out, ["NIR"], val_fraction=0.0, workers=2, scenes_per_shard=8)
         settings = DataConfig()
         rows = []
         for workers in (1, 2, 4):

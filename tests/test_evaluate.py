@@ -44,7 +44,7 @@ def members(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     synthesise(root / "scenes", 5, 3, ["NIR"], seed=9, workers=2)
     assert holds_real_oddities(root / "scenes")  # every command below meets them
-    pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
+    pack(root / "scenes", root / "shards", ["NIR"], val_fraction=0.4, workers=2, scenes_per_shard=1)
     runs = []
     for seed in (0, 1):
         run_dir = root / f"nir-seed{seed}"

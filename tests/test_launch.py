@@ -51,7 +51,7 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("launchdata")
     synthesise(root / "scenes", 4, 0, ["NIR", "RED"], seed=5, workers=2)
     assert holds_real_oddities(root / "scenes")  # every command below meets them
-    pack(root / "scenes", root / "shards", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
+    pack(root / "scenes", root / "shards", ["NIR", "RED"], val_fraction=0.25, workers=2, scenes_per_shard=2)
     return root / "shards"
 
 
@@ -689,7 +689,7 @@ def test_pack_sbatch_packs_bands_and_splits_as_an_array_then_merges(tmp_path):
     from piunet_dist.data.shards import load_manifest, verify
 
     synthesise(tmp_path / "scenes", 4, 1, ["NIR", "RED"], seed=2, workers=2)
-    pack(tmp_path / "scenes", tmp_path / "whole", ["NIR", "RED"], 0.25, None, 0, 2, 2, False)
+    pack(tmp_path / "scenes", tmp_path / "whole", ["NIR", "RED"], val_fraction=0.25, workers=2, scenes_per_shard=2)
     array = sbatch(
         *("--chdir", str(ROOT), "--output", str(tmp_path / "pack-%A_%a.out"), "slurm/pack.sbatch"),
         *(str(tmp_path / "scenes"), str(tmp_path / "out"), "--val-fraction", "0.25", "--scenes-per-shard", "2"),

@@ -62,7 +62,7 @@ def read_back(out):
 def packed(tmp_path_factory):
     src = small_tree(tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("shards")
-    pack(src, out, ["NIR", "RED"], 0.3, None, 7, 2, 4, False)
+    pack(src, out, ["NIR", "RED"], seed=7, workers=2, scenes_per_shard=4)
     return src, out
 
 
@@ -107,21 +107,21 @@ def test_validation_split_is_disjoint_and_reproducible(packed, tmp_path):
     train, val = names(out, "train"), names(out, "val")
     assert not train & val and len(train | val) == 20
     again = tmp_path / "again"
-    pack(src, again, ["NIR", "RED"], 0.3, None, 7, 1, 16, False)
+    pack(src, again, ["NIR", "RED"], seed=7, scenes_per_shard=16)
     assert names(again, "val") == val
     other = tmp_path / "other"
-    pack(src, other, ["NIR", "RED"], 0.3, None, 8, 1, 16, False)
+    pack(src, other, ["NIR", "RED"], seed=8, scenes_per_shard=16)
     assert names(other, "val") != val
 
 
 def test_val_list_chooses_the_validation_scenes(packed, tmp_path):
     src, _ = packed
     (tmp_path / "val.txt").write_text("# held out\nimgset0001\nimgset0102\n")
-    pack(src, tmp_path / "o", ["NIR", "RED"], 0.3, tmp_path / "val.txt", 0, 1, 16, False)
+    pack(src, tmp_path / "o", ["NIR", "RED"], val_list=tmp_path / "val.txt", scenes_per_shard=16)
     assert sorted(k[2] for k in read_back(tmp_path / "o") if k[1] == "val") == ["imgset0001", "imgset0102"]
     (tmp_path / "bad.txt").write_text("imgset0001\nimgset9999\n")
     with pytest.raises(UserError, match=r"bad.txt: 1 name\(s\) that are not train scenes here: imgset9999"):
-        pack(src, tmp_path / "o2", ["NIR"], 0.3, tmp_path / "bad.txt", 0, 1, 16, False)
+        pack(src, tmp_path / "o2", ["NIR"], val_list=tmp_path / "bad.txt", scenes_per_shard=16)
 
 
 def test_invalid_scenes_stop_the_pack_and_leave_no_manifest(tmp_path, capsys):
@@ -148,12 +148,12 @@ def test_invalid_scenes_stop_the_pack_and_leave_no_manifest(tmp_path, capsys):
 def test_a_repack_removes_the_old_manifest_before_writing(packed, tmp_path):
     src, _ = packed
     out = tmp_path / "out"
-    pack(src, out, ["NIR"], 0.3, None, 0, 1, 16, False)
+    pack(src, out, ["NIR"], scenes_per_shard=16)
     (src / "norm.csv").rename(src / "norm.bak")
     (src / "norm.csv").write_text("broken line\n")
     try:
         with pytest.raises(UserError, match="norm.csv:1"):
-            pack(src, out, ["NIR"], 0.3, None, 0, 1, 16, False)
+            pack(src, out, ["NIR"], scenes_per_shard=16)
     finally:
         (src / "norm.bak").replace(src / "norm.csv")
     assert load_manifest(out)  # a pack that stopped before writing leaves the old, true one
@@ -298,8 +298,8 @@ def test_parts_packed_apart_merge_into_the_manifest_of_one_pack(packed, tmp_path
 def test_merge_refuses_parts_that_disagree(packed, tmp_path):
     src, _ = packed
     out = tmp_path / "parts"
-    pack(src, out, ["NIR"], 0.3, None, 7, 1, 4, False, splits=("train",), part=True)
-    pack(src, out, ["RED"], 0.3, None, 8, 1, 4, False, splits=("train",), part=True)
+    pack(src, out, ["NIR"], seed=7, scenes_per_shard=4, splits=("train",), part=True)
+    pack(src, out, ["RED"], seed=8, scenes_per_shard=4, splits=("train",), part=True)
     with pytest.raises(UserError, match="with other parameters"):
         from piunet_dist.data.packing import merge
 
@@ -354,7 +354,7 @@ def test_a_subset_repack_keeps_the_rest_and_deletes_only_its_own_shards(packed, 
     shutil.copytree(whole, out)
     (out / "NIR" / "train-backup.tar.gz").write_bytes(b"the user's own file")
     old = load_manifest(out)
-    pack(src, out, ["NIR"], 0.3, None, 7, 1, 16, False)  # fewer, larger NIR shards
+    pack(src, out, ["NIR"], seed=7, scenes_per_shard=16)  # fewer, larger NIR shards
     new = load_manifest(out)
     red = lambda m: [e for e in m["shards"] if e["band"] == "RED"]  # noqa: E731
     assert red(new) == red(old) and new["summary"]["RED"] == old["summary"]["RED"]
@@ -380,7 +380,7 @@ def test_a_switch_cut_short_is_finished_by_the_next_reader(packed, tmp_path, mon
 
     monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError):
-        pack(src, out, ["NIR", "RED"], 0.3, None, 8, 1, 3, False)
+        pack(src, out, ["NIR", "RED"], seed=8, scenes_per_shard=3)
     monkeypatch.setattr(os, "replace", real_replace)
     assert list(out.glob(".pack.partial-*.switch.json"))
     manifest = load_manifest(out)  # finishes the switch

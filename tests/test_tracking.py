@@ -39,7 +39,7 @@ def environment(**more) -> dict:
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("trackdata")
     synthesise(root / "scenes", 6, 0, ["NIR"], seed=3, workers=2)
-    pack(root / "scenes", root / "shards", ["NIR"], 0.34, None, 0, 2, 1, False)
+    pack(root / "scenes", root / "shards", ["NIR"], val_fraction=0.34, workers=2, scenes_per_shard=1)
     return root / "shards"
 
 

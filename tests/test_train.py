@@ -40,7 +40,8 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     synthesise(root / "scenes", 6, 0, ["NIR"], seed=3, workers=2)
     assert holds_real_oddities(root / "scenes")  # every command below meets them
-    pack(root / "scenes", root / "shards", ["NIR"], 0.34, None, 0, 2, 1, False)  # val: a shard per rank
+    # val: a shard per rank
+    pack(root / "scenes", root / "shards", ["NIR"], val_fraction=0.34, workers=2, scenes_per_shard=1)
     return root / "shards"
 
 
@@ -304,7 +305,8 @@ def test_a_run_resumes_on_its_shards_moved_and_is_refused_on_others(shards, stra
     run_dir, moved, other = tmp_path / "run", tmp_path / "moved", tmp_path / "other"
     shutil.copytree(straight, run_dir)
     shutil.copytree(shards, moved)
-    pack(shards.parent / "scenes", other, ["NIR"], 0.5, None, 0, 2, 1, False)  # the same scenes, split otherwise
+    # the same scenes, split otherwise
+    pack(shards.parent / "scenes", other, ["NIR"], val_fraction=0.5, workers=2, scenes_per_shard=1)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = train(run_dir, other, "train.max_steps=12", *RESUMABLE, check=False)
     assert result.returncode == 2
@@ -406,7 +408,7 @@ def test_demo_configuration_beats_bilinear_upsampling_of_the_mean_frame(tmp_path
     from piunet_dist.network.metrics import cpsnr
 
     synthesise(tmp_path / "scenes", 24, 0, ["NIR"], seed=11, workers=2)
-    pack(tmp_path / "scenes", tmp_path / "shards", ["NIR"], 0.3, None, 0, 2, 8, False)
+    pack(tmp_path / "scenes", tmp_path / "shards", ["NIR"], workers=2, scenes_per_shard=8)
     run_dir = tmp_path / "demo"
     # the demo's settings with 300 of its 600 steps, to keep the test pass short: on these scenes
     # it is 1.7 dB above bilinear at step 300 (0.8 at 200, 2.1 at 400)

@@ -58,7 +58,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     synthesise(root / "scenes", 5, 3, ["NIR"], seed=5, workers=2)
     assert holds_real_oddities(root / "scenes")  # every command below meets them
-    pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
+    pack(root / "scenes", root / "shards", ["NIR"], val_fraction=0.4, workers=2, scenes_per_shard=1)
     plain, rotated = root / "plain", root / "rotated"
     train(plain, root / "shards", "data.augment=false")
     train(rotated, root / "shards", "data.augment=true", "train.seed=1")
@@ -186,7 +186,7 @@ def other_scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("other")
     physics = Physics(gain_spread=(0.1, 0.15), noise=(20.0, 24.0))
     synthesise(root / "scenes", 5, 0, ["NIR"], seed=8, workers=2, physics=physics)
-    pack(root / "scenes", root / "shards", ["NIR"], 0.4, None, 0, 2, 1, False)
+    pack(root / "scenes", root / "shards", ["NIR"], val_fraction=0.4, workers=2, scenes_per_shard=1)
     return root / "shards"
 
 

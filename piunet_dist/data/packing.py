@@ -47,6 +47,9 @@ from .shards import (
     verify,
 )
 
+VAL_FRACTION = 0.3  # of each band's train scenes, held out as val
+SCENES_PER_SHARD = 32
+
 
 def _load_and_encode(job: tuple[SceneRef, str, dict]) -> tuple[dict, dict[str, bool]]:
     ref, split, norm = job
@@ -118,13 +121,14 @@ def read_val_list(path: Path, train_names: set[str]) -> set[str]:
 def pack(
     src: Path,
     out: Path,
-    bands,
-    val_fraction: float,
-    val_list: Path | None,
-    seed: int,
-    workers: int,
-    scenes_per_shard: int,
-    skip_invalid: bool,
+    bands=BANDS,
+    *,
+    val_fraction: float = VAL_FRACTION,
+    val_list: Path | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    scenes_per_shard: int = SCENES_PER_SHARD,
+    skip_invalid: bool = False,
     splits=SPLITS,
     part: bool = False,
 ) -> dict:
@@ -330,15 +334,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--val-fraction",
         type=float,
-        default=0.3,
-        help="share of each band's train scenes held out as val, chosen by --seed (default 0.3)",
+        default=VAL_FRACTION,
+        help=f"share of each band's train scenes held out as val, chosen by --seed (default {VAL_FRACTION})",
     )
     group.add_argument("--val-list", type=Path, help="file of scene names (one per line) that form val")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val draw (default 0)")
     parser.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes reading scenes (default: up to 8)"
     )
-    parser.add_argument("--scenes-per-shard", type=int, default=32, help="scenes per tar file (default 32)")
+    parser.add_argument(
+        "--scenes-per-shard",
+        type=int,
+        default=SCENES_PER_SHARD,
+        help=f"scenes per tar file (default {SCENES_PER_SHARD})",
+    )
     parser.add_argument(
         "--skip-invalid", action="store_true", help="pack the valid scenes and record the invalid ones in the manifest"
     )
@@ -369,14 +378,14 @@ def run(args: argparse.Namespace) -> int:
         args.src,
         args.out,
         args.bands,
-        args.val_fraction,
-        args.val_list,
-        args.seed,
-        args.workers,
-        args.scenes_per_shard,
-        args.skip_invalid,
-        args.splits,
-        args.part,
+        val_fraction=args.val_fraction,
+        val_list=args.val_list,
+        seed=args.seed,
+        workers=args.workers,
+        scenes_per_shard=args.scenes_per_shard,
+        skip_invalid=args.skip_invalid,
+        splits=args.splits,
+        part=args.part,
     )
     for band, counts in manifest["summary"].items():
         print(f"{band}: " + ", ".join(f"{n} {split}" for split, n in counts.items()))
