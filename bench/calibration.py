@@ -88,7 +88,7 @@ def nll_of_ensembles(out: Path, band: str, entry: dict, shards: Path | None) -> 
     for scene in EvalScenes(shard_paths(shards or Path(entry["shards"]), band, "val"), DataConfig(band=band)):
         if scene["name"] not in check:
             continue
-        predictions = [read_outputs(out / band / m, scene["name"]) for m in members]
+        predictions = [read_outputs(EvalDir(out).member(band, m), scene["name"]) for m in members]
         srs, scales = torch.stack([p[0] for p in predictions]), torch.stack([p[1] for p in predictions])
         sr, u = combine(srs, scales, val)[entry["ensemble_method"]], uncertainty(srs, scales)
         hr, sm = scene["hr"][None, None], scene["sm"][None, None]

@@ -131,17 +131,19 @@ def trainer_step(
     return one, step.model
 
 
-def plain_step(model, loss_fn, batch: int, frames: int, side: int, device: str, bf16: bool = False):
+def plain_step(
+    model, loss_fn, batch: int, frames: int, side: int, device: str, bf16: bool = False, mask_dtype=torch.bool
+):
     """One optimizer step written plainly around a model and its registered loss, as the
     reference and the published code train: forward (under bf16 autocast if asked), the loss
-    in float32, backward, gradients clipped at 15, Adam; on one fixed batch of random inputs.
-    Returns the function that takes one step."""
+    in float32, backward, gradients clipped at 15, Adam; on one fixed batch of random inputs,
+    the mask of clear pixels in the dtype the loss takes. Returns the function that takes one step."""
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, frames, side, side, generator=g).to(device)
     y = torch.randn(batch, 1, 3 * side, 3 * side, generator=g).to(device)
-    mask = (torch.rand(y.shape, generator=g) > 0.1).to(device)
+    mask = (torch.rand(y.shape, generator=g) > 0.1).to(device, mask_dtype)
     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step():

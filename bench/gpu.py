@@ -236,9 +236,10 @@ def make_step(
         model = pub.model.PIUNET(cfg)
 
         def loss_fn(y, mu, s, m):
-            return pub.losses.l1_registered_uncertainty_loss(y, mu, s, m.float(), y.shape[-1])
+            return pub.losses.l1_registered_uncertainty_loss(y, mu, s, m, y.shape[-1])
 
-    return plain_step(model, loss_fn, batch, 9, side, device(), bf16=precision == "bf16"), model
+    step = plain_step(model, loss_fn, batch, 9, side, device(), bf16=precision == "bf16", mask_dtype=torch.float32)
+    return step, model
 
 
 def step_row(section: str, kind: str, impl: str = "-", precision: str = "fp32", pub=None, **options) -> dict | None:

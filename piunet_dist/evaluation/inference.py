@@ -1,7 +1,7 @@
 """Whole scenes through a trained PIUnet: every view of the self-ensemble in one batch, in
 the precision asked for, in batches as large as the device holds.
 
-Used by validation (training/trainer.py), evaluate.py and scene.py (predict) alike.
+Used by validation (training/validation.py), evaluate.py and scene.py (predict) alike.
 """
 
 from __future__ import annotations

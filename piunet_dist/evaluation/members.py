@@ -22,6 +22,7 @@ from ..core import checkpoint
 from ..core.config import BANDS, CHOICES, Config, config_hash
 from ..core.config_load import load_config
 from ..core.errors import UserError
+from ..core.eval_dir import ENSEMBLE
 from ..core.files import read_json_lines, read_json_or_empty, sha256
 from ..core.run_dir import STEP, RunDir
 from ..network.model import PIUNet
@@ -175,7 +176,7 @@ def find_members(paths: list[Path], which: str = "best", band: str = "", heads: 
     """The given runs and weights as members (weights not loaded), each named by its run
     directory or file stem (and its parent's where two share a name). Every one is checked
     now: a path that is neither, a file without `band`, the same weights given twice."""
-    members, names, seen = [], {"ensemble", *CHOICES["eval.ensemble"]}, {}  # scenes.csv's other columns
+    members, names, seen = [], {ENSEMBLE, *CHOICES["eval.ensemble"]}, {}  # OUT/<band>/ensemble/, scenes.csv's columns
     for given in paths:
         source, own_band = with_band(given)
         found = _of_run(source, which)
