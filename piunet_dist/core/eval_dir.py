@@ -13,19 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .run_dir import Folder
+
 ENSEMBLE = "ensemble"
 
 
-class EvalDir:
-    def __init__(self, path: str | Path | EvalDir):
-        self.path = Path(path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __str__(self) -> str:
-        return str(self.path)
-
+class EvalDir(Folder):
     def band(self, band: str) -> Path:
         return self.path / band
 

@@ -16,16 +16,20 @@ from pathlib import Path
 STEP = re.compile(r"step_(\d{7})$")
 
 
-class RunDir:
-    def __init__(self, path: str | Path | RunDir):
+class Folder:
+    """A directory whose layout a subclass names; its path wherever a path is taken."""
+
+    def __init__(self, path: str | Path | Folder):
         self.path = Path(path)
 
-    def __fspath__(self) -> str:  # a RunDir is its directory's path wherever a path is taken
+    def __fspath__(self) -> str:
         return str(self.path)
 
     def __str__(self) -> str:
         return str(self.path)
 
+
+class RunDir(Folder):
     @property
     def config(self) -> Path:
         return self.path / "config.yaml"
