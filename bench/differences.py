@@ -9,6 +9,11 @@ frequencies over the frame's own power there, in dB; the median over a scene's t
 tiles with an unmarked cloud do not move it), then over scenes. 0 dB: the frames differ as
 much as they hold; synthetic frames that agree more than real ones read lower.
 
+A second table: the pixels of that difference far off (beyond 150 DN and 4 robust standard
+deviations of it, 8 px from the borders), their share, how many of them touch another (a
+4-neighbour also far off: blobs, not single pixels), and the difference's correlation between
+neighbours along x; the median over frames, then over scenes.
+
     python bench/differences.py [--scenes 16] [--seed 1] [--physics seasonal=0.02,0.04 ...]
 """
 
@@ -52,29 +57,50 @@ def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndar
     return np.stack(out)
 
 
-def scene_differences(lr: np.ndarray, usable: np.ndarray) -> np.ndarray | None:
-    """dB per bin of TILE of what a frame holds beyond the others, over what it holds;
-    None for a scene with fewer than four frames clear enough."""
+def far_off(beyond: np.ndarray, usable: np.ndarray) -> tuple[float, float, float]:
+    """Of one frame's difference from the others: the share of its pixels far off, the share
+    of those touching another, and its correlation between neighbours along x."""
+    d, m = beyond[8:-8, 8:-8], usable[8:-8, 8:-8]
+    spread = 1.4826 * np.median(np.abs(d[m] - np.median(d[m])))
+    off = (np.abs(d) > max(150.0, 4 * spread)) & m
+    touching = np.zeros_like(off)
+    touching[1:] |= off[:-1]
+    touching[:-1] |= off[1:]
+    touching[:, 1:] |= off[:, :-1]
+    touching[:, :-1] |= off[:, 1:]
+    pairs = m[:, 1:] & m[:, :-1]
+    neighbours = np.corrcoef(d[:, 1:][pairs], d[:, :-1][pairs])[0, 1]
+    return off.sum() / m.sum(), (off & touching).sum() / max(off.sum(), 1), neighbours
+
+
+def scene_differences(lr: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """dB per bin of TILE of what a frame holds beyond the others, over what it holds, and the
+    medians of far_off over the frames; None for a scene with fewer than four frames clear enough."""
     share = usable.reshape(len(lr), -1).mean(axis=1)
     frames = [int(i) for i in np.argsort(-share) if share[i] > 0.97][:10]
     if len(frames) < 4:
         return None
     moved = registered(lr, usable, frames)
-    ratios = []
+    ratios, outliers = [], []
     for k, i in enumerate(frames):
         beyond = moved[k] - np.median(np.delete(moved, k, axis=0), axis=0)
+        outliers.append(far_off(beyond, usable[i]))
         for y, x in TILE_ORIGINS:
             cut = (slice(y, y + TILE.side), slice(x, x + TILE.side))
             if usable[i][cut].all():
                 ratios.append(ring_power(beyond[cut]) / np.maximum(ring_power(moved[k][cut]), 1e-12))
-    return 10 * np.log10(np.median(ratios, axis=0)) if ratios else None
+    if not ratios:
+        return None
+    return 10 * np.log10(np.median(ratios, axis=0)), np.median(outliers, axis=0)
 
 
-def band_median(scenes) -> tuple[np.ndarray, int]:
-    """The median over scenes, given as (lr, where it shows the ground), of scene_differences,
-    and how many scenes had frames clear enough for it."""
+def band_median(scenes) -> tuple[np.ndarray, np.ndarray, int]:
+    """The medians over scenes, given as (lr, where it shows the ground), of scene_differences'
+    two figures, and how many scenes had frames clear enough for them."""
     found = [d for d in (scene_differences(lr, usable) for lr, usable in scenes) if d is not None]
-    return (np.median(found, axis=0) if found else None), len(found)
+    if not found:
+        return None, None, 0
+    return np.median([f[0] for f in found], axis=0), np.median([f[1] for f in found], axis=0), len(found)
 
 
 def main():
@@ -82,13 +108,13 @@ def main():
     comparison_arguments(parser, scenes=16)
     args = parser.parse_args()
     shown = [int(np.argmin(np.abs(TILE.frequencies() - f))) for f in SHOWN]
-    rows = []
+    rows, outliers = [], []
     for band in BANDS:
         real_frames, synthetic_frames = compared_scenes(args, band)
-        real, n_real = band_median(real_frames)
+        real, real_off, n_real = band_median(real_frames)
         if not n_real:
             raise UserError(f"--real: {args.real} holds no {band} scene with four frames over 97% clear")
-        synthetic, n_synthetic = band_median(synthetic_frames)
+        synthetic, synthetic_off, n_synthetic = band_median(synthetic_frames)
         if not n_synthetic:
             raise UserError(f"--scenes: no {band} scene of the {args.scenes} drawn has four frames over 97% clear")
         for name, db in (
@@ -97,7 +123,13 @@ def main():
             ("gap", synthetic - real),
         ):
             rows.append({"band": band, "of": name, **{f"{TILE.frequencies()[i]:.3f}": float(db[i]) for i in shown}})
+        for name, off in (("real", real_off), ("synthetic", synthetic_off)):
+            share, touching, neighbours = (float(v) for v in off)
+            outliers.append(
+                {"band": band, "of": name, "far_off_%": 100 * share, "touching": touching, "neighbours_x": neighbours}
+            )
     report("differences", rows, list(rows[0]))
+    report("differences_far_off", outliers, list(outliers[0]))
 
 
 if __name__ == "__main__":
