@@ -11,8 +11,9 @@ much as they hold; synthetic frames that agree more than real ones read lower.
 
 A second table: the pixels of that difference far off (beyond 150 DN and 4 robust standard
 deviations of it, 8 px from the borders), their share, how many of them touch another (a
-4-neighbour also far off: blobs, not single pixels), and the difference's correlation between
-neighbours along x; the median over frames, then over scenes.
+4-neighbour also far off: blobs, not single pixels), how far off they are (the median and the
+90th percentile of their distance, as a share of the frame's clear mean), and the difference's
+correlation between neighbours along x; the median over frames, then over scenes.
 
     python bench/differences.py [--scenes 16] [--seed 1] [--physics seasonal=0.02,0.04 ...]
 """
@@ -57,9 +58,10 @@ def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndar
     return np.stack(out)
 
 
-def far_off(beyond: np.ndarray, usable: np.ndarray) -> tuple[float, float, float]:
+def far_off(beyond: np.ndarray, usable: np.ndarray, level: float) -> tuple[float, ...]:
     """Of one frame's difference from the others: the share of its pixels far off, the share
-    of those touching another, and its correlation between neighbours along x."""
+    of those touching another, the median and 90th percentile of how far off they are over
+    `level` (the frame's clear mean), and its correlation between neighbours along x."""
     d, m = beyond[8:-8, 8:-8], usable[8:-8, 8:-8]
     spread = 1.4826 * np.median(np.abs(d[m] - np.median(d[m])))
     off = (np.abs(d) > max(150.0, 4 * spread)) & m
@@ -70,7 +72,8 @@ def far_off(beyond: np.ndarray, usable: np.ndarray) -> tuple[float, float, float
     touching[:, :-1] |= off[:, 1:]
     pairs = m[:, 1:] & m[:, :-1]
     neighbours = np.corrcoef(d[:, 1:][pairs], d[:, :-1][pairs])[0, 1]
-    return off.sum() / m.sum(), (off & touching).sum() / max(off.sum(), 1), neighbours
+    size = np.percentile(np.abs(d[off]), [50, 90]) / level if off.any() else (np.nan, np.nan)
+    return off.sum() / m.sum(), (off & touching).sum() / max(off.sum(), 1), *size, neighbours
 
 
 def scene_differences(lr: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -84,14 +87,14 @@ def scene_differences(lr: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, n
     ratios, outliers = [], []
     for k, i in enumerate(frames):
         beyond = moved[k] - np.median(np.delete(moved, k, axis=0), axis=0)
-        outliers.append(far_off(beyond, usable[i]))
+        outliers.append(far_off(beyond, usable[i], lr[i][usable[i]].mean()))
         for y, x in TILE_ORIGINS:
             cut = (slice(y, y + TILE.side), slice(x, x + TILE.side))
             if usable[i][cut].all():
                 ratios.append(ring_power(beyond[cut]) / np.maximum(ring_power(moved[k][cut]), 1e-12))
     if not ratios:
         return None
-    return 10 * np.log10(np.median(ratios, axis=0)), np.median(outliers, axis=0)
+    return 10 * np.log10(np.median(ratios, axis=0)), np.nanmedian(outliers, axis=0)
 
 
 def band_median(scenes) -> tuple[np.ndarray, np.ndarray, int]:
@@ -124,9 +127,17 @@ def main():
         ):
             rows.append({"band": band, "of": name, **{f"{TILE.frequencies()[i]:.3f}": float(db[i]) for i in shown}})
         for name, off in (("real", real_off), ("synthetic", synthetic_off)):
-            share, touching, neighbours = (float(v) for v in off)
+            share, touching, size, size_90, neighbours = (float(v) for v in off)
             outliers.append(
-                {"band": band, "of": name, "far_off_%": 100 * share, "touching": touching, "neighbours_x": neighbours}
+                {
+                    "band": band,
+                    "of": name,
+                    "far_off_%": 100 * share,
+                    "touching": touching,
+                    "off_by_%": 100 * size,
+                    "off_by_90th_%": 100 * size_90,
+                    "neighbours_x": neighbours,
+                }
             )
     report("differences", rows, list(rows[0]))
     report("differences_far_off", outliers, list(outliers[0]))
