@@ -103,7 +103,7 @@ def band_median(scenes) -> tuple[np.ndarray, np.ndarray, int]:
     found = [d for d in (scene_differences(lr, usable) for lr, usable in scenes) if d is not None]
     if not found:
         return None, None, 0
-    return np.median([f[0] for f in found], axis=0), np.median([f[1] for f in found], axis=0), len(found)
+    return np.median([f[0] for f in found], axis=0), np.nanmedian([f[1] for f in found], axis=0), len(found)
 
 
 def main():
