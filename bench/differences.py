@@ -12,8 +12,10 @@ much as they hold; synthetic frames that agree more than real ones read lower.
 A second table: the pixels of that difference far off (beyond 150 DN and 4 robust standard
 deviations of it, 8 px from the borders), their share, how many of them touch another (a
 4-neighbour also far off: blobs, not single pixels), how far off they are (the median and the
-90th percentile of their distance, as a share of the frame's clear mean), and the difference's
-correlation between neighbours along x; the median over frames, then over scenes.
+90th percentile of their distance, as a share of the frame's clear mean; frames without a pixel
+far off count in the share, not here), and the difference's correlation between neighbours
+along x; the median over frames, then over scenes. Last, the tail over frames: the 90th
+percentile, over every frame of every scene, of each frame's 90th percentile of that distance.
 
     python bench/differences.py [--scenes 16] [--seed 1] [--physics seasonal=0.02,0.04 ...]
 """
@@ -77,8 +79,8 @@ def far_off(beyond: np.ndarray, usable: np.ndarray, level: float) -> tuple[float
 
 
 def scene_differences(lr: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """dB per bin of TILE of what a frame holds beyond the others, over what it holds, and the
-    medians of far_off over the frames; None for a scene with fewer than four frames clear enough."""
+    """dB per bin of TILE of what a frame holds beyond the others, over what it holds, and
+    far_off of each frame (a row each); None for a scene with fewer than four frames clear enough."""
     share = usable.reshape(len(lr), -1).mean(axis=1)
     frames = [int(i) for i in np.argsort(-share) if share[i] > 0.97][:10]
     if len(frames) < 4:
@@ -87,23 +89,26 @@ def scene_differences(lr: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, n
     ratios, outliers = [], []
     for k, i in enumerate(frames):
         beyond = moved[k] - np.median(np.delete(moved, k, axis=0), axis=0)
-        outliers.append(far_off(beyond, usable[i], lr[i][usable[i]].mean()))
+        outliers.append(far_off(beyond, usable[i], moved[k][usable[i]].mean()))
         for y, x in TILE_ORIGINS:
             cut = (slice(y, y + TILE.side), slice(x, x + TILE.side))
             if usable[i][cut].all():
                 ratios.append(ring_power(beyond[cut]) / np.maximum(ring_power(moved[k][cut]), 1e-12))
     if not ratios:
         return None
-    return 10 * np.log10(np.median(ratios, axis=0)), np.nanmedian(outliers, axis=0)
+    return 10 * np.log10(np.median(ratios, axis=0)), np.array(outliers)
 
 
-def band_median(scenes) -> tuple[np.ndarray, np.ndarray, int]:
-    """The medians over scenes, given as (lr, where it shows the ground), of scene_differences'
-    two figures, and how many scenes had frames clear enough for them."""
+def band_median(scenes) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Of scenes given as (lr, where it shows the ground): the median over scenes of
+    scene_differences' dB, of the median over frames of far_off, the tail over all frames of
+    far_off's 90th percentile, and how many scenes had frames clear enough for them."""
     found = [d for d in (scene_differences(lr, usable) for lr, usable in scenes) if d is not None]
     if not found:
-        return None, None, 0
-    return np.median([f[0] for f in found], axis=0), np.nanmedian([f[1] for f in found], axis=0), len(found)
+        return None, None, None, 0
+    off = np.nanmedian([np.nanmedian(f[1], axis=0) for f in found], axis=0)
+    tail = np.nanpercentile(np.concatenate([f[1] for f in found])[:, 3], 90)
+    return np.median([f[0] for f in found], axis=0), off, tail, len(found)
 
 
 def main():
@@ -114,10 +119,10 @@ def main():
     rows, outliers = [], []
     for band in BANDS:
         real_frames, synthetic_frames = compared_scenes(args, band)
-        real, real_off, n_real = band_median(real_frames)
+        real, real_off, real_tail, n_real = band_median(real_frames)
         if not n_real:
             raise UserError(f"--real: {args.real} holds no {band} scene with four frames over 97% clear")
-        synthetic, synthetic_off, n_synthetic = band_median(synthetic_frames)
+        synthetic, synthetic_off, synthetic_tail, n_synthetic = band_median(synthetic_frames)
         if not n_synthetic:
             raise UserError(f"--scenes: no {band} scene of the {args.scenes} drawn has four frames over 97% clear")
         for name, db in (
@@ -126,7 +131,7 @@ def main():
             ("gap", synthetic - real),
         ):
             rows.append({"band": band, "of": name, **{f"{TILE.frequencies()[i]:.3f}": float(db[i]) for i in shown}})
-        for name, off in (("real", real_off), ("synthetic", synthetic_off)):
+        for name, off, tail in (("real", real_off, real_tail), ("synthetic", synthetic_off, synthetic_tail)):
             share, touching, size, size_90, neighbours = (float(v) for v in off)
             outliers.append(
                 {
@@ -136,6 +141,7 @@ def main():
                     "touching": touching,
                     "off_by_%": 100 * size,
                     "off_by_90th_%": 100 * size_90,
+                    "tail_over_frames_%": 100 * float(tail),
                     "neighbours_x": neighbours,
                 }
             )
