@@ -23,6 +23,7 @@ percentile, over every frame of every scene, of each frame's 90th percentile of 
 from __future__ import annotations
 
 import argparse
+from typing import NamedTuple
 
 import numpy as np
 from common import command, report
@@ -60,10 +61,20 @@ def registered(lr: np.ndarray, usable: np.ndarray, frames: list[int]) -> np.ndar
     return np.stack(out)
 
 
-def far_off(beyond: np.ndarray, usable: np.ndarray, level: float) -> tuple[float, ...]:
+class FarOff(NamedTuple):
     """Of one frame's difference from the others: the share of its pixels far off, the share
-    of those touching another, the median and 90th percentile of how far off they are over
-    `level` (the frame's clear mean), and its correlation between neighbours along x."""
+    of those touching another, the median and 90th percentile of how far off they are over the
+    frame's clear mean (NaN where none is), and its correlation between neighbours along x."""
+
+    share: float
+    touching: float
+    off_by: float
+    off_by_90th: float
+    neighbours_x: float
+
+
+def far_off(beyond: np.ndarray, usable: np.ndarray, level: float) -> FarOff:
+    """FarOff of a frame's difference `beyond`, where `usable`, the frame's clear mean `level`."""
     d, m = beyond[8:-8, 8:-8], usable[8:-8, 8:-8]
     spread = 1.4826 * np.median(np.abs(d[m] - np.median(d[m])))
     off = (np.abs(d) > max(150.0, 4 * spread)) & m
@@ -75,7 +86,7 @@ def far_off(beyond: np.ndarray, usable: np.ndarray, level: float) -> tuple[float
     pairs = m[:, 1:] & m[:, :-1]
     neighbours = np.corrcoef(d[:, 1:][pairs], d[:, :-1][pairs])[0, 1]
     size = np.percentile(np.abs(d[off]), [50, 90]) / level if off.any() else (np.nan, np.nan)
-    return off.sum() / m.sum(), (off & touching).sum() / max(off.sum(), 1), *size, neighbours
+    return FarOff(off.sum() / m.sum(), (off & touching).sum() / max(off.sum(), 1), *size, neighbours)
 
 
 def scene_differences(lr: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -107,7 +118,7 @@ def band_median(scenes) -> tuple[np.ndarray, np.ndarray, float, int]:
     if not found:
         return None, None, None, 0
     off = np.nanmedian([np.nanmedian(f[1], axis=0) for f in found], axis=0)
-    tail = np.nanpercentile(np.concatenate([f[1] for f in found])[:, 3], 90)
+    tail = np.nanpercentile(np.concatenate([f[1] for f in found])[:, FarOff._fields.index("off_by_90th")], 90)
     return np.median([f[0] for f in found], axis=0), off, tail, len(found)
 
 
@@ -132,17 +143,17 @@ def main():
         ):
             rows.append({"band": band, "of": name, **{f"{TILE.frequencies()[i]:.3f}": float(db[i]) for i in shown}})
         for name, off, tail in (("real", real_off, real_tail), ("synthetic", synthetic_off, synthetic_tail)):
-            share, touching, size, size_90, neighbours = (float(v) for v in off)
+            f = FarOff(*(float(v) for v in off))
             outliers.append(
                 {
                     "band": band,
                     "of": name,
-                    "far_off_%": 100 * share,
-                    "touching": touching,
-                    "off_by_%": 100 * size,
-                    "off_by_90th_%": 100 * size_90,
+                    "far_off_%": 100 * f.share,
+                    "touching": f.touching,
+                    "off_by_%": 100 * f.off_by,
+                    "off_by_90th_%": 100 * f.off_by_90th,
                     "tail_over_frames_%": 100 * float(tail),
-                    "neighbours_x": neighbours,
+                    "neighbours_x": f.neighbours_x,
                 }
             )
     report("differences", rows, list(rows[0]))
